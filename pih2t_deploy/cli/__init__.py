@@ -1,0 +1,62 @@
+"""The ``pih2t`` command and its ``pih2t-<verb>`` aliases.
+
+Every command turns a UserError into one line on stderr and exit status 2, and a failed numerical check
+(VerificationError) into one line and exit status 1; neither prints a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import typer
+
+from pih2t_deploy.cli.common import err_console
+from pih2t_deploy.cli.export_cmd import export
+from pih2t_deploy.errors import UserError, VerificationError
+
+COMMANDS: dict[str, Callable[..., None]] = {"export": export}
+
+
+def _typer_app(commands: dict[str, Callable[..., None]]) -> typer.Typer:
+    app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+    app.callback()(_group)
+    for name, function in commands.items():
+        app.command(name)(function)
+    return app
+
+
+def _group() -> None:
+    """Train, fold, export and serve PI-H2T long-tailed image classifiers."""
+
+
+def _run(app: typer.Typer) -> None:
+    try:
+        app()
+    except UserError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except VerificationError as exc:
+        err_console.print(f"verification failed: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted", markup=False)
+        sys.exit(130)
+
+
+def main() -> None:
+    """``pih2t <verb> ...``."""
+    _run(_typer_app(COMMANDS))
+
+
+def _alias(name: str) -> Callable[[], None]:
+    def run() -> None:
+        single = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+        single.command(name)(COMMANDS[name])
+        _run(single)
+
+    run.__doc__ = f"``pih2t-{name}``: the same as ``pih2t {name}``."
+    return run
+
+
+export_main = _alias("export")

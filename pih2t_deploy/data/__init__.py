@@ -1,0 +1,1 @@
+"""Data: preprocessing (the one shared definition), long-tailed data sets and samplers."""

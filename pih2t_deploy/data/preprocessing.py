@@ -1,0 +1,121 @@
+"""The one definition of inference preprocessing, stored with every checkpoint and artifact.
+
+Training evaluation, the exporters, the REST service, the demo and the Triton preprocess model all build
+their input tensors with ``Preprocessing.to_tensor`` (or ``transform()``), so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2 as T
+
+from pih2t_deploy.errors import ConfigError
+
+INTERPOLATIONS = {
+    "nearest": T.InterpolationMode.NEAREST,
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "bicubic": T.InterpolationMode.BICUBIC,
+}
+MODES = {"L": 1, "RGB": 3}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side to ``resize``, centre-crop ``input_size``, scale to [0, 1], normalise."""
+
+    input_size: int
+    resize: int
+    mode: str = "RGB"
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown colour mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"unknown interpolation {self.interpolation!r}")
+        if len(self.mean) != MODES[self.mode] or len(self.std) != MODES[self.mode]:
+            raise ConfigError(f"mean and std need {MODES[self.mode]} values for mode {self.mode}")
+        if self.input_size < 1 or self.resize < self.input_size:
+            raise ConfigError("need 1 <= input_size <= resize")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError("std values must be positive")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    @property
+    def channels(self) -> int:
+        """Number of input channels (1 for L, 3 for RGB)."""
+        return MODES[self.mode]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one preprocessed image."""
+        return (self.channels, self.input_size, self.input_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON- and weights_only-safe dict (lists, not tuples)."""
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """Rebuild from ``to_dict`` output; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown preprocessing setting(s): {', '.join(unknown)}")
+        values = dict(data)
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def transform(self) -> T.Compose:
+        """A torchvision transform: PIL image (any mode) -> normalised float tensor [C, H, W]."""
+        return T.Compose(
+            [
+                T.Lambda(self._convert),
+                T.Resize(self.resize, interpolation=INTERPOLATIONS[self.interpolation], antialias=True),
+                T.CenterCrop(self.input_size),
+                T.PILToTensor(),
+                T.ToDtype(torch.float32, scale=True),
+                T.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def _convert(self, image: Image.Image) -> Image.Image:
+        return image.convert(self.mode) if image.mode != self.mode else image
+
+    def to_tensor(self, images: list[Image.Image]) -> torch.Tensor:
+        """Preprocess a list of decoded PIL images into one float32 batch [N, C, H, W]."""
+        transform = self.transform()
+        return torch.stack([transform(image) for image in images])
+
+    def to_numpy(self, images: list[Image.Image]) -> np.ndarray:
+        """As ``to_tensor``, as a contiguous float32 numpy array."""
+        return np.ascontiguousarray(self.to_tensor(images).numpy())
+
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+def default_preprocessing(arch: str, in_channels: int = 3) -> Preprocessing:
+    """The usual preprocessing for ``arch`` (Digits 8x8 L, CIFAR 32x32, ImageNet 224 from 256)."""
+    from pih2t_deploy.models import get_arch
+
+    spec = get_arch(arch)
+    mode = "L" if in_channels == 1 else "RGB"
+    if spec.default_input_size >= 224:
+        return Preprocessing(input_size=224, resize=256, mode="RGB")
+    if in_channels == 1:
+        return Preprocessing(spec.default_input_size, spec.default_input_size, mode, (0.5,), (0.5,))
+    return Preprocessing(spec.default_input_size, spec.default_input_size, mode, CIFAR_MEAN, CIFAR_STD)

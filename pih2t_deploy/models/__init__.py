@@ -1,0 +1,33 @@
+"""Architectures (registry), PIF, heads and the PI-H2T network."""
+
+from pih2t_deploy.models.digits_net import digits_net
+from pih2t_deploy.models.network import HEADS, METHODS, NetworkConfig, PIH2TNet
+from pih2t_deploy.models.registry import ArchSpec, arch_names, create_arch, get_arch, register_arch
+from pih2t_deploy.models.resnet_cifar import resnet32
+from pih2t_deploy.models.torchvision_archs import feature_resnet
+
+register_arch(ArchSpec("digits_net", digits_net, 64, 8, (1, 3)))
+register_arch(ArchSpec("resnet32", resnet32, 64, 32, (1, 3)))
+for _name, _width in (("resnet18", 512), ("resnet50", 2048), ("resnext50_32x4d", 2048), ("resnet152", 2048)):
+    register_arch(
+        ArchSpec(
+            _name,
+            lambda num_classes, _in_channels, _arch=_name: feature_resnet(_arch, num_classes),
+            _width,
+            224,
+            (3,),
+            torchvision_name=_name,
+        )
+    )
+
+__all__ = [
+    "HEADS",
+    "METHODS",
+    "ArchSpec",
+    "NetworkConfig",
+    "PIH2TNet",
+    "arch_names",
+    "create_arch",
+    "get_arch",
+    "register_arch",
+]

@@ -1,0 +1,70 @@
+"""Permutation-invariant representation fusion (PIF), as defined in docs METHOD.md.
+
+For every sample and spatial position, with channel values x_c and their channel mean m, each channel's
+pair u_c = [x_c, x_c - m] goes through one point-wise network phi (widths 2 -> 4 -> 2 -> 1, kernel-size-1
+convolutions, 25 parameters) shared by all channels and positions. Permuting the channels permutes the output
+the same way. Without an activation (the default) PIF is affine: x^_c = a*x_c - b*m + c.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pih2t_deploy.errors import ConfigError
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
+
+
+@dataclass(frozen=True)
+class AffineCoefficients:
+    """PIF without activation equals x^_c = a*x_c - b*m + c for these three scalars."""
+
+    a: float
+    b: float
+    c: float
+
+
+class PIF(nn.Module):
+    """The PIF layer on a [B, C, H, W] feature map; ``activation`` (None, relu, gelu, silu, tanh) inside phi."""
+
+    def __init__(self, activation: str | None = None) -> None:
+        super().__init__()
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown PIF activation {activation!r}; choose none or one of: {', '.join(ACTIVATIONS)}")
+        self.activation = activation
+        self.phi = nn.Sequential(nn.Conv1d(2, 4, 1), nn.Conv1d(4, 2, 1), nn.Conv1d(2, 1, 1))
+
+    @property
+    def is_affine(self) -> bool:
+        """True when phi has no activation, so the layer can be folded away."""
+        return self.activation is None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        mean = x.mean(dim=1, keepdim=True)
+        pairs = torch.stack((x, x - mean), dim=2).reshape(batch * channels, 2, height * width)
+        act = ACTIVATIONS[self.activation] if self.activation else None
+        out = pairs
+        for index, layer in enumerate(self.phi):
+            out = layer(out)
+            if act is not None and index < len(self.phi) - 1:
+                out = act(out)
+        return out.reshape(batch, channels, height, width)
+
+    @torch.no_grad()
+    def affine_coefficients(self) -> AffineCoefficients:
+        """(a, b, c) of the affine map; only defined when ``is_affine``."""
+        if not self.is_affine:
+            raise ValueError("PIF with an activation is not affine")
+        weight = torch.eye(2, dtype=torch.float64)
+        bias = torch.zeros(2, dtype=torch.float64)
+        for layer in self.phi:
+            w = layer.weight.detach().double()[:, :, 0]
+            bias = w @ bias + layer.bias.detach().double()
+            weight = w @ weight
+        on_value, on_centered = weight[0].tolist()
+        return AffineCoefficients(a=on_value + on_centered, b=on_centered, c=float(bias[0]))

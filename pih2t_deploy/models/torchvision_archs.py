@@ -1,0 +1,42 @@
+"""torchvision ResNet-family definitions, with ``forward_features`` added and nothing else changed.
+
+The classes subclass torchvision's ``ResNet`` without new parameters or buffers, so their state dicts load
+with ``strict=True`` into ``torchvision.models.<name>(num_classes=K)`` and their ``forward`` is torchvision's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+_LAYOUTS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int], dict[str, Any]]] = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2], {}),
+    "resnet50": (Bottleneck, [3, 4, 6, 3], {}),
+    "resnext50_32x4d": (Bottleneck, [3, 4, 6, 3], {"groups": 32, "width_per_group": 4}),
+    "resnet152": (Bottleneck, [3, 8, 36, 3], {}),
+}
+
+
+class FeatureResNet(ResNet):
+    """torchvision's ResNet plus ``forward_features`` (stem and the four stages, before pooling)."""
+
+    def __init__(self, arch: str, num_classes: int) -> None:
+        block, layers, kwargs = _LAYOUTS[arch]
+        super().__init__(block, layers, num_classes=num_classes, **kwargs)
+        self.num_features = self.fc.in_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def torchvision_arch_names() -> list[str]:
+    """Names of the torchvision architectures this module can build."""
+    return list(_LAYOUTS)
+
+
+def feature_resnet(arch: str, num_classes: int) -> FeatureResNet:
+    """A randomly initialised ``FeatureResNet`` of torchvision architecture ``arch``."""
+    return FeatureResNet(arch, num_classes)

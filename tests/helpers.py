@@ -1,0 +1,29 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+
+from pih2t_deploy.models import NetworkConfig, PIH2TNet
+
+
+def make_net(arch: str = "digits_net", *, size: int = 8, seed: int = 0, **settings) -> PIH2TNet:
+    """A network whose BN statistics, PIF, head and LWS weights are all non-trivial (not their init values)."""
+    torch.manual_seed(seed)
+    in_channels = settings.pop("in_channels", 1 if arch == "digits_net" else 3)
+    num_classes = settings.pop("num_classes", 7)
+    net = PIH2TNet(NetworkConfig(arch=arch, num_classes=num_classes, in_channels=in_channels, **settings))
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name.startswith(("pif", "head")) or "lws" in name:
+                param.add_(0.2 * torch.randn_like(param))
+        batch_norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for bn in batch_norms:  # cumulative averages: statistics of real activations, as after training
+            bn.reset_running_stats()
+            bn.momentum = None
+        net.train()
+        for _ in range(2):
+            net(torch.randn(16, in_channels, size, size))
+        for bn in batch_norms:
+            bn.momentum = 0.1
+    return net.eval()

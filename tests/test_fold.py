@@ -1,0 +1,114 @@
+"""The fold: exact parity, no PIF/LWS left, strict loading into torchvision, and the self-check."""
+
+import copy
+import itertools
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import pih2t_deploy.fold as fold_module
+from pih2t_deploy.errors import ConfigError, VerificationError
+from pih2t_deploy.fold import PIFClassifier, fold, log_prior
+from pih2t_deploy.models.heads import CosineHead, LinearHead
+from pih2t_deploy.models.pif import PIF
+from tests.helpers import make_net
+
+SMALL = {"digits_net": 8, "resnet32": 16, "resnet18": 32, "resnet50": 64}
+COUNTS = [100, 60, 30, 12, 6, 3, 1]
+
+
+def _check(arch, head, method, tau, fuse_bn):
+    """Parity in float64 (the fold's algebra) and in float32 (what is deployed) on the same inputs.
+
+    Without BN fusion both must agree within 1e-5 absolute. BN fusion stores rescaled weights in float32,
+    which keeps relative, not absolute, precision: there the bound is 1e-5 of the largest logit in float64
+    and 1e-4 of it in float32 (where the operation order changes through every layer as well).
+    """
+    size = SMALL[arch]
+    net = make_net(arch, size=size, method=method, head=head, lws=True)
+    shape = (net.config.in_channels, size, size)
+    folded, report = fold(net, input_shape=shape, logit_adjust_tau=tau, class_counts=COUNTS, fuse_bn=fuse_bn)
+    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(7))
+    adjustment = tau * log_prior(COUNTS)
+    with torch.no_grad():
+        expected = net(x).double() - adjustment
+        fp32_diff = (expected - folded(x).double()).abs().max()
+        fp64_diff = copy.deepcopy(net).double()(x.double()) - adjustment - copy.deepcopy(folded).double()(x.double())
+    scale = max(1.0, float(expected.abs().max())) if fuse_bn else 1.0
+    assert fp64_diff.abs().max() <= 1e-5 * scale
+    assert fp32_diff <= 1e-5 * scale * (10 if fuse_bn else 1)
+    assert report.max_abs_diff <= report.tolerance
+    assert report.pif_folded == (method == "pih2t")
+    assert (report.bn_fused > 0) == fuse_bn
+    return folded
+
+
+@pytest.mark.parametrize(
+    ("arch", "head", "method", "tau", "fuse_bn"),
+    [
+        (arch, head, method, tau, fuse_bn)
+        for arch, head, method, tau, fuse_bn in itertools.product(
+            ["digits_net", "resnet32", "resnet18"], ["linear", "cosine"], ["pih2t", "ce"], [0.0, 1.0], [False, True]
+        )
+    ]
+    + [("resnet50", "linear", "pih2t", 1.0, True), ("resnet50", "cosine", "pih2t", 0.0, False)],
+)
+def test_fold_parity_within_1e_5(arch, head, method, tau, fuse_bn):
+    folded = _check(arch, head, method, tau, fuse_bn)
+    kinds = {type(m) for m in folded.modules()}
+    assert not kinds & {PIF, LinearHead, CosineHead, PIFClassifier}
+    assert not any("lws" in name for name, _ in folded.named_parameters())
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnext50_32x4d", "resnet152"])
+def test_folded_state_dict_loads_strictly_into_torchvision(arch):
+    net = make_net(arch, size=32, method="pih2t", lws=True) if arch != "resnet152" else None
+    if net is None:  # resnet152 is slow to calibrate: a plain random one is enough for the key check
+        from pih2t_deploy.models import NetworkConfig, PIH2TNet
+
+        net = PIH2TNet(NetworkConfig(arch=arch, num_classes=7, method="pih2t", lws=True)).eval()
+    folded, _ = fold(net, input_shape=(3, 32, 32), logit_adjust_tau=0.5, class_counts=COUNTS)
+    vanilla = getattr(torchvision.models, arch)(num_classes=7).eval()
+    vanilla.load_state_dict(folded.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(vanilla(x), folded(x))
+    assert type(folded).forward is torchvision.models.ResNet.forward
+
+
+def test_pif_with_activation_stays_in_graph_and_is_exact():
+    net = make_net("digits_net", method="pih2t", pif_activation="relu")
+    folded, report = fold(net, input_shape=(1, 8, 8), tolerance=1e-5)
+    assert report.pif_kept_in_graph and not report.pif_folded
+    assert isinstance(folded, PIFClassifier)
+
+
+def test_a_corrupted_fold_is_refused(monkeypatch):
+    """Replacing the PIF matrix by the identity makes the fold wrong; fold() must refuse to return it."""
+    net = make_net("digits_net", method="pih2t")
+    monkeypatch.setattr(
+        fold_module,
+        "_pif_matrix",
+        lambda pif, c: (torch.eye(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)),
+    )
+    with pytest.raises(VerificationError, match="not exact"):
+        fold(net, input_shape=(1, 8, 8))
+
+
+def test_fold_does_not_modify_the_network():
+    net = make_net("digits_net", method="pih2t", lws=True)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fold(net, input_shape=(1, 8, 8), fuse_bn=True, logit_adjust_tau=1.0, class_counts=COUNTS)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+
+
+def test_logit_adjustment_needs_counts():
+    net = make_net("digits_net", method="pih2t")
+    with pytest.raises(ConfigError, match="class counts"):
+        fold(net, input_shape=(1, 8, 8), logit_adjust_tau=1.0)
+    with pytest.raises(ConfigError, match="positive"):
+        fold(net, input_shape=(1, 8, 8), logit_adjust_tau=1.0, class_counts=[0, 1, 1, 1, 1, 1, 1])

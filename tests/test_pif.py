@@ -1,0 +1,53 @@
+"""PIF: permutation equivariance, its affine form, parameter count, and the activation option."""
+
+import pytest
+import torch
+
+from pih2t_deploy.errors import ConfigError
+from pih2t_deploy.models.pif import PIF
+
+
+def _randomised(pif: PIF) -> PIF:
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in pif.parameters():
+            p.copy_(torch.randn_like(p))
+    return pif.eval()
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+def test_pif_is_equivariant_to_channel_permutations(activation):
+    pif = _randomised(PIF(activation))
+    x = torch.randn(3, 12, 4, 5)
+    perm = torch.randperm(12)
+    torch.testing.assert_close(pif(x[:, perm]), pif(x)[:, perm], rtol=1e-5, atol=1e-6)
+
+
+def test_pif_has_25_parameters_and_keeps_shape():
+    pif = PIF()
+    assert sum(p.numel() for p in pif.parameters()) == 25
+    assert pif(torch.randn(2, 8, 3, 3)).shape == (2, 8, 3, 3)
+
+
+def test_affine_pif_equals_its_three_coefficients():
+    pif = _randomised(PIF())
+    coef = pif.affine_coefficients()
+    x = torch.randn(2, 9, 3, 3, dtype=torch.float32)
+    expected = coef.a * x - coef.b * x.mean(dim=1, keepdim=True) + coef.c
+    torch.testing.assert_close(pif(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pif_with_activation_is_not_affine():
+    pif = _randomised(PIF("relu"))
+    assert not pif.is_affine
+    with pytest.raises(ValueError):
+        pif.affine_coefficients()
+    x = torch.randn(2, 9, 3, 3)
+    # a non-affine map: phi(2x) != 2 phi(x) - phi(0) in general
+    zero = torch.zeros_like(x)
+    assert not torch.allclose(pif(2 * x), 2 * pif(x) - pif(zero), atol=1e-4)
+
+
+def test_unknown_activation_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown PIF activation"):
+        PIF("swishy")
