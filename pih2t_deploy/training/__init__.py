@@ -1,0 +1,1 @@
+"""Training: losses, the two-stage engine, evaluation with Many/Medium/Few groups."""

@@ -1,0 +1,101 @@
+"""Evaluation: top-1/top-5, Many/Medium/Few, per-class accuracy, calibration error, confusion matrix, plots."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pih2t_deploy.data.longtail import GroupThresholds
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(logits [N, K] float32, targets [N]) over ``loader`` with ``model`` in eval mode."""
+    model.eval()
+    outputs, targets = [], []
+    for images, labels in loader:
+        outputs.append(model(images.to(device)).float().cpu())
+        targets.append(labels)
+    return torch.cat(outputs).numpy(), torch.cat(targets).numpy()
+
+
+def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> float:
+    """ECE with ``bins`` equal-width confidence bins."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == targets
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for low, high in itertools.pairwise(edges):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(ece)
+
+
+def summarize(
+    logits: np.ndarray, targets: np.ndarray, class_counts: Sequence[int], thresholds: GroupThresholds
+) -> dict[str, Any]:
+    """Accuracy metrics as fractions in [0, 1]; group accuracy is over the test images of that group's classes."""
+    num_classes = logits.shape[1]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    predicted = logits.argmax(axis=1)
+    top5 = np.argsort(-logits, axis=1)[:, : min(5, num_classes)]
+    correct = predicted == targets
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (targets, predicted), 1)
+    per_class = [float(correct[targets == c].mean()) if (targets == c).any() else None for c in range(num_classes)]
+    groups = thresholds.groups(class_counts)
+    group_acc: dict[str, float | None] = {}
+    for group in ("many", "medium", "few"):
+        members = np.isin(targets, [c for c, g in enumerate(groups) if g == group])
+        group_acc[group] = float(correct[members].mean()) if members.any() else None
+    return {
+        "top1": float(correct.mean()),
+        "top5": float((top5 == targets[:, None]).any(axis=1).mean()),
+        **group_acc,
+        "ece": expected_calibration_error(probs, targets),
+        "num_images": len(targets),
+        "thresholds": {"many": thresholds.many, "few": thresholds.few},
+        "groups": groups,
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }
+
+
+def plot_summary(summary: dict[str, Any], class_names: Sequence[str], class_counts: Sequence[int], path: Path) -> Path:
+    """PNG: per-class accuracy and the confusion matrix, classes sorted by training frequency (head first)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(-np.asarray(class_counts), kind="stable")
+    confusion = np.asarray(summary["confusion"], dtype=np.float64)[np.ix_(order, order)]
+    rows = confusion.sum(axis=1, keepdims=True)
+    confusion = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
+    accuracy = [summary["per_class"][i] or 0.0 for i in order]
+    colours = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#d62728"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    left.bar(range(len(order)), accuracy, color=[colours[summary["groups"][i]] for i in order])
+    left.set(
+        title="Per-class accuracy (head -> tail)", xlabel="class, by training count", ylabel="accuracy", ylim=(0, 1)
+    )
+    if len(order) <= 30:
+        left.set_xticks(range(len(order)), [class_names[i] for i in order], rotation=90)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    left.legend(handles, list(colours), loc="upper right")
+    image = right.imshow(confusion, cmap="viridis", vmin=0, vmax=1)
+    right.set(title="Confusion matrix (row-normalised, head -> tail)", xlabel="predicted", ylabel="true")
+    fig.colorbar(image, ax=right)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
