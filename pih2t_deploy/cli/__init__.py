@@ -13,10 +13,11 @@ import typer
 
 from pih2t_deploy.cli.common import err_console
 from pih2t_deploy.cli.export_cmd import export
+from pih2t_deploy.cli.serve_cmd import serve
 from pih2t_deploy.cli.train_cmd import evaluate, train
 from pih2t_deploy.errors import UserError, VerificationError
 
-COMMANDS: dict[str, Callable[..., None]] = {"train": train, "eval": evaluate, "export": export}
+COMMANDS: dict[str, Callable[..., None]] = {"train": train, "eval": evaluate, "export": export, "serve": serve}
 
 
 def _typer_app(commands: dict[str, Callable[..., None]]) -> typer.Typer:
@@ -63,3 +64,4 @@ def _alias(name: str) -> Callable[[], None]:
 train_main = _alias("train")
 eval_main = _alias("eval")
 export_main = _alias("export")
+serve_main = _alias("serve")

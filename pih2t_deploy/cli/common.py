@@ -7,7 +7,7 @@ from rich.console import Console
 from pih2t_deploy.errors import ConfigError
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def parse_int_list(text: str | None, option: str) -> list[int] | None:

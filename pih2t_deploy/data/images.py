@@ -17,6 +17,14 @@ class ImageTooLargeError(DataError):
     """The decoded image would exceed the pixel limit (a decompression bomb or an oversized photo)."""
 
 
+class UnsupportedImageError(DataError):
+    """The bytes are not an image in a format PIL can decode (SVG, PDF, text, ...)."""
+
+
+class CorruptImageError(DataError):
+    """The bytes start like an image but are truncated, empty or damaged."""
+
+
 def open_image(
     source: str | bytes | io.BufferedIOBase, name: str = "image", max_pixels: int = MAX_PIXELS
 ) -> Image.Image:
@@ -25,6 +33,8 @@ def open_image(
     Raises ImageTooLargeError when width*height exceeds ``max_pixels`` (checked from the header, before
     decoding) and DataError naming ``name`` for anything that is not a decodable image.
     """
+    if isinstance(source, bytes) and not source:
+        raise CorruptImageError(f"{name} is empty")
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with warnings.catch_warnings():
@@ -44,6 +54,8 @@ def open_image(
     except FileNotFoundError:
         raise DataError(f"{name} does not exist") from None
     except UnidentifiedImageError:
-        raise DataError(f"{name} is not an image in a format this service can read") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{name} is truncated or corrupt ({exc})") from None
+        raise UnsupportedImageError(
+            f"{name} is not an image in a supported format (JPEG, PNG, GIF, BMP, TIFF, WebP)"
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise CorruptImageError(f"{name} is truncated or corrupt ({exc})") from None

@@ -92,7 +92,7 @@ class Preprocessing:
         )
 
     def _convert(self, image: Image.Image) -> Image.Image:
-        return image.convert(self.mode) if image.mode != self.mode else image
+        return to_mode(image, self.mode)
 
     def to_tensor(self, images: list[Image.Image]) -> torch.Tensor:
         """Preprocess a list of decoded PIL images into one float32 batch [N, C, H, W]."""
@@ -102,6 +102,22 @@ class Preprocessing:
     def to_numpy(self, images: list[Image.Image]) -> np.ndarray:
         """As ``to_tensor``, as a contiguous float32 numpy array."""
         return np.ascontiguousarray(self.to_tensor(images).numpy())
+
+
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` in colour mode ``mode`` (L or RGB): 16-bit and float images are scaled to 8 bits (not
+    clipped), transparency is composited over white, CMYK/palette/grayscale go through PIL's conversions."""
+    if image.mode == mode:
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert(mode)
 
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)

@@ -17,7 +17,7 @@ from torchvision.transforms import v2 as T
 
 from pih2t_deploy.data.datasets import ArrayImages, FileImages, LabelledImages, require_every_class
 from pih2t_deploy.data.longtail import GroupThresholds, longtail_counts, select_longtail
-from pih2t_deploy.data.preprocessing import CIFAR_MEAN, CIFAR_STD, INTERPOLATIONS, Preprocessing
+from pih2t_deploy.data.preprocessing import CIFAR_MEAN, CIFAR_STD, INTERPOLATIONS, Preprocessing, to_mode
 from pih2t_deploy.errors import ConfigError, DataError
 
 SOURCES = ("digits-lt", "cifar10-lt", "cifar100-lt", "split-file", "imagefolder")
@@ -98,7 +98,7 @@ def train_transform(augment: str, prep: Preprocessing) -> T.Compose:
     """Training transform: colour mode, augmentation, then the same scaling and normalisation as inference."""
     return T.Compose(
         [
-            T.Lambda(lambda image: image.convert(prep.mode) if image.mode != prep.mode else image),
+            T.Lambda(lambda image: to_mode(image, prep.mode)),
             *_augmentation(augment, prep),
             T.PILToTensor(),
             T.ToDtype(torch.float32, scale=True),

@@ -260,8 +260,8 @@ class Trainer:
                     {
                         "stage": stage,
                         "epoch": epoch + 1,
-                        "loss": totals[0] / max(totals[2], 1),
-                        "train_acc": totals[1] / max(totals[2], 1),
+                        "loss": float(totals[0] / max(totals[2], 1)),
+                        "train_acc": float(totals[1] / max(totals[2], 1)),
                         "lr": optimizer.param_groups[0]["lr"],
                         "seconds": round(time.perf_counter() - started, 3),
                     }
@@ -346,6 +346,8 @@ class Trainer:
             f"{len(bundle.test)} test images; device {self.device}, {self.world.size} process(es)"
         )
         state = self._load_state()
+        if state is None and self.world.is_main:
+            (self.output / "metrics.jsonl").unlink(missing_ok=True)
         net = self._network(bundle)
         stage1_path, model_path = self.output / "stage1.pt", self.output / "model.pt"
         if state is not None:

@@ -1,0 +1,57 @@
+"""``pih2t-serve``: the REST service (FastAPI + uvicorn) on an exported artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pih2t_deploy.cli.common import err_console
+from pih2t_deploy.errors import ConfigError
+
+
+def serve(
+    model: Annotated[
+        Path, typer.Option("--model", help="artifact folder from pih2t-export (or a model.pt with --backend torch)")
+    ],
+    backend: Annotated[str, typer.Option(help="onnxruntime, torch or tensorrt")] = "onnxruntime",
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    name: Annotated[str | None, typer.Option(help="model name in URLs (default: the recipe name)")] = None,
+    max_batch: Annotated[int, typer.Option(help="largest micro-batch")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="longest wait for a batch to fill")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="images allowed to wait; more get 503")] = 256,
+    max_upload_mb: Annotated[float, typer.Option(help="largest request body")] = 10.0,
+    timeout_s: Annotated[float, typer.Option(help="longest wait for an answer; then 504")] = 30.0,
+    threads: Annotated[int | None, typer.Option(help="inference threads (default: the runtime's choice)")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve /v1/classify, the Open Inference Protocol (/v2), /metrics and /docs."""
+    import uvicorn
+
+    from pih2t_deploy.runtime import load_classifier
+    from pih2t_deploy.serving.rest import ServeSettings, create_app
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be between 1 and 65535, got {port}")
+    if max_batch < 1 or max_queue < 1 or max_wait_ms < 0 or max_upload_mb <= 0 or timeout_s <= 0:
+        raise ConfigError(
+            "--max-batch/--max-queue must be >= 1, --max-wait-ms >= 0, --max-upload-mb and --timeout-s > 0"
+        )
+    classifier = load_classifier(model, backend, device=device, threads=threads, name=name)
+    err_console.print(
+        f"serving {classifier.info.name} ({classifier.info.num_classes} classes, {classifier.describe()}) "
+        f"on http://{host}:{port} (docs at /docs)",
+        markup=False,
+    )
+    settings = ServeSettings(
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        max_upload_mb=max_upload_mb,
+        timeout_s=timeout_s,
+    )
+    app = create_app(lambda: classifier, settings)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)

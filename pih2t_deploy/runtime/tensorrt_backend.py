@@ -1,0 +1,60 @@
+"""TensorRT backend: imported lazily; without TensorRT and a GPU it refuses with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pih2t_deploy.errors import UserError
+from pih2t_deploy.runtime.classifier import Classifier, ModelInfo
+
+MISSING = (
+    "the TensorRT backend needs the tensorrt Python package and an NVIDIA GPU, and neither is available here; "
+    "serve the ONNX artifact with --backend onnxruntime, which works everywhere"
+)
+
+
+def import_tensorrt():
+    """The ``tensorrt`` module, or a UserError saying what is needed."""
+    try:
+        import tensorrt
+    except ImportError:
+        raise UserError(MISSING) from None
+    return tensorrt
+
+
+class TensorRTClassifier(Classifier):
+    """Runs a serialized TensorRT plan (``model.plan``) on the GPU."""
+
+    backend = "tensorrt"
+
+    def __init__(self, path: Path, info: ModelInfo, *, device: str = "cuda") -> None:
+        super().__init__(info)
+        if device != "cuda":
+            raise UserError("the TensorRT backend runs on --device cuda only")
+        trt = import_tensorrt()
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(MISSING)
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise UserError(f"TensorRT could not deserialize {path} (built with another TensorRT version or GPU?)")
+        self.context = self.engine.create_execution_context()
+        self.input_name = self.engine.get_tensor_name(0)
+        self.output_name = self.engine.get_tensor_name(1)
+        self.torch = torch
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        inputs = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).cuda()
+        self.context.set_input_shape(self.input_name, tuple(inputs.shape))
+        outputs = torch.empty((len(batch), self.info.num_classes), dtype=torch.float32, device="cuda")
+        self.context.set_tensor_address(self.input_name, inputs.data_ptr())
+        self.context.set_tensor_address(self.output_name, outputs.data_ptr())
+        stream = torch.cuda.current_stream()
+        self.context.execute_async_v3(stream.cuda_stream)
+        stream.synchronize()
+        return outputs.cpu().numpy()

@@ -1,0 +1,140 @@
+"""Micro-batching: gather concurrent requests into one batch, run it in a worker thread, answer in order.
+
+Requests wait in a bounded queue; a worker task takes up to ``max_batch`` images, waiting at most
+``max_wait_ms`` for more after the first, runs ``predict`` in a single worker thread (the event loop never
+blocks) and resolves every request's future with its own rows. A full queue raises QueueFullError at once;
+a request that has not been answered within ``timeout_s`` raises RequestTimeoutError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class QueueFullError(Exception):
+    """The queue holds ``max_queue`` images already; the client should retry later (HTTP 503)."""
+
+
+class RequestTimeoutError(Exception):
+    """The request waited longer than its timeout (HTTP 504)."""
+
+
+@dataclass
+class _Pending:
+    images: np.ndarray
+    future: asyncio.Future
+    enqueued: float
+
+
+class MicroBatcher:
+    """Batches calls to ``predict`` (float32 [N, C, H, W] -> [N, K]) from many coroutines."""
+
+    def __init__(
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 256,
+        timeout_s: float = 30.0,
+        on_batch: Callable[[int], None] = lambda _size: None,
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0 or timeout_s <= 0:
+            raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms >= 0, timeout_s > 0")
+        self.predict, self.on_batch = predict, on_batch
+        self.max_batch, self.max_wait, self.max_queue, self.timeout = (
+            max_batch,
+            max_wait_ms / 1000,
+            max_queue,
+            timeout_s,
+        )
+        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.queued_images = 0
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pih2t-predict")
+        self.worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Start the worker task on the running event loop."""
+        self.worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Finish every queued request, then stop the worker and its thread."""
+        while self.queued_images and self.worker and not self.worker.done():
+            await asyncio.sleep(0.005)
+        if self.worker:
+            self.worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.worker
+        self.executor.shutdown(wait=True)
+
+    @property
+    def depth(self) -> int:
+        """Images waiting in the queue."""
+        return self.queued_images
+
+    async def submit(self, images: np.ndarray) -> np.ndarray:
+        """Logits for ``images`` (its own rows, in order), computed within some batch."""
+        if self.queued_images + len(images) > self.max_queue:
+            raise QueueFullError(f"the request queue is full ({self.max_queue} images); retry shortly")
+        future = asyncio.get_running_loop().create_future()
+        self.queued_images += len(images)
+        await self.queue.put(_Pending(images, future, time.monotonic()))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+        except TimeoutError:
+            future.cancel()
+            raise RequestTimeoutError(f"no answer within {self.timeout:g} s") from None
+
+    async def _collect(self) -> list[_Pending]:
+        first = await self.queue.get()
+        batch, size = [first], len(first.images)
+        deadline = time.monotonic() + self.max_wait
+        while size < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                item = (
+                    self.queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self.queue.get(), remaining)
+                )
+            except (TimeoutError, asyncio.QueueEmpty):
+                break
+            if size + len(item.images) > self.max_batch:
+                await self._run_batch(batch)
+                batch, size = [item], len(item.images)
+                deadline = time.monotonic() + self.max_wait
+                continue
+            batch.append(item)
+            size += len(item.images)
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            await self._run_batch(await self._collect())
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        live = [item for item in batch if not item.future.done()]
+        self.queued_images -= sum(len(item.images) for item in batch)
+        if not live:
+            return
+        stacked = np.concatenate([item.images for item in live])
+        loop = asyncio.get_running_loop()
+        try:
+            logits = await loop.run_in_executor(self.executor, self.predict, stacked)
+        except Exception as exc:  # the failure belongs to these requests, not to the worker
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        self.on_batch(len(stacked))
+        offset = 0
+        for item in live:
+            rows = logits[offset : offset + len(item.images)]
+            offset += len(item.images)
+            if not item.future.done():
+                item.future.set_result(rows)

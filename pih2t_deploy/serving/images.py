@@ -1,0 +1,35 @@
+"""Decode uploaded image bytes into the model's input batch, mapping every bad image to an HTTP status."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pih2t_deploy.data.images import CorruptImageError, ImageTooLargeError, UnsupportedImageError, open_image
+from pih2t_deploy.data.preprocessing import Preprocessing
+from pih2t_deploy.errors import DataError
+
+
+class BadImageError(Exception):
+    """An image the service cannot use: ``status`` is the HTTP status, the message says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def decode_batch(blobs: list[tuple[str, bytes]], prep: Preprocessing, max_pixels: int) -> np.ndarray:
+    """float32 [N, C, H, W] for the encoded images ``(name, bytes)``; BadImageError for the first bad one."""
+    images = []
+    for name, blob in blobs:
+        try:
+            images.append(open_image(blob, name=name, max_pixels=max_pixels))
+        except ImageTooLargeError as exc:
+            raise BadImageError(413, str(exc)) from None
+        except UnsupportedImageError as exc:
+            raise BadImageError(415, str(exc)) from None
+        except (CorruptImageError, DataError) as exc:
+            raise BadImageError(400, str(exc)) from None
+    try:
+        return prep.to_numpy(images)
+    except (OSError, ValueError) as exc:
+        raise BadImageError(400, f"cannot convert the image: {exc}") from None

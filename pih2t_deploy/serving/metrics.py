@@ -1,0 +1,33 @@
+"""Prometheus metrics of one service instance (its own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServiceMetrics:
+    """Request counts by route and status, latency and batch-size histograms, queue depth, model load time."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "pih2t_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "pih2t_request_latency_seconds",
+            "Request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "pih2t_batch_size", "Images per model execution", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.queue_depth = Gauge("pih2t_queue_depth", "Images waiting for a batch", registry=self.registry)
+        self.load_seconds = Gauge(
+            "pih2t_model_load_seconds", "Time to load and warm up the model", registry=self.registry
+        )
+        self.images = Counter("pih2t_images", "Images classified", registry=self.registry)

@@ -1,0 +1,96 @@
+"""Pydantic models of every REST response (they make up the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Prediction(BaseModel):
+    """One of the top-k classes of an image."""
+
+    label: str
+    index: int
+    score: float = Field(description="softmax probability")
+
+
+class ImageResult(BaseModel):
+    """Top-k predictions of one image, best first."""
+
+    filename: str | None = None
+    predictions: list[Prediction]
+
+
+class ClassifyResponse(BaseModel):
+    """Answer of POST /v1/classify: one result per image, in request order."""
+
+    model: str
+    version: str
+    results: list[ImageResult]
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: what was wrong."""
+
+    error: str
+
+
+class ModelCard(BaseModel):
+    """GET /v1/model: what is being served."""
+
+    name: str
+    version: str
+    backend: dict
+    labels: list[str]
+    class_counts: list[int] | None
+    input_shape: list[int]
+    preprocessing: dict
+    meta: dict
+
+
+class LiveResponse(BaseModel):
+    live: bool
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    """GET /v2/models/{name} (Open Inference Protocol)."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ServerMetadata(BaseModel):
+    """GET /v2 (Open Inference Protocol)."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class InferOutput(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list | None = None
+    parameters: dict | None = None
+
+
+class InferResponse(BaseModel):
+    """POST /v2/models/{name}/infer, JSON form (binary outputs follow the JSON header when requested)."""
+
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[InferOutput]

@@ -1,0 +1,143 @@
+"""Open Inference Protocol routes (the KServe v2 protocol Triton speaks), so tritonclient works unchanged.
+
+Inputs: ``input`` (FP32 [N, C, H, W], preprocessed) or ``image`` (BYTES [N] or [N, 1], encoded images that
+the service preprocesses). Output: ``logits`` (FP32 [N, K]); with ``parameters.classification = k`` it is
+the top k as BYTES strings ``"value:index:label"`` (Triton's classification extension).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from pih2t_deploy import __version__
+from pih2t_deploy.serving import schemas
+from pih2t_deploy.serving.v2_codec import HEADER, ProtocolError, Tensor, encode_response, parse_request
+
+OUTPUT = "logits"
+TENSOR_INPUT, IMAGE_INPUT = "input", "image"
+
+
+def _classification(logits: np.ndarray, labels: list[str], k: int) -> list[bytes]:
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return [f"{row[i]:f}:{i}:{labels[i]}".encode() for row, idx in zip(logits, order, strict=True) for i in idx]
+
+
+def register_v2_routes(app: FastAPI, state: Any, api_error: type[Exception]) -> None:
+    """Add the /v2 routes to ``app``; ``state`` is the service state, ``api_error(status, message)``."""
+
+    def model_for(name: str):
+        classifier, _ = state.require_ready()
+        if name != classifier.info.name:
+            raise api_error(404, f"unknown model {name!r}; this server serves {classifier.info.name!r}")
+        return classifier
+
+    @app.get("/v2", response_model=schemas.ServerMetadata)
+    async def server_metadata() -> schemas.ServerMetadata:
+        """Server name, version and protocol extensions."""
+        return schemas.ServerMetadata(
+            name="pih2t-serve", version=__version__, extensions=["classification", "binary_tensor_data"]
+        )
+
+    @app.get("/v2/health/live", response_model=schemas.LiveResponse)
+    async def live() -> schemas.LiveResponse:
+        """The process is up."""
+        return schemas.LiveResponse(live=True)
+
+    @app.get(
+        "/v2/health/ready", response_model=schemas.ReadyResponse, responses={503: {"model": schemas.ReadyResponse}}
+    )
+    async def ready() -> JSONResponse:
+        """200 once the model is loaded and warmed up, 503 before that and while shutting down."""
+        return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
+
+    @app.get("/v2/models/{name}", response_model=schemas.ModelMetadata)
+    @app.get("/v2/models/{name}/versions/{version}", response_model=schemas.ModelMetadata)
+    async def model_metadata(name: str, version: str | None = None) -> schemas.ModelMetadata:
+        """Inputs and outputs of the served model."""
+        classifier = model_for(name)
+        c, h, w = classifier.input_shape
+        return schemas.ModelMetadata(
+            name=name,
+            versions=[classifier.info.version],
+            platform=f"pih2t_{classifier.backend}",
+            inputs=[
+                schemas.TensorMetadata(name=TENSOR_INPUT, datatype="FP32", shape=[-1, c, h, w]),
+                schemas.TensorMetadata(name=IMAGE_INPUT, datatype="BYTES", shape=[-1]),
+            ],
+            outputs=[schemas.TensorMetadata(name=OUTPUT, datatype="FP32", shape=[-1, classifier.info.num_classes])],
+        )
+
+    @app.get("/v2/models/{name}/ready", response_model=schemas.ReadyResponse)
+    @app.get("/v2/models/{name}/versions/{version}/ready", response_model=schemas.ReadyResponse)
+    async def model_ready(name: str, version: str | None = None) -> schemas.ReadyResponse:
+        """200 when this model is ready."""
+        model_for(name)
+        return schemas.ReadyResponse(ready=True)
+
+    async def batch_from(tensor: Tensor, classifier) -> np.ndarray:
+        c, h, w = classifier.input_shape
+        if tensor.name == TENSOR_INPUT:
+            if tensor.datatype != "FP32":
+                raise api_error(400, f"input 'input' must be FP32, got {tensor.datatype}")
+            if len(tensor.shape) != 4 or tuple(tensor.shape[1:]) != (c, h, w) or tensor.shape[0] < 1:
+                raise api_error(
+                    400, f"input 'input' must have shape [N, {c}, {h}, {w}] with N >= 1, got {tensor.shape}"
+                )
+            if tensor.shape[0] > state.settings.max_batch:
+                raise api_error(413, f"batch of {tensor.shape[0]} exceeds the limit of {state.settings.max_batch}")
+            return np.ascontiguousarray(tensor.data, dtype=np.float32)
+        if tensor.name == IMAGE_INPUT:
+            if tensor.datatype != "BYTES":
+                raise api_error(400, f"input 'image' must be BYTES (encoded images), got {tensor.datatype}")
+            if not (len(tensor.shape) == 1 or (len(tensor.shape) == 2 and tensor.shape[1] == 1)) or not tensor.data:
+                raise api_error(400, f"input 'image' must have shape [N] or [N, 1], got {tensor.shape}")
+            return await state.decode([(f"image[{i}]", blob) for i, blob in enumerate(tensor.data)])
+        raise api_error(
+            400, f"unknown input {tensor.name!r}; send 'input' (FP32 [N, {c}, {h}, {w}]) or 'image' (BYTES)"
+        )
+
+    @app.post("/v2/models/{name}/infer", response_model=schemas.InferResponse)
+    @app.post("/v2/models/{name}/versions/{version}/infer", response_model=schemas.InferResponse)
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
+        """Run the model on one input tensor; JSON or binary tensor data, classification extension."""
+        classifier = model_for(name)
+        try:
+            body, tensors = parse_request(await request.body(), request.headers.get(HEADER))
+        except ProtocolError as exc:
+            raise api_error(400, str(exc)) from None
+        if len(tensors) != 1:
+            raise api_error(400, f"send exactly one input ('input' or 'image'), got {len(tensors)}")
+        logits = await state.infer(await batch_from(tensors[0], classifier))
+        binary_all = bool((body.get("parameters") or {}).get("binary_data_output"))
+        requested = body.get("outputs") or [{"name": OUTPUT}]
+        outputs, binary = [], set()
+        for item in requested:
+            if not isinstance(item, dict) or item.get("name") != OUTPUT:
+                raise api_error(400, f"unknown output {item!r}; this model has one output, {OUTPUT!r}")
+            params = item.get("parameters") or {}
+            if params.get("binary_data", binary_all):
+                binary.add(OUTPUT)
+            k = params.get("classification")
+            if k is None:
+                outputs.append(
+                    {
+                        "name": OUTPUT,
+                        "datatype": "FP32",
+                        "shape": list(logits.shape),
+                        "values": logits.astype(np.float32),
+                    }
+                )
+                continue
+            if not isinstance(k, int) or not 1 <= k <= classifier.info.num_classes:
+                raise api_error(400, f"classification must be an integer between 1 and {classifier.info.num_classes}")
+            values = _classification(logits, classifier.info.labels, k)
+            outputs.append({"name": OUTPUT, "datatype": "BYTES", "shape": [len(logits), k], "values": values})
+        head = {"model_name": name, "model_version": classifier.info.version}
+        if "id" in body:
+            head["id"] = str(body["id"])
+        content, headers = encode_response(outputs, binary, head)
+        return Response(content, headers=headers)

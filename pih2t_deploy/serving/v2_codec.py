@@ -1,0 +1,158 @@
+"""Open Inference Protocol (KServe v2) bodies: JSON and Triton's binary tensor extension, both directions.
+
+A binary request is the JSON header (its length in the ``Inference-Header-Content-Length`` header) followed
+by the raw bytes of every input whose ``parameters.binary_data_size`` is set, in input order. BYTES tensors
+are serialised element by element as a 4-byte little-endian length and the bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+HEADER = "inference-header-content-length"
+NUMPY_TYPES = {
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "FP16": np.float16,
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "INT16": np.int16,
+    "INT8": np.int8,
+    "UINT8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+class ProtocolError(ValueError):
+    """A malformed inference request (HTTP 400)."""
+
+
+@dataclass
+class Tensor:
+    """One decoded input tensor: name, datatype, shape and values (a numpy array, or a list of bytes)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: Any
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    if header_length is None:
+        json_part, rest = body, b""
+    else:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise ProtocolError("Inference-Header-Content-Length does not fit the body")
+        json_part, rest = body[: int(header_length)], body[int(header_length) :]
+    try:
+        request = json.loads(json_part or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ProtocolError("the request body is not valid JSON") from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
+        raise ProtocolError("the request needs a non-empty 'inputs' list")
+    return request, rest
+
+
+def deserialize_bytes(raw: bytes) -> list[bytes]:
+    """Elements of a binary BYTES tensor."""
+    out, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ProtocolError("truncated BYTES tensor")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise ProtocolError("truncated BYTES tensor element")
+        out.append(raw[offset : offset + length])
+        offset += length
+    return out
+
+
+def serialize_bytes(items: list[bytes]) -> bytes:
+    """Binary form of a BYTES tensor."""
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def _bytes_from_json(data: Any) -> list[bytes]:
+    flat = np.asarray(data, dtype=object).reshape(-1).tolist()
+    out = []
+    for item in flat:
+        if not isinstance(item, str):
+            raise ProtocolError("BYTES data in JSON must be base64 strings")
+        try:
+            out.append(base64.b64decode(item, validate=True))
+        except binascii.Error:
+            raise ProtocolError("BYTES data in JSON must be base64 strings") from None
+    return out
+
+
+def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], list[Tensor]]:
+    """The request JSON and its decoded input tensors; ProtocolError for anything malformed."""
+    request, rest = _split_body(body, header_length)
+    tensors, offset = [], 0
+    for entry in request["inputs"]:
+        if not isinstance(entry, dict) or not {"name", "datatype", "shape"} <= set(entry):
+            raise ProtocolError("each input needs 'name', 'datatype' and 'shape'")
+        name, datatype, shape = entry["name"], str(entry["datatype"]).upper(), entry["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers")
+        size = (entry.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(rest):
+                raise ProtocolError(f"input {name!r}: binary_data_size does not fit the body")
+            raw, offset = rest[offset : offset + size], offset + size
+        elif "data" not in entry:
+            raise ProtocolError(f"input {name!r} has neither 'data' nor binary data")
+        count = int(np.prod(shape)) if shape else 1
+        if datatype == "BYTES":
+            items = deserialize_bytes(raw) if size is not None else _bytes_from_json(entry["data"])
+            if len(items) != count:
+                raise ProtocolError(f"input {name!r}: {len(items)} elements for shape {shape}")
+            tensors.append(Tensor(name, datatype, shape, items))
+            continue
+        if datatype not in NUMPY_TYPES:
+            raise ProtocolError(f"input {name!r}: unsupported datatype {datatype}")
+        dtype = NUMPY_TYPES[datatype]
+        try:
+            if size is not None:
+                values = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+            else:
+                values = np.asarray(entry["data"], dtype=dtype).reshape(-1)
+        except (ValueError, TypeError):
+            raise ProtocolError(f"input {name!r}: data is not {datatype}") from None
+        if values.size != count:
+            raise ProtocolError(f"input {name!r}: {values.size} values for shape {shape}")
+        tensors.append(Tensor(name, datatype, shape, values.reshape(shape)))
+    return request, tensors
+
+
+def encode_response(
+    outputs: list[dict[str, Any]], binary: set[str], head: dict[str, Any]
+) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of a response. ``outputs`` hold name/datatype/shape/values; names in ``binary`` are
+    sent as raw bytes after the JSON header, the others inline as JSON data."""
+    blobs, described = [], []
+    for output in outputs:
+        entry = {"name": output["name"], "datatype": output["datatype"], "shape": output["shape"]}
+        values = output["values"]
+        if output["name"] in binary:
+            blob = serialize_bytes(values) if output["datatype"] == "BYTES" else np.ascontiguousarray(values).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            if output["datatype"] == "BYTES":
+                entry["data"] = [v.decode("utf-8", "replace") for v in values]
+            else:
+                entry["data"] = np.asarray(values).reshape(-1).tolist()
+        described.append(entry)
+    header = json.dumps({**head, "outputs": described}).encode()
+    if not blobs:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(blobs), {"content-type": "application/octet-stream", HEADER: str(len(header))}

@@ -1,0 +1,136 @@
+"""The two-stage engine on Digits-LT: outputs, stage-2 freezing, resume after a crash, torchrun, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pih2t_deploy.checkpoint import load_checkpoint
+from pih2t_deploy.errors import ConfigError
+from pih2t_deploy.training.engine import Trainer
+from pih2t_deploy.training.recipe import load_recipe
+
+TINY = ["stage1.epochs=2", "stage2.epochs=2", "runtime.progress=false", "stage1.warmup_epochs=1"]
+
+
+def _train(tmp_path, *extra, name="run", **kwargs):
+    recipe = load_recipe("digits-lt", [*TINY, *extra])
+    return Trainer(recipe, tmp_path / name, log=lambda _m: None, **kwargs).run()
+
+
+@pytest.mark.parametrize("method", ["ce", "h2t", "pih2t"])
+def test_two_stages_write_checkpoints_and_metrics(tmp_path, method):
+    result = _train(tmp_path, f"method={method}")
+    metrics = json.loads((result.output / "metrics.json").read_text())
+    assert {"top1", "top5", "many", "medium", "few", "ece", "thresholds"} <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("top1", "many", "medium", "few"))
+    assert metrics["thresholds"] == {"many": 40, "few": 10}
+    final, stage1 = load_checkpoint(result.model_path), load_checkpoint(result.stage1_path)
+    assert final.meta["stage"] == 2 and stage1.meta["stage"] == 1 and final.meta["method"] == method
+    assert final.class_counts == metrics["class_counts"] and final.class_counts[0] == 120
+    assert (final.net.pif is not None) == (method == "pih2t")
+    lines = (result.output / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["stage"] for line in lines] == [1, 1, 2, 2]
+    assert not (result.output / "train_state.pt").exists()
+
+
+def test_stage2_changes_only_the_head_and_bn_statistics(tmp_path):
+    result = _train(tmp_path, "model.lws=true")
+    before, after = load_checkpoint(result.stage1_path).net, load_checkpoint(result.model_path).net
+    b, a = before.state_dict(), after.state_dict()
+    for name in b:
+        same = torch.equal(b[name], a[name])
+        if name.startswith("head."):
+            assert not same, f"{name} should be trained in stage 2"
+        elif "running_" in name or "num_batches" in name:
+            assert not same, f"{name}: shift-BN re-estimates statistics"
+        else:
+            assert same, f"{name} must stay frozen in stage 2"
+    assert torch.equal(b["head.lws"], torch.ones_like(b["head.lws"])), "LWS is learned in stage 2 only"
+
+
+def test_without_shift_bn_the_backbone_is_untouched(tmp_path):
+    result = _train(tmp_path, "stage2.shift_bn=false")
+    b, a = load_checkpoint(result.stage1_path).net.state_dict(), load_checkpoint(result.model_path).net.state_dict()
+    assert all(torch.equal(b[n], a[n]) for n in b if not n.startswith("head."))
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
+    straight = _train(tmp_path, "stage1.epochs=3", name="straight")
+
+    def crash(stage, epoch):
+        if (stage, epoch) == (1, 1):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path, "stage1.epochs=3", name="crashed", on_epoch_end=crash)
+    assert (tmp_path / "crashed" / "train_state.pt").exists() and not (tmp_path / "crashed" / "model.pt").exists()
+    with pytest.raises(ConfigError, match="--resume"):
+        _train(tmp_path, "stage1.epochs=3", name="crashed")
+    resumed = _train(tmp_path, "stage1.epochs=3", name="crashed", resume=True)
+    a, b = load_checkpoint(straight.model_path).net.state_dict(), load_checkpoint(resumed.model_path).net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    epochs = [json.loads(x)["epoch"] for x in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 1, 2]
+
+
+def test_torchrun_with_two_cpu_processes(tmp_path):
+    """Two gloo processes finish both stages with identical weights on both ranks and one checkpoint."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "pih2t_deploy.cli",
+        "train",
+        "--output",
+        str(tmp_path / "ddp"),
+        *TINY,
+        "runtime.device=cpu",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    digests = metrics["rank_weight_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert sorted(p.name for p in (tmp_path / "ddp").glob("*.pt")) == ["model.pt", "stage1.pt"]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "pih2t_deploy.cli", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--recipe", "imagenet-1k"], "unknown recipe 'imagenet-1k'"),
+        (["stage1.epoch=3"], "unknown setting stage1.epoch"),
+        (["optimizer=adam"], "unknown recipe key 'optimizer'"),
+        (["--method", "focal"], "unknown method 'focal'"),
+        (["data.source=imagefolder", "data.root=/nonexistent"], "image folder /nonexistent/train does not exist"),
+        (["stage1.lr=-1"], "lr must be positive"),
+        (["banana"], "must look like key=value"),
+    ],
+)
+def test_bad_training_input_gets_one_line(tmp_path, args, message):
+    result = _cli("train", "--output", str(tmp_path / "r"), *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith("error:") and message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_eval_command_writes_metrics_and_plot(tmp_path):
+    result = _train(tmp_path)
+    done = _cli("eval", "--ckpt", str(result.model_path), "--output", str(tmp_path / "ev"))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    metrics = json.loads((result.output / "metrics.json").read_text())
+    assert summary["top1"] == pytest.approx(metrics["top1"]) and len(summary["per_class"]) == 10
+    assert (tmp_path / "ev" / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
