@@ -15,3 +15,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 @pytest.fixture
 def digits_net() -> PIH2TNet:
     return make_net("digits_net", method="pih2t", lws=True)
+
+
+@pytest.fixture(scope="session")
+def digits_artifact(tmp_path_factory):
+    """A Digits-LT PI-H2T model trained briefly (2+2 epochs) and exported to ONNX: (checkpoint, artifact folder)."""
+    from pih2t_deploy.export.exporter import ExportOptions, export_checkpoint
+    from pih2t_deploy.training.engine import Trainer
+    from pih2t_deploy.training.recipe import load_recipe
+
+    root = tmp_path_factory.mktemp("digits")
+    recipe = load_recipe("digits-lt", ["stage1.epochs=4", "stage2.epochs=2", "runtime.progress=false"])
+    result = Trainer(recipe, root / "run", log=lambda _m: None).run()
+    export_checkpoint(result.model_path, ExportOptions(output=root / "export"))
+    return result.model_path, root / "export"

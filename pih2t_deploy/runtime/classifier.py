@@ -108,6 +108,10 @@ def load_classifier(
         if backend != "torch":
             raise ConfigError(f"{target} is a checkpoint: serve it with --backend torch, or export it first")
         return TorchClassifier.from_checkpoint(target, device=device, threads=threads, name=name)
+    if backend == "tensorrt":
+        from pih2t_deploy.runtime.tensorrt_backend import import_tensorrt
+
+        import_tensorrt()
     folder = target if target.is_dir() else target.parent
     info = read_artifact_info(folder, name)
     model_file = target if target.is_file() else _find_model_file(folder, backend)

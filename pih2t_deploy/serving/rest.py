@@ -7,6 +7,7 @@ is ``{"error": "..."}`` with a 4xx status, except 503 (queue full, not ready) an
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -65,6 +66,7 @@ class ServiceState:
     classifier: Classifier | None = None
     batcher: MicroBatcher | None = None
     ready: bool = False
+    load_error: str | None = None
 
     def require_ready(self) -> tuple[Classifier, MicroBatcher]:
         """The classifier and batcher, or 503 while loading or shutting down."""
@@ -159,16 +161,20 @@ async def read_uploads(request: Request, max_images: int) -> tuple[list[tuple[st
 
 
 def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = None) -> BodyLimitMiddleware:
-    """The ASGI application. ``load`` builds the classifier at start-up; readiness follows load and warm-up."""
+    """The ASGI application. ``load`` builds the classifier in the background after start-up, so the server
+    answers liveness at once; readiness turns true after load and warm-up, and false again at shutdown."""
     settings = settings or ServeSettings()
     state = ServiceState(settings)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def load_and_warm_up() -> None:
         started = time.perf_counter()
-        classifier = await run_in_threadpool(load)
-        for size in sorted({1, settings.max_batch}):
-            await run_in_threadpool(classifier.predict, np.zeros((size, *classifier.input_shape), np.float32))
+        try:
+            classifier = await run_in_threadpool(load)
+            for size in sorted({1, settings.max_batch}):
+                await run_in_threadpool(classifier.predict, np.zeros((size, *classifier.input_shape), np.float32))
+        except Exception as exc:  # reported by /v2/health/live, so an orchestrator restarts the process
+            state.load_error = f"{type(exc).__name__}: {exc}"
+            return
         state.metrics.load_seconds.set(time.perf_counter() - started)
         state.classifier = classifier
         state.batcher = MicroBatcher(
@@ -181,9 +187,15 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
         )
         state.batcher.start()
         state.ready = True
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.get_running_loop().create_task(load_and_warm_up())
         yield
         state.ready = False
-        await state.batcher.stop()
+        await loading
+        if state.batcher is not None:
+            await state.batcher.stop()
 
     app = FastAPI(
         title="pih2t-serve",

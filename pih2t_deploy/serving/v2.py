@@ -42,10 +42,12 @@ def register_v2_routes(app: FastAPI, state: Any, api_error: type[Exception]) -> 
             name="pih2t-serve", version=__version__, extensions=["classification", "binary_tensor_data"]
         )
 
-    @app.get("/v2/health/live", response_model=schemas.LiveResponse)
-    async def live() -> schemas.LiveResponse:
-        """The process is up."""
-        return schemas.LiveResponse(live=True)
+    @app.get("/v2/health/live", response_model=schemas.LiveResponse, responses={503: {"model": schemas.ErrorResponse}})
+    async def live() -> JSONResponse:
+        """200 while the process is healthy; 503 if the model failed to load (restart the process)."""
+        if state.load_error:
+            return JSONResponse({"error": f"model failed to load: {state.load_error}"}, status_code=503)
+        return JSONResponse({"live": True})
 
     @app.get(
         "/v2/health/ready", response_model=schemas.ReadyResponse, responses={503: {"model": schemas.ReadyResponse}}

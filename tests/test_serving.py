@@ -1,0 +1,322 @@
+"""pih2t-serve against a real uvicorn server on 127.0.0.1, with httpx and tritonclient.http as clients."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import io
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton_http
+from PIL import Image
+
+from pih2t_deploy.runtime import load_classifier
+from pih2t_deploy.serving.rest import ServeSettings, create_app, softmax
+from tests import images
+from tests.servers import running_server
+
+
+@pytest.fixture(scope="module")
+def classifier(digits_artifact):
+    return load_classifier(digits_artifact[1])
+
+
+@pytest.fixture(scope="module")
+def server(classifier):
+    with running_server(create_app(lambda: classifier, ServeSettings(max_batch=16, max_upload_mb=0.5))) as (url, _):
+        yield url
+
+
+def expected_top(classifier, blob: bytes, k: int = 3) -> list[int]:
+    batch = classifier.info.preprocessing.to_numpy([Image.open(io.BytesIO(blob))])
+    return list(np.argsort(-classifier.predict(batch)[0], kind="stable")[:k])
+
+
+def test_multipart_file_matches_onnxruntime(server, classifier):
+    answer = httpx.post(
+        f"{server}/v1/classify", files={"file": ("d3.png", images.sample(3), "image/png")}, params={"top_k": 3}
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model"] == "digits-lt" and body["version"]
+    predictions = body["results"][0]["predictions"]
+    assert [p["index"] for p in predictions] == expected_top(classifier, images.sample(3))
+    assert predictions[0]["label"] == classifier.info.labels[predictions[0]["index"]]
+    assert predictions[0]["score"] >= predictions[1]["score"] >= predictions[2]["score"]
+
+
+def test_several_files_and_json_base64_give_the_same_answers(server, classifier):
+    blobs = [images.sample(i) for i in range(5)]
+    multipart = httpx.post(
+        f"{server}/v1/classify", files=[("files", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)]
+    )
+    as_json = httpx.post(
+        f"{server}/v1/classify", json={"images": [base64.b64encode(b).decode() for b in blobs], "top_k": 5}
+    )
+    assert multipart.status_code == as_json.status_code == 200
+    for a, b, blob in zip(multipart.json()["results"], as_json.json()["results"], blobs, strict=True):
+        assert a["predictions"] == b["predictions"]
+        assert [p["index"] for p in a["predictions"]] == expected_top(classifier, blob, 5)
+
+
+@pytest.mark.parametrize("name", list(images.variants()))
+def test_unusual_but_valid_images_are_classified(server, name):
+    blob = images.variants()[name]
+    answer = httpx.post(f"{server}/v1/classify", files={"file": (name, blob)})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["results"][0]["predictions"]) == 5
+
+
+def test_exif_rotation_is_applied(server, classifier):
+    image = Image.open(io.BytesIO(images.sample(7))).convert("RGB").resize((32, 16))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated_file = images.encode(image, "PNG", exif=exif)
+    upright = images.encode(image.transpose(Image.Transpose.ROTATE_270))
+    a = httpx.post(f"{server}/v1/classify", files={"file": ("a.png", rotated_file)}).json()
+    b = httpx.post(f"{server}/v1/classify", files={"file": ("b.png", upright)}).json()
+    assert a["results"][0]["predictions"] == b["results"][0]["predictions"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"),
+    [
+        ({}, 422, "empty request"),
+        ({"files": {"image": ("x.png", images.sample(1))}}, 422, "field 'file'"),
+        ({"files": {"file": ("x.svg", images.SVG, "image/svg+xml")}}, 415, "not an image"),
+        ({"files": {"file": ("x.txt", b"hello world")}}, 415, "not an image"),
+        ({"files": {"file": ("x.png", images.truncated_png())}}, 400, "truncated or corrupt"),
+        ({"files": {"file": ("x.png", b"")}}, 400, "empty"),
+        ({"files": {"file": ("bomb.png", images.bomb_png())}}, 413, "pixel"),
+        ({"files": {"file": ("x.png", images.sample(1))}, "params": {"top_k": 0}}, 422, "top_k"),
+        ({"files": {"file": ("x.png", images.sample(1))}, "params": {"top_k": 11}}, 422, "between 1 and 10"),
+        ({"files": {"file": ("x.png", images.sample(1))}, "params": {"top_k": "two"}}, 422, "whole number"),
+        ({"json": {"images": ["***"]}}, 400, "base64"),
+        ({"json": {"pictures": []}}, 422, "images"),
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+        ({"content": b"raw", "headers": {"content-type": "text/plain"}}, 415, "content type"),
+        ({"files": {"file": ("big.bin", b"\0" * 600_000)}}, 413, "upload limit"),
+        ({"files": [("files", (f"{i}.png", images.sample(1))) for i in range(17)]}, 413, "limit is 16"),
+    ],
+)
+def test_bad_requests_get_4xx_with_a_json_reason(server, kwargs, status, message):
+    answer = httpx.post(f"{server}/v1/classify", **kwargs)
+    assert answer.status_code == status, answer.text
+    assert message in answer.json()["error"]
+    assert httpx.get(f"{server}/v2/health/ready").status_code == 200
+
+
+def test_oversize_upload_is_refused_while_streaming(server):
+    """A chunked body with no Content-Length is cut off at the limit, long before it has all been sent."""
+    sent = []
+
+    def chunks():
+        yield b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+        for _ in range(200):
+            sent.append(1)
+            yield b"\0" * 65536
+
+    headers = {"content-type": "multipart/form-data; boundary=xyz"}
+    answer = httpx.post(f"{server}/v1/classify", content=chunks(), headers=headers)
+    assert answer.status_code == 413 and "upload limit" in answer.json()["error"]
+    assert len(sent) < 200
+
+
+def test_open_inference_protocol_with_tritonclient(server, classifier):
+    client = triton_http.InferenceServerClient(server.removeprefix("http://"))
+    try:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits-lt")
+        metadata = client.get_model_metadata("digits-lt")
+        assert metadata["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}
+        blobs = [images.sample(i) for i in range(4)]
+        tensor = classifier.info.preprocessing.to_numpy([Image.open(io.BytesIO(b)) for b in blobs])
+        expected = classifier.predict(tensor)
+        raw = triton_http.InferInput("input", list(tensor.shape), "FP32")
+        raw.set_data_from_numpy(tensor)
+        logits = client.infer("digits-lt", [raw]).as_numpy("logits")
+        np.testing.assert_array_equal(logits, expected)
+        encoded = triton_http.InferInput("image", [4], "BYTES")
+        encoded.set_data_from_numpy(np.array(blobs, dtype=object))
+        wanted = [triton_http.InferRequestedOutput("logits", class_count=3)]
+        top = client.infer("digits-lt", [encoded], outputs=wanted).as_numpy("logits")
+        assert top.shape == (4, 3)
+        for row, logit_row in zip(top, expected, strict=True):
+            indices = [int(item.decode().split(":")[1]) for item in row]
+            assert indices == list(np.argsort(-logit_row, kind="stable")[:3])
+        as_json = [triton_http.InferRequestedOutput("logits", binary_data=False)]
+        np.testing.assert_allclose(
+            client.infer("digits-lt", [raw], outputs=as_json).as_numpy("logits"), expected, rtol=1e-6
+        )
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [0.0] * 192}]},
+            "[N, 1, 8, 8]",
+        ),
+        ({"inputs": [{"name": "input", "datatype": "INT64", "shape": [1, 1, 8, 8], "data": [0] * 64}]}, "must be FP32"),
+        ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.0] * 10}]}, "10 values"),
+        ({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1], "data": [0.0]}]}, "unknown input"),
+        ({"inputs": []}, "non-empty 'inputs'"),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGVsbG8="]}]}, "not an image"),
+    ],
+)
+def test_v2_infer_rejects_bad_tensors_with_400(server, payload, message):
+    answer = httpx.post(f"{server}/v2/models/digits-lt/infer", json=payload)
+    assert answer.status_code in (400, 415), answer.text
+    assert message in answer.json()["error"]
+
+
+def test_v2_unknown_model_is_404(server):
+    answer = httpx.get(f"{server}/v2/models/resnet/ready")
+    assert answer.status_code == 404 and "unknown model" in answer.json()["error"]
+
+
+def test_concurrent_requests_equal_single_requests_and_are_batched(server):
+    blobs = [images.sample(i % 10) for i in range(48)]
+    single = [httpx.post(f"{server}/v1/classify", files={"file": ("x.png", b)}).json()["results"] for b in blobs[:10]]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda b: httpx.post(f"{server}/v1/classify", files={"file": ("x.png", b)}), blobs))
+    assert all(a.status_code == 200 for a in answers)
+    for i, answer in enumerate(answers):
+        assert answer.json()["results"] == single[i % 10]
+    metrics = httpx.get(f"{server}/metrics").text
+    assert 'pih2t_requests_total{route="/v1/classify",status="200"}' in metrics
+    sizes = {
+        line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("pih2t_batch_size_")
+    }
+    assert sizes["pih2t_batch_size_count"] < sizes["pih2t_batch_size_sum"], "some batches held several requests"
+    assert "pih2t_model_load_seconds" in metrics and "pih2t_queue_depth" in metrics
+
+
+class SlowClassifier:
+    """The real classifier with a fixed delay per batch, to fill the queue deterministically."""
+
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay, self.info, self.backend = inner, delay, inner.info, inner.backend
+        self.input_shape = inner.input_shape
+
+    def predict(self, batch):
+        time.sleep(self.delay)
+        return self.inner.predict(batch)
+
+    def describe(self):
+        return self.inner.describe()
+
+
+def test_full_queue_answers_503_with_retry_after_and_slow_answers_504(classifier):
+    settings = ServeSettings(max_batch=1, max_wait_ms=0, max_queue=2, timeout_s=0.6)
+    with running_server(create_app(lambda: SlowClassifier(classifier, 0.25), settings)) as (url, _):
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(
+                    lambda _i: httpx.post(
+                        f"{url}/v1/classify", files={"file": ("x.png", images.sample(2))}, timeout=10
+                    ),
+                    range(8),
+                )
+            )
+        codes = sorted(a.status_code for a in answers)
+        assert 503 in codes and 200 in codes
+        busy = next(a for a in answers if a.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and "queue is full" in busy.json()["error"]
+        assert 504 in codes or all(c in (200, 503) for c in codes)
+    with running_server(create_app(lambda: SlowClassifier(classifier, 1.0), ServeSettings(timeout_s=0.2))) as (url, _):
+        answer = httpx.post(f"{url}/v1/classify", files={"file": ("x.png", images.sample(2))}, timeout=10)
+        assert answer.status_code == 504 and "no answer within" in answer.json()["error"]
+
+
+def test_ready_only_after_load_and_graceful_shutdown_finishes_in_flight(classifier):
+    def slow_load():
+        time.sleep(1.0)
+        return SlowClassifier(classifier, 0.5)
+
+    with running_server(create_app(slow_load), wait_ready=False) as (url, server):
+        assert httpx.get(f"{url}/v2/health/live").status_code == 200
+        not_yet = httpx.get(f"{url}/v2/health/ready")
+        assert not_yet.status_code == 503 and not_yet.json() == {"ready": False}
+        busy = httpx.post(f"{url}/v1/classify", files={"file": ("x.png", images.sample(2))})
+        assert busy.status_code == 503
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        result = {}
+        request = threading.Thread(
+            target=lambda: result.setdefault(
+                "r", httpx.post(f"{url}/v1/classify", files={"file": ("x.png", images.sample(2))}, timeout=10)
+            )
+        )
+        request.start()
+        time.sleep(0.2)
+        server.should_exit = True
+        request.join(timeout=15)
+        assert result["r"].status_code == 200
+
+
+def test_openapi_documents_every_route_with_response_models(server):
+    spec = httpx.get(f"{server}/openapi.json").json()
+    for path in ("/v1/classify", "/v1/model", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/infer"):
+        method = "post" if path.endswith(("classify", "infer")) else "get"
+        responses = spec["paths"][path][method]["responses"]
+        assert "$ref" in str(responses["200"]), path
+    assert httpx.get(f"{server}/docs").status_code == 200
+    card = httpx.get(f"{server}/v1/model").json()
+    assert card["labels"] == [str(i) for i in range(10)] and card["class_counts"][0] == 120
+
+
+def test_scores_are_softmax_probabilities(server, classifier):
+    body = httpx.post(f"{server}/v1/classify", files={"file": ("x.png", images.sample(5))}, params={"top_k": 10}).json()
+    scores = [p["score"] for p in body["results"][0]["predictions"]]
+    assert sum(scores) == pytest.approx(1.0)
+    batch = classifier.info.preprocessing.to_numpy([Image.open(io.BytesIO(images.sample(5)))])
+    assert max(scores) == pytest.approx(softmax(classifier.predict(batch)).max())
+
+
+def test_a_model_that_fails_to_load_makes_liveness_fail(classifier):
+    def broken():
+        raise RuntimeError("disk on fire")
+
+    with running_server(create_app(broken), wait_ready=False) as (url, _):
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{url}/v2/health/live").status_code == 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        live = httpx.get(f"{url}/v2/health/live")
+        assert live.status_code == 503 and "disk on fire" in live.json()["error"]
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 503
+
+
+def test_serve_cli_refuses_bad_models_with_one_line(tmp_path, digits_artifact):
+    import subprocess
+    import sys
+
+    (tmp_path / "empty").mkdir()
+    for args, message in (
+        (["--model", str(tmp_path / "none")], "does not exist"),
+        (["--model", str(tmp_path / "empty")], "not an exported artifact"),
+        (["--model", str(digits_artifact[1]), "--backend", "tensorrt", "--device", "cuda"], "TensorRT"),
+        (["--model", str(digits_artifact[1]), "--backend", "torch"], "no model.pt2"),
+        (["--model", str(digits_artifact[1]), "--device", "cuda"], "CUDAExecutionProvider"),
+        (["--model", str(digits_artifact[1]), "--port", "0"], "--port"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "pih2t_deploy.cli", "serve", *args], capture_output=True, text=True
+        )
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_torch_backend_serves_a_checkpoint_with_the_same_answers(digits_artifact, classifier):
+    torch_classifier = load_classifier(digits_artifact[0], "torch")
+    batch = classifier.info.preprocessing.to_numpy([Image.open(io.BytesIO(images.sample(i))) for i in range(10)])
+    np.testing.assert_allclose(torch_classifier.predict(batch), classifier.predict(batch), atol=1e-4)
+    assert torch_classifier.info.labels == classifier.info.labels
