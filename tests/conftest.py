@@ -20,7 +20,8 @@ def digits_net() -> PIH2TNet:
 @pytest.fixture(scope="session")
 def digits_artifact(tmp_path_factory):
     """A Digits-LT PI-H2T model trained briefly (2+2 epochs) and exported to ONNX: (checkpoint, artifact folder)."""
-    from pih2t_deploy.export.exporter import ExportOptions, export_checkpoint
+    from pih2t_deploy.export.exporter import export_checkpoint
+    from pih2t_deploy.export.options import ExportOptions
     from pih2t_deploy.training.engine import Trainer
     from pih2t_deploy.training.recipe import load_recipe
 

@@ -10,23 +10,47 @@ from rich.table import Table
 
 from pih2t_deploy.cli.common import console, err_console, parse_int_list, parse_str_list
 
+Opt = typer.Option
+
 
 def export(
-    ckpt: Annotated[Path, typer.Option("--ckpt", help="model.pt (pih2t/1) or an official H2T CIFAR checkpoint")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="artifact folder to write")] = Path("exports/model"),
-    format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
-    opset: Annotated[int, typer.Option(help="ONNX opset")] = 18,
-    static_batch: Annotated[int | None, typer.Option(help="fix the batch axis to N (default: dynamic)")] = None,
-    max_batch: Annotated[int, typer.Option(help="largest batch size the verification runs")] = 8,
-    logit_adjust: Annotated[float, typer.Option("--logit-adjust", help="fold post-hoc logit adjustment TAU")] = 0.0,
-    fuse_bn: Annotated[bool, typer.Option("--fuse-bn", help="fold BatchNorm into convolutions")] = False,
-    tolerance: Annotated[float, typer.Option(help="largest allowed abs logit difference")] = 1e-3,
-    class_counts: Annotated[str | None, typer.Option(help="comma-separated training counts per class")] = None,
-    class_names: Annotated[str | None, typer.Option(help="comma-separated class names")] = None,
-    seed: Annotated[int, typer.Option(help="seed of the verification inputs")] = 0,
+    ckpt: Annotated[Path, Opt("--ckpt", help="model.pt (pih2t/1) or an official H2T CIFAR checkpoint")],
+    output: Annotated[Path, Opt("--output", "-o", help="artifact folder to write")] = Path("exports/model"),
+    format: Annotated[str, Opt("--format", help="onnx, onnx-int8, trt or torch")] = "onnx",
+    opset: Annotated[int, Opt(help="ONNX opset (onnx, onnx-int8, trt)")] = 18,
+    static_batch: Annotated[int | None, Opt(help="fix the batch axis to N (default: dynamic)")] = None,
+    max_batch: Annotated[int, Opt(help="largest verified batch; TensorRT profile maximum")] = 8,
+    opt_batch: Annotated[int | None, Opt(help="TensorRT profile optimum (default: --max-batch)")] = None,
+    half: Annotated[bool, Opt("--half", help="fp16 compute (onnx, trt)")] = False,
+    int8: Annotated[bool, Opt("--int8", help="INT8 TensorRT plan (needs --calib-data)")] = False,
+    simplify: Annotated[bool, Opt("--simplify", help="run onnxsim on the graph (onnx)")] = False,
+    embed_preprocessing: Annotated[
+        bool, Opt("--embed-preprocessing", help="graph takes uint8 NHWC pixels (onnx)")
+    ] = False,
+    probs: Annotated[bool, Opt("--probs", help="softmax in the graph (onnx)")] = False,
+    logit_adjust: Annotated[float, Opt("--logit-adjust", help="fold post-hoc logit adjustment TAU")] = 0.0,
+    fuse_bn: Annotated[bool, Opt("--fuse-bn", help="fold BatchNorm into convolutions")] = False,
+    tolerance: Annotated[
+        float | None, Opt(help="largest allowed abs output difference (default 1e-3, 5e-2 fp16)")
+    ] = None,
+    calib_data: Annotated[str | None, Opt(help="calibration images: a folder, or 'recipe' (training set)")] = None,
+    calib_count: Annotated[int, Opt(help="calibration images to use")] = 256,
+    eval_data: Annotated[
+        str | None, Opt(help="real images to verify on: a folder (class sub-folders) or 'recipe'")
+    ] = None,
+    max_group_drop: Annotated[float, Opt(help="INT8: largest allowed accuracy drop in points, any group")] = 2.0,
+    workspace_gb: Annotated[float, Opt(help="TensorRT builder workspace")] = 4.0,
+    timing_cache: Annotated[Path | None, Opt(help="TensorRT timing cache file (read and updated)")] = None,
+    force: Annotated[bool, Opt("--force", help="replace an existing artifact in --output")] = False,
+    class_counts: Annotated[
+        str | None, Opt(help="comma-separated training counts per class (official checkpoints)")
+    ] = None,
+    class_names: Annotated[str | None, Opt(help="comma-separated class names (official checkpoints)")] = None,
+    seed: Annotated[int, Opt(help="seed of the verification inputs")] = 0,
 ) -> None:
     """Fold the train-time fusion away, export, verify against PyTorch and write the artifact folder."""
-    from pih2t_deploy.export.exporter import ExportOptions, export_checkpoint
+    from pih2t_deploy.export.exporter import export_checkpoint
+    from pih2t_deploy.export.options import ExportOptions
 
     options = ExportOptions(
         output=output,
@@ -34,20 +58,35 @@ def export(
         opset=opset,
         static_batch=static_batch,
         max_batch=max_batch,
+        opt_batch=opt_batch,
+        half=half,
+        int8=int8,
+        simplify=simplify,
+        embed_preprocessing=embed_preprocessing,
+        probs=probs,
         logit_adjust_tau=logit_adjust,
         fuse_bn=fuse_bn,
         tolerance=tolerance,
         seed=seed,
+        calib_data=calib_data,
+        calib_count=calib_count,
+        eval_data=eval_data,
+        max_group_drop=max_group_drop,
+        workspace_gb=workspace_gb,
+        timing_cache=timing_cache,
+        force=force,
         class_counts=parse_int_list(class_counts, "--class-counts"),
         class_names=parse_str_list(class_names),
     )
     result = export_checkpoint(ckpt, options, log=lambda msg: err_console.print(msg, markup=False))
-    table = Table(title=f"verification ({result.manifest['model_format']})")
-    for column in ("batch", "max |diff|", "rel diff", "top-1 agree", "top-5 agree"):
+    manifest = result.manifest
+    table = Table(title=f"verification of {manifest['model_file']} against the unfolded PyTorch model")
+    for column in ("inputs", "batch", "max |diff|", "rel diff", "top-1 agree", "top-5 agree"):
         table.add_column(column, justify="right")
-    for block in result.manifest["verification"]:
+    for block in manifest["verification"]:
         for row in block["results"]:
             table.add_row(
+                block["source"],
                 str(row["batch"]),
                 f"{row['max_abs_diff']:.2e}",
                 f"{row['max_rel_diff']:.2e}",
@@ -55,4 +94,10 @@ def export(
                 f"{row['top5_agreement']:.0%}",
             )
     console.print(table)
-    console.print(f"wrote {result.folder}/ ({', '.join(result.manifest['files'])}, model.json)")
+    graph = manifest.get("graph")
+    if graph:
+        verdict = "identical to" if graph["identical"] else f"differs from ({graph['difference']})"
+        console.print(
+            f"graph: {graph['exported_nodes']} nodes, operator counts {verdict} the vanilla {manifest['meta']['arch']}"
+        )
+    console.print(f"wrote {result.folder}/ ({', '.join(manifest['files'])}, model.json)")

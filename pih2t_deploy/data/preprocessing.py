@@ -78,18 +78,22 @@ class Preprocessing:
                 values[key] = tuple(values[key])
         return cls(**values)
 
+    def _pixel_steps(self) -> list:
+        return [
+            T.Lambda(self._convert),
+            T.Resize(self.resize, interpolation=INTERPOLATIONS[self.interpolation], antialias=True),
+            T.CenterCrop(self.input_size),
+            T.PILToTensor(),
+        ]
+
     def transform(self) -> T.Compose:
         """A torchvision transform: PIL image (any mode) -> normalised float tensor [C, H, W]."""
-        return T.Compose(
-            [
-                T.Lambda(self._convert),
-                T.Resize(self.resize, interpolation=INTERPOLATIONS[self.interpolation], antialias=True),
-                T.CenterCrop(self.input_size),
-                T.PILToTensor(),
-                T.ToDtype(torch.float32, scale=True),
-                T.Normalize(self.mean, self.std),
-            ]
-        )
+        return T.Compose([*self._pixel_steps(), T.ToDtype(torch.float32, scale=True), T.Normalize(self.mean, self.std)])
+
+    def to_pixels(self, images: list[Image.Image]) -> np.ndarray:
+        """Resized, cropped uint8 pixels [N, H, W, C]: the input of a graph with embedded preprocessing."""
+        steps = T.Compose(self._pixel_steps())
+        return np.ascontiguousarray(torch.stack([steps(image) for image in images]).permute(0, 2, 3, 1).numpy())
 
     def _convert(self, image: Image.Image) -> Image.Image:
         return to_mode(image, self.mode)

@@ -1,55 +1,40 @@
-"""``pih2t-export``: checkpoint -> fold -> export -> verify -> artifact folder, all or nothing."""
+"""``pih2t-export``: checkpoint -> fold -> export -> verify -> artifact folder, all or nothing.
+
+Options are validated first (and TensorRT's presence, for ``trt``), then the model is folded (checked in
+float64), exported by the format's builder into a temporary folder, verified through its runner against the
+unfolded PyTorch model (random inputs at batch 1, 2 and --max-batch; real images with --eval-data), and only
+then renamed into place with ``labels.txt`` and ``model.json``.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import torch
+from torch import nn
 
 from pih2t_deploy.atomic import atomic_dir
 from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint, versions
-from pih2t_deploy.errors import ConfigError, UserError, VerificationError
+from pih2t_deploy.data.longtail import GroupThresholds
+from pih2t_deploy.errors import DataError, UserError, VerificationError
 from pih2t_deploy.export.artifact import MANIFEST, write_labels, write_manifest
-from pih2t_deploy.export.onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
-from pih2t_deploy.export.verify import VerificationReport, verify_against
+from pih2t_deploy.export.builders import BUILDERS, BuildContext
+from pih2t_deploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME
+from pih2t_deploy.export.options import ExportOptions
+from pih2t_deploy.export.real_images import ImageSet, load_images
+from pih2t_deploy.export.verify import VerificationReport, compare, run_chunked, verify
+from pih2t_deploy.export.wrappers import ExportModule, example_input
 from pih2t_deploy.fold import FoldReport, fold, log_prior
+from pih2t_deploy.models import create_arch
+from pih2t_deploy.training.evaluate import summarize
 
-ONNX_TOLERANCE = 1e-3
-
-
-@dataclass
-class ExportOptions:
-    """Settings of one export; validated by ``validate`` before any work starts."""
-
-    output: Path
-    format: str = "onnx"
-    opset: int = DEFAULT_OPSET
-    static_batch: int | None = None
-    max_batch: int = 8
-    logit_adjust_tau: float = 0.0
-    fuse_bn: bool = False
-    tolerance: float = ONNX_TOLERANCE
-    seed: int = 0
-    class_counts: list[int] | None = field(default=None)
-    class_names: list[str] | None = field(default=None)
-
-    def validate(self) -> None:
-        """Raise ConfigError for an unknown format or an option out of range."""
-        if self.format != "onnx":
-            raise ConfigError(f"unknown format {self.format!r}; choose one of: onnx")
-        if not 7 <= self.opset <= 23:
-            raise ConfigError(f"--opset must be between 7 and 23, got {self.opset}")
-        if self.static_batch is not None and self.static_batch < 1:
-            raise ConfigError(f"--static-batch must be at least 1, got {self.static_batch}")
-        if self.max_batch < 1:
-            raise ConfigError(f"--max-batch must be at least 1, got {self.max_batch}")
-        if self.tolerance <= 0:
-            raise ConfigError("--tolerance must be positive")
+INT8_MIN_AGREEMENT = 0.9
 
 
 @dataclass
@@ -60,29 +45,69 @@ class ExportResult:
     manifest: dict[str, Any]
 
 
-def _check_output(output: Path) -> None:
+class Adjusted(nn.Module):
+    """The unfolded network minus the folded logit adjustment: the reference every export must match."""
+
+    def __init__(self, net: nn.Module, adjustment: torch.Tensor) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("adjustment", adjustment.float(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) - self.adjustment
+
+
+def _check_output(output: Path, force: bool) -> None:
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file; give a folder path")
-    if output.is_dir() and any(output.iterdir()) and not (output / MANIFEST).exists():
-        raise UserError(f"--output {output} is a non-empty folder that is not an artifact; choose another path")
-    parent = output.parent if output.parent != Path("") else Path(".")
-    probe = parent
+    if output.is_dir() and any(output.iterdir()):
+        if not (output / MANIFEST).exists():
+            raise UserError(f"--output {output} is a non-empty folder that is not an artifact; choose another path")
+        if not force:
+            raise UserError(f"--output {output} already holds an artifact; pass --force to replace it")
+    probe = output.parent if str(output.parent) else Path(".")
     while not probe.exists():
         probe = probe.parent
     if not os.access(probe, os.W_OK):
         raise UserError(f"--output {output}: {probe} is not writable; choose a folder you can write to")
 
 
-def onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """A function running the ONNX model at ``path`` on onnxruntime's CPU provider."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+def _require_tensorrt() -> None:
+    from pih2t_deploy.runtime.tensorrt_backend import MISSING, import_tensorrt
+
+    import_tensorrt()
+    if not torch.cuda.is_available():
+        raise UserError(MISSING)
 
 
-def _batch_sizes(options: ExportOptions) -> list[int]:
-    if options.static_batch:
-        return [options.static_batch]
-    return sorted({1, 2, options.max_batch})
+def _numpy_runner(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    module = module.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def _inputs(images: ImageSet, ckpt: Checkpoint, pixels: bool) -> np.ndarray:
+    prep = ckpt.preprocessing
+    return prep.to_pixels(images.images) if pixels else prep.to_numpy(images.images)
+
+
+def _thresholds(ckpt: Checkpoint) -> GroupThresholds:
+    data = ckpt.meta.get("data") or {}
+    return GroupThresholds(data.get("many_threshold", 100), data.get("few_threshold", 20))
+
+
+def _accuracy(outputs: np.ndarray, labels: np.ndarray, ckpt: Checkpoint) -> dict[str, Any]:
+    counts = ckpt.class_counts or [1] * outputs.shape[1]
+    summary = summarize(outputs, labels, counts, _thresholds(ckpt))
+    return {k: summary[k] for k in ("top1", "top5", "many", "medium", "few")}
+
+
+def _drops(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    return {k: 100 * (before[k] - after[k]) for k in ("top1", "many", "medium", "few") if before[k] is not None}
 
 
 def export_checkpoint(
@@ -90,14 +115,17 @@ def export_checkpoint(
 ) -> ExportResult:
     """Fold and export ``ckpt_path`` into ``options.output``; nothing is left there unless every check passes.
 
-    Raises UserError for bad input (exit 2) and VerificationError when a parity check fails (exit 1).
+    Raises UserError for bad input (exit 2) and VerificationError when a check fails (exit 1).
     """
     options.validate()
+    if options.format == "trt":
+        _require_tensorrt()
     output = Path(options.output)
-    _check_output(output)
+    _check_output(output, options.force)
     ckpt = load_checkpoint(ckpt_path, class_counts=options.class_counts, class_names=options.class_names)
-    log(f"loaded {ckpt_path}: {ckpt.meta['arch']}, method {ckpt.meta['method']}, {ckpt.meta['num_classes']} classes")
-    prep = ckpt.preprocessing
+    meta, prep = ckpt.meta, ckpt.preprocessing
+    log(f"loaded {ckpt_path}: {meta['arch']}, method {meta['method']}, {meta['num_classes']} classes")
+    eval_images = load_images(options.eval_data, ckpt, split="test") if options.eval_data else None
     folded, fold_report = fold(
         ckpt.net,
         input_shape=prep.input_shape,
@@ -106,39 +134,106 @@ def export_checkpoint(
         fuse_bn=options.fuse_bn,
         seed=options.seed,
     )
-    log(f"folded: max abs logit difference {fold_report.max_abs_diff:.2e} (tolerance {fold_report.tolerance:.0e})")
-    adjustment = (options.logit_adjust_tau * log_prior(ckpt.class_counts)).numpy() if options.logit_adjust_tau else None
+    log(
+        f"folded: float64 max abs logit difference {fold_report.max_abs_diff:.2e}; PIF "
+        + ("kept in the graph (it has an activation)" if fold_report.pif_kept_in_graph else "folded away")
+    )
+    adjustment = options.logit_adjust_tau * log_prior(ckpt.class_counts) if options.logit_adjust_tau else torch.zeros(1)
+    wrap = dict(embed_preprocessing=options.embed_preprocessing, probs=options.probs)
+    reference = _numpy_runner(ExportModule(Adjusted(ckpt.net, adjustment), prep, **wrap))
+
+    def calibration() -> np.ndarray:
+        found = load_images(
+            options.calib_data, ckpt, split="train", limit=options.calib_count, minimum=16, seed=options.seed
+        )
+        return _inputs(found, ckpt, options.embed_preprocessing)
+
+    ctx = BuildContext(
+        folded=folded,
+        vanilla=create_arch(meta["arch"], meta["num_classes"], meta["in_channels"]).eval(),
+        num_classes=meta["num_classes"],
+        prep=prep,
+        options=options,
+        metadata=_onnx_metadata(ckpt, options),
+        calibration=calibration,
+        log=log,
+    )
     try:
         with atomic_dir(output) as tmp:
-            model_path = tmp / "model.onnx"
-            export_onnx(
-                folded,
-                model_path,
-                prep.input_shape,
-                opset=options.opset,
-                static_batch=options.static_batch,
-                metadata=_onnx_metadata(ckpt, options),
-            )
+            runner = BUILDERS[options.format](ctx, tmp)
             write_labels(tmp, ckpt.class_names)
-            report = verify_against(
-                ckpt.net,
-                onnx_runner(model_path),
-                prep.input_shape,
-                batch_sizes=_batch_sizes(options),
-                adjustment=adjustment,
-                tolerance=options.tolerance,
-                seed=options.seed,
-            )
-            log(f"onnxruntime vs PyTorch: max abs logit difference {report.max_abs_diff:.2e}")
-            if not report.passed:
-                raise VerificationError(
-                    f"exported model differs from the PyTorch model by {report.max_abs_diff:.3g} "
-                    f"(tolerance {options.tolerance:.3g}); no artifact was written"
-                )
-            manifest = write_manifest(tmp, _manifest(ckpt, options, fold_report, report))
+            reports, accuracy = _verify(ckpt, options, ctx, reference, runner, eval_images, log)
+            manifest = write_manifest(tmp, _manifest(ckpt, options, fold_report, reports, accuracy, ctx.report))
     except PermissionError as exc:
         raise UserError(f"cannot write {output}: {exc.strerror}") from None
     return ExportResult(output, manifest)
+
+
+def _verify(ckpt, options, ctx, reference, runner, eval_images, log) -> tuple[list[VerificationReport], dict]:
+    int8 = options.format == "onnx-int8" or options.int8
+    tolerance = None if int8 else options.parity_tolerance
+    generator = torch.Generator().manual_seed(options.seed)
+    sizes = [options.static_batch] if options.static_batch else sorted({1, 2, options.max_batch})
+    batches = [example_input(ckpt.preprocessing, n, options.embed_preprocessing, generator).numpy() for n in sizes]
+    reports = [verify(reference, runner, batches, tolerance, "random")]
+    log(f"{options.format} vs PyTorch on random inputs: max abs difference {reports[0].max_abs_diff:.2e}")
+    accuracy: dict[str, Any] = {}
+    chunk = options.static_batch or options.max_batch
+    if eval_images is None and int8:
+        eval_images = load_images(
+            options.calib_data, ckpt, split="train", limit=options.calib_count, minimum=16, seed=options.seed
+        )
+    if eval_images is not None:
+        inputs = _inputs(eval_images, ckpt, options.embed_preprocessing)
+        if options.static_batch:
+            inputs = inputs[: len(inputs) - len(inputs) % options.static_batch]
+            if not len(inputs):
+                raise DataError(f"--eval-data has fewer images than --static-batch {options.static_batch}")
+        expected, actual = run_chunked(reference, inputs, chunk), run_chunked(runner, inputs, chunk)
+        reports.append(
+            VerificationReport(f"real images ({eval_images.source})", tolerance, [compare(expected, actual)])
+        )
+        if eval_images.labels is not None:
+            labels = eval_images.labels[: len(inputs)]
+            accuracy = {"pytorch": _accuracy(expected, labels, ckpt), "exported": _accuracy(actual, labels, ckpt)}
+            if "fp32_runner" in ctx.report:
+                accuracy["onnx_fp32"] = _accuracy(run_chunked(ctx.report["fp32_runner"], inputs, chunk), labels, ckpt)
+            accuracy["drop_points"] = _drops(accuracy.get("onnx_fp32", accuracy["pytorch"]), accuracy["exported"])
+            log(
+                "accuracy (top-1 / many / medium / few): "
+                + ", ".join(
+                    f"{name} "
+                    + "/".join("-" if v[k] is None else f"{100 * v[k]:.1f}" for k in ("top1", "many", "medium", "few"))
+                    for name, v in accuracy.items()
+                    if name != "drop_points"
+                )
+            )
+    failed = [r for r in reports if not r.passed]
+    if failed:
+        raise VerificationError(
+            f"the {options.format} export differs from the PyTorch model by "
+            f"{failed[0].max_abs_diff:.3g} (tolerance {failed[0].tolerance:.3g}); no artifact was written"
+        )
+    if int8:
+        _check_int8(reports, accuracy, options)
+    return reports, accuracy
+
+
+def _check_int8(reports: list[VerificationReport], accuracy: dict[str, Any], options: ExportOptions) -> None:
+    """INT8 is judged on real images: accuracy per group with labels, top-1 agreement without them."""
+    agreement = min(r.top1_agreement for report in reports[1:] for r in report.results)
+    if not accuracy and agreement < INT8_MIN_AGREEMENT:
+        raise VerificationError(
+            f"INT8 top-1 agrees with PyTorch on only {agreement:.0%} of inputs "
+            f"(need {INT8_MIN_AGREEMENT:.0%}); no artifact was written"
+        )
+    worst = {k: v for k, v in accuracy.get("drop_points", {}).items() if v > options.max_group_drop}
+    if worst:
+        group, drop = max(worst.items(), key=lambda item: item[1])
+        raise VerificationError(
+            f"INT8 quantization costs {drop:.1f} points of accuracy on {group} "
+            f"(limit --max-group-drop {options.max_group_drop:g}); no artifact was written"
+        )
 
 
 def _onnx_metadata(ckpt: Checkpoint, options: ExportOptions) -> dict[str, Any]:
@@ -148,24 +243,36 @@ def _onnx_metadata(ckpt: Checkpoint, options: ExportOptions) -> dict[str, Any]:
         "pih2t.class_counts": ckpt.class_counts,
         "pih2t.preprocessing": ckpt.meta["preprocessing"],
         "pih2t.logit_adjust_tau": options.logit_adjust_tau,
+        "pih2t.input": "uint8 NHWC pixels" if options.embed_preprocessing else "float32 NCHW normalised",
+        "pih2t.output": "probabilities" if options.probs else "logits",
         "pih2t.meta": {k: v for k, v in ckpt.meta.items() if k not in ("class_names", "class_counts")},
     }
 
 
-def _manifest(
-    ckpt: Checkpoint, options: ExportOptions, fold_report: FoldReport, report: VerificationReport
-) -> dict[str, Any]:
-    prep = ckpt.preprocessing
-    batch_dim: int | str = options.static_batch or "batch"
-    export_settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
+def _manifest(ckpt, options, fold_report: FoldReport, reports, accuracy, report) -> dict[str, Any]:
+    c, h, w = ckpt.preprocessing.input_shape
+    batch: int | str = options.static_batch or "batch"
+    if options.embed_preprocessing:
+        input_spec = {"name": INPUT_NAME, "shape": [batch, h, w, c], "dtype": "uint8", "layout": "NHWC"}
+    else:
+        input_spec = {"name": INPUT_NAME, "shape": [batch, c, h, w], "dtype": "float32", "layout": "NCHW"}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
+    extra = {k: v for k, v in report.items() if k != "fp32_runner"}
     return {
-        "model_file": "model.onnx",
+        "model_file": options.spec.model_file,
         "model_format": options.format,
-        "input": {"name": INPUT_NAME, "shape": [batch_dim, *prep.input_shape], "dtype": "float32"},
-        "output": {"name": OUTPUT_NAME, "shape": [batch_dim, ckpt.meta["num_classes"]], "dtype": "float32"},
+        "input": input_spec,
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": [batch, ckpt.meta["num_classes"]],
+            "dtype": "float32",
+            "kind": "probabilities" if options.probs else "logits",
+        },
         "meta": ckpt.meta,
-        "export": export_settings,
+        "export": settings,
         "fold": fold_report.to_dict(),
-        "verification": [report.to_dict()],
+        "verification": [r.to_dict() for r in reports],
+        "accuracy": accuracy,
+        **extra,
         "versions": {**versions(), "onnx_runtime": ort.__version__},
     }

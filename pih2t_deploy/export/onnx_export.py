@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import warnings
-from collections.abc import Sequence
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ MAX_DYNAMIC_BATCH = 4096
 def export_onnx(
     module: nn.Module,
     path: Path,
-    input_shape: Sequence[int],
+    example: torch.Tensor,
     *,
     opset: int = DEFAULT_OPSET,
     static_batch: int | None = None,
@@ -32,13 +31,11 @@ def export_onnx(
 ) -> onnx.ModelProto:
     """Write ``module`` (eval mode) to ``path`` as ONNX and return the saved model.
 
-    The graph has one float32 input ``input`` [N, C, H, W] and one output ``logits`` [N, K]; N is dynamic
-    (any size from 1 to 4096) unless ``static_batch`` fixes it. ``metadata`` values (JSON-encoded unless
-    they are strings) go into the model's metadata_props.
+    The graph has one input ``input`` shaped and typed like ``example`` and one output ``logits`` [N, K];
+    N is dynamic (1 to 4096) unless ``static_batch`` fixes it. ``metadata`` values (JSON-encoded unless they
+    are strings) go into the model's metadata_props.
     """
     module = module.eval()
-    batch = static_batch or 2
-    example = torch.randn(batch, *input_shape)
     dynamic = None if static_batch else ({0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)},)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()):

@@ -32,6 +32,8 @@ class ModelInfo:
     class_counts: list[int] | None
     preprocessing: Preprocessing
     manifest: dict[str, Any]
+    pixel_input: bool = False
+    probabilities: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -49,8 +51,27 @@ class Classifier(ABC):
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one preprocessed image."""
-        return self.info.preprocessing.input_shape
+        """Shape of one input: (C, H, W) floats, or (H, W, C) uint8 pixels for embedded preprocessing."""
+        c, h, w = self.info.preprocessing.input_shape
+        return (h, w, c) if self.info.pixel_input else (c, h, w)
+
+    @property
+    def input_dtype(self) -> type[np.generic]:
+        """numpy dtype of the input: uint8 pixels (embedded preprocessing) or float32."""
+        return np.uint8 if self.info.pixel_input else np.float32
+
+    def prepare(self, images: list) -> np.ndarray:
+        """The input batch for decoded PIL images, by the artifact's own preprocessing."""
+        prep = self.info.preprocessing
+        return prep.to_pixels(images) if self.info.pixel_input else prep.to_numpy(images)
+
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """Class probabilities: the outputs themselves if the graph ends in softmax, else their softmax."""
+        if self.info.probabilities:
+            return outputs.astype(np.float64)
+        shifted = outputs.astype(np.float64) - outputs.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=1, keepdims=True)
 
     @abstractmethod
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -83,6 +104,8 @@ def read_artifact_info(folder: Path, name: str | None = None) -> ModelInfo:
         class_counts=meta.get("class_counts"),
         preprocessing=prep,
         manifest=manifest,
+        pixel_input=manifest.get("input", {}).get("dtype") == "uint8",
+        probabilities=manifest.get("output", {}).get("kind") == "probabilities",
     )
 
 

@@ -44,7 +44,7 @@ class OnnxClassifier(Classifier):
         self.path = path
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, self.input_dtype)})[0]
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "providers": self.session.get_providers(), "file": self.path.name}

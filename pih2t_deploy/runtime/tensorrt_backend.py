@@ -49,7 +49,7 @@ class TensorRTClassifier(Classifier):
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         torch = self.torch
-        inputs = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).cuda()
+        inputs = torch.from_numpy(np.ascontiguousarray(batch, self.input_dtype)).cuda()
         self.context.set_input_shape(self.input_name, tuple(inputs.shape))
         outputs = torch.empty((len(batch), self.info.num_classes), dtype=torch.float32, device="cuda")
         self.context.set_tensor_address(self.input_name, inputs.data_ptr())

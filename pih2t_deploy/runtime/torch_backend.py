@@ -57,7 +57,7 @@ class TorchClassifier(Classifier):
 
     @torch.inference_mode()
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        tensor = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device)
+        tensor = torch.from_numpy(np.ascontiguousarray(batch, self.input_dtype)).to(self.device)
         return self.module(tensor).float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:

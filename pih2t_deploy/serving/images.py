@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from pih2t_deploy.data.images import CorruptImageError, ImageTooLargeError, UnsupportedImageError, open_image
-from pih2t_deploy.data.preprocessing import Preprocessing
 from pih2t_deploy.errors import DataError
 
 
@@ -17,8 +18,9 @@ class BadImageError(Exception):
         self.status = status
 
 
-def decode_batch(blobs: list[tuple[str, bytes]], prep: Preprocessing, max_pixels: int) -> np.ndarray:
-    """float32 [N, C, H, W] for the encoded images ``(name, bytes)``; BadImageError for the first bad one."""
+def decode_batch(blobs: list[tuple[str, bytes]], prepare: Callable[[list], np.ndarray], max_pixels: int) -> np.ndarray:
+    """The model input (``prepare`` of the decoded images) for ``(name, bytes)`` pairs; BadImageError for the
+    first image that cannot be used."""
     images = []
     for name, blob in blobs:
         try:
@@ -30,6 +32,6 @@ def decode_batch(blobs: list[tuple[str, bytes]], prep: Preprocessing, max_pixels
         except (CorruptImageError, DataError) as exc:
             raise BadImageError(400, str(exc)) from None
     try:
-        return prep.to_numpy(images)
+        return prepare(images)
     except (OSError, ValueError) as exc:
         raise BadImageError(400, f"cannot convert the image: {exc}") from None

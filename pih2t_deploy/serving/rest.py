@@ -92,21 +92,13 @@ class ServiceState:
         if len(blobs) > self.settings.max_batch:
             raise ApiError(413, f"{len(blobs)} images in one request; the limit is {self.settings.max_batch}")
         try:
-            return await run_in_threadpool(decode_batch, blobs, classifier.info.preprocessing, self.settings.max_pixels)
+            return await run_in_threadpool(decode_batch, blobs, classifier.prepare, self.settings.max_pixels)
         except BadImageError as exc:
             raise ApiError(exc.status, str(exc)) from None
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64."""
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def top_k(logits: np.ndarray, labels: list[str], k: int) -> list[list[schemas.Prediction]]:
-    """The k most probable classes of every row, best first (ties by lower index)."""
-    probs = softmax(logits)
+def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[list[schemas.Prediction]]:
+    """The k most probable classes of every row of ``probs``, best first (ties by lower index)."""
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [
         [schemas.Prediction(label=labels[i], index=int(i), score=float(row[i])) for i in idx]
@@ -171,7 +163,9 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
         try:
             classifier = await run_in_threadpool(load)
             for size in sorted({1, settings.max_batch}):
-                await run_in_threadpool(classifier.predict, np.zeros((size, *classifier.input_shape), np.float32))
+                await run_in_threadpool(
+                    classifier.predict, np.zeros((size, *classifier.input_shape), classifier.input_dtype)
+                )
         except Exception as exc:  # reported by /v2/health/live, so an orchestrator restarts the process
             state.load_error = f"{type(exc).__name__}: {exc}"
             return
@@ -271,7 +265,9 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
         state.metrics.images.inc(len(blobs))
         results = [
             schemas.ImageResult(filename=name, predictions=preds)
-            for (name, _), preds in zip(blobs, top_k(logits, classifier.info.labels, k), strict=True)
+            for (name, _), preds in zip(
+                blobs, top_k(classifier.probabilities(logits), classifier.info.labels, k), strict=True
+            )
         ]
         return schemas.ClassifyResponse(model=classifier.info.name, version=classifier.info.version, results=results)
 

@@ -1,7 +1,7 @@
 """Open Inference Protocol routes (the KServe v2 protocol Triton speaks), so tritonclient works unchanged.
 
-Inputs: ``input`` (FP32 [N, C, H, W], preprocessed) or ``image`` (BYTES [N] or [N, 1], encoded images that
-the service preprocesses). Output: ``logits`` (FP32 [N, K]); with ``parameters.classification = k`` it is
+Inputs: ``input`` (FP32 [N, C, H, W], preprocessed; UINT8 [N, H, W, C] pixels for an artifact exported with
+--embed-preprocessing) or ``image`` (BYTES [N] or [N, 1], encoded images that the service preprocesses). Output: ``logits`` (FP32 [N, K]); with ``parameters.classification = k`` it is
 the top k as BYTES strings ``"value:index:label"`` (Triton's classification extension).
 """
 
@@ -24,6 +24,10 @@ TENSOR_INPUT, IMAGE_INPUT = "input", "image"
 def _classification(logits: np.ndarray, labels: list[str], k: int) -> list[bytes]:
     order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     return [f"{row[i]:f}:{i}:{labels[i]}".encode() for row, idx in zip(logits, order, strict=True) for i in idx]
+
+
+def _datatype(classifier) -> str:
+    return "UINT8" if classifier.info.pixel_input else "FP32"
 
 
 def register_v2_routes(app: FastAPI, state: Any, api_error: type[Exception]) -> None:
@@ -61,13 +65,14 @@ def register_v2_routes(app: FastAPI, state: Any, api_error: type[Exception]) -> 
     async def model_metadata(name: str, version: str | None = None) -> schemas.ModelMetadata:
         """Inputs and outputs of the served model."""
         classifier = model_for(name)
-        c, h, w = classifier.input_shape
         return schemas.ModelMetadata(
             name=name,
             versions=[classifier.info.version],
             platform=f"pih2t_{classifier.backend}",
             inputs=[
-                schemas.TensorMetadata(name=TENSOR_INPUT, datatype="FP32", shape=[-1, c, h, w]),
+                schemas.TensorMetadata(
+                    name=TENSOR_INPUT, datatype=_datatype(classifier), shape=[-1, *classifier.input_shape]
+                ),
                 schemas.TensorMetadata(name=IMAGE_INPUT, datatype="BYTES", shape=[-1]),
             ],
             outputs=[schemas.TensorMetadata(name=OUTPUT, datatype="FP32", shape=[-1, classifier.info.num_classes])],
@@ -81,17 +86,15 @@ def register_v2_routes(app: FastAPI, state: Any, api_error: type[Exception]) -> 
         return schemas.ReadyResponse(ready=True)
 
     async def batch_from(tensor: Tensor, classifier) -> np.ndarray:
-        c, h, w = classifier.input_shape
+        dims = ", ".join(map(str, classifier.input_shape))
         if tensor.name == TENSOR_INPUT:
-            if tensor.datatype != "FP32":
-                raise api_error(400, f"input 'input' must be FP32, got {tensor.datatype}")
-            if len(tensor.shape) != 4 or tuple(tensor.shape[1:]) != (c, h, w) or tensor.shape[0] < 1:
-                raise api_error(
-                    400, f"input 'input' must have shape [N, {c}, {h}, {w}] with N >= 1, got {tensor.shape}"
-                )
+            if tensor.datatype != _datatype(classifier):
+                raise api_error(400, f"input 'input' must be {_datatype(classifier)}, got {tensor.datatype}")
+            if len(tensor.shape) != 4 or tuple(tensor.shape[1:]) != classifier.input_shape or tensor.shape[0] < 1:
+                raise api_error(400, f"input 'input' must have shape [N, {dims}] with N >= 1, got {tensor.shape}")
             if tensor.shape[0] > state.settings.max_batch:
                 raise api_error(413, f"batch of {tensor.shape[0]} exceeds the limit of {state.settings.max_batch}")
-            return np.ascontiguousarray(tensor.data, dtype=np.float32)
+            return np.ascontiguousarray(tensor.data, dtype=classifier.input_dtype)
         if tensor.name == IMAGE_INPUT:
             if tensor.datatype != "BYTES":
                 raise api_error(400, f"input 'image' must be BYTES (encoded images), got {tensor.datatype}")
@@ -99,7 +102,7 @@ def register_v2_routes(app: FastAPI, state: Any, api_error: type[Exception]) -> 
                 raise api_error(400, f"input 'image' must have shape [N] or [N, 1], got {tensor.shape}")
             return await state.decode([(f"image[{i}]", blob) for i, blob in enumerate(tensor.data)])
         raise api_error(
-            400, f"unknown input {tensor.name!r}; send 'input' (FP32 [N, {c}, {h}, {w}]) or 'image' (BYTES)"
+            400, f"unknown input {tensor.name!r}; send 'input' ({_datatype(classifier)} [N, {dims}]) or 'image' (BYTES)"
         )
 
     @app.post("/v2/models/{name}/infer", response_model=schemas.InferResponse)

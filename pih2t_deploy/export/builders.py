@@ -1,0 +1,187 @@
+"""Per-format artifact builders: each writes its model file into the artifact folder and returns a runner.
+
+A runner maps the exported graph's input (numpy) to its output (numpy); the exporter verifies every format
+through its runner against the unfolded PyTorch model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from pih2t_deploy.data.preprocessing import Preprocessing
+from pih2t_deploy.errors import UserError
+from pih2t_deploy.export.graph_stats import compare_counts, op_counts
+from pih2t_deploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, set_metadata
+from pih2t_deploy.export.options import ExportOptions
+from pih2t_deploy.export.quantize import quantize_int8
+from pih2t_deploy.export.torch_program import export_program, program_op_counts
+from pih2t_deploy.export.wrappers import ExportModule, example_input
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class BuildContext:
+    """Everything a builder needs: the folded and vanilla modules, preprocessing, options, metadata."""
+
+    folded: nn.Module
+    vanilla: nn.Module
+    num_classes: int
+    prep: Preprocessing
+    options: ExportOptions
+    metadata: dict[str, Any]
+    calibration: Callable[[], np.ndarray]
+    log: Callable[[str], None]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def wrap(self, module: nn.Module, half: bool | None = None) -> ExportModule:
+        """``module`` with this export's input/output options."""
+        o = self.options
+        return ExportModule(
+            module,
+            self.prep,
+            embed_preprocessing=o.embed_preprocessing,
+            half=o.half if half is None else half,
+            probs=o.probs,
+        ).eval()
+
+
+def onnx_runner(path: Path) -> Runner:
+    """Run the ONNX model at ``path`` on onnxruntime's CPU provider."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+def _export_graph(
+    ctx: BuildContext, module: nn.Module, path: Path, *, half: bool | None = None, simplify: bool = False
+) -> onnx.ModelProto:
+    o = ctx.options
+    example = example_input(ctx.prep, o.static_batch or 2, o.embed_preprocessing, torch.Generator().manual_seed(o.seed))
+    model = export_onnx(
+        ctx.wrap(module, half), path, example, opset=o.opset, static_batch=o.static_batch, metadata=ctx.metadata
+    )
+    if simplify:
+        model = _simplify(path)
+    return model
+
+
+def _simplify(path: Path) -> onnx.ModelProto:
+    try:
+        import onnxsim
+    except ImportError:
+        raise UserError("--simplify needs the onnxsim package: pip install onnxsim") from None
+    model = onnx.load(str(path))
+    simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise UserError("onnxsim could not validate the simplified graph; export without --simplify")
+    onnx.save(simplified, str(path))
+    return simplified
+
+
+def build_onnx(ctx: BuildContext, folder: Path) -> Runner:
+    """``model.onnx`` (fp32 or fp16 compute), plus operator counts beside a vanilla export."""
+    path = folder / "model.onnx"
+    model = _export_graph(ctx, ctx.folded, path, simplify=ctx.options.simplify)
+    with tempfile.TemporaryDirectory() as work:
+        vanilla = _export_graph(ctx, ctx.vanilla, Path(work) / "vanilla.onnx", simplify=ctx.options.simplify)
+    ctx.report["graph"] = compare_counts(op_counts(model), op_counts(vanilla))
+    return onnx_runner(path)
+
+
+def build_onnx_int8(ctx: BuildContext, folder: Path) -> Runner:
+    """``model.int8.onnx``: the fp32 export statically quantized with the calibration images. The operator
+    comparison with the vanilla backbone is made on the fp32 graphs (quantization adds the same Q/DQ pairs to
+    both); the INT8 graph's own counts are reported beside it."""
+    path = folder / "model.int8.onnx"
+    calibration = ctx.calibration()
+    ctx.log(f"calibrating INT8 on {len(calibration)} images")
+    with tempfile.TemporaryDirectory() as work:
+        fp32, vanilla = Path(work) / "fp32.onnx", Path(work) / "vanilla.onnx"
+        fp32_model = _export_graph(ctx, ctx.folded, fp32, half=False)
+        vanilla_model = _export_graph(ctx, ctx.vanilla, vanilla, half=False)
+        quantize_int8(fp32, path, calibration)
+        ctx.report["graph"] = compare_counts(op_counts(fp32_model), op_counts(vanilla_model))
+        ctx.report["graph"]["int8"] = op_counts(onnx.load(str(path)))
+        ctx.report["fp32_runner"] = onnx_runner(fp32)  # the session keeps the model after the file is gone
+    model = onnx.load(str(path))
+    set_metadata(model, ctx.metadata)
+    onnx.save(model, str(path))
+    return onnx_runner(path)
+
+
+def build_torch(ctx: BuildContext, folder: Path) -> Runner:
+    """``model.pt2``: a torch.export program of the folded model (and ATen op counts beside a vanilla one)."""
+    o = ctx.options
+    path = folder / "model.pt2"
+    example = example_input(ctx.prep, o.static_batch or 2, o.embed_preprocessing, torch.Generator().manual_seed(o.seed))
+    program = export_program(ctx.wrap(ctx.folded), example, path, o.static_batch)
+    with tempfile.TemporaryDirectory() as work:
+        vanilla = export_program(ctx.wrap(ctx.vanilla), example, Path(work) / "vanilla.pt2", o.static_batch)
+    ctx.report["graph"] = compare_counts(program_op_counts(program), program_op_counts(vanilla))
+    loaded = torch.export.load(str(path)).module()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return loaded(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def build_tensorrt(ctx: BuildContext, folder: Path) -> Runner:
+    """``model.plan``: a TensorRT plan built from this export's ONNX, run through the TensorRT backend."""
+    from pih2t_deploy.export.tensorrt_build import PlanSettings, build_plan, onnx_precision_for
+    from pih2t_deploy.runtime.tensorrt_backend import import_tensorrt
+
+    trt = import_tensorrt()
+    o = ctx.options
+    settings = PlanSettings(
+        input_name=INPUT_NAME,
+        input_shape=ctx.prep.input_shape,
+        max_batch=o.max_batch,
+        opt_batch=o.opt_batch or o.max_batch,
+        half=o.half,
+        int8=o.int8,
+        workspace_bytes=int(o.workspace_gb * (1 << 30)),
+        timing_cache=o.timing_cache,
+        calibration=ctx.calibration() if o.int8 else None,
+        calibration_cache=folder.parent / f".{folder.name}.calibration.cache" if o.int8 else None,
+    )
+    precision = onnx_precision_for(trt, settings)
+    with tempfile.TemporaryDirectory() as work:
+        onnx_path = Path(work) / "model.onnx"
+        _export_graph(ctx, ctx.folded, onnx_path, half=precision == "fp16")
+        if precision == "qdq":
+            quantize_int8(onnx_path, Path(work) / "qdq.onnx", settings.calibration)
+            onnx_path = Path(work) / "qdq.onnx"
+        plan = build_plan(trt, onnx_path.read_bytes(), settings, ctx.log)
+    (folder / "model.plan").write_bytes(plan)
+    cuda = torch.cuda.get_device_properties(0)
+    ctx.report["tensorrt"] = {
+        **settings.details,
+        "cuda": torch.version.cuda,
+        "gpu": cuda.name,
+        "compute_capability": f"{cuda.major}.{cuda.minor}",
+    }
+    from pih2t_deploy.runtime.classifier import ModelInfo
+    from pih2t_deploy.runtime.tensorrt_backend import TensorRTClassifier
+
+    info = ModelInfo("export-check", "1", [str(i) for i in range(ctx.num_classes)], None, ctx.prep, {})
+    return TensorRTClassifier(folder / "model.plan", info).predict
+
+
+BUILDERS: dict[str, Callable[[BuildContext, Path], Runner]] = {
+    "onnx": build_onnx,
+    "onnx-int8": build_onnx_int8,
+    "torch": build_torch,
+    "trt": build_tensorrt,
+}

@@ -1,0 +1,132 @@
+"""One table of export formats and the options each accepts, validated before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from pih2t_deploy.errors import ConfigError
+
+ONNX_TOLERANCE = 1e-3
+HALF_TOLERANCE = 5e-2
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """A format: the file it writes and the options (beyond the common ones) that apply to it."""
+
+    model_file: str
+    options: frozenset[str]
+    description: str
+
+
+COMMON = frozenset(
+    {
+        "output",
+        "format",
+        "max_batch",
+        "logit_adjust_tau",
+        "fuse_bn",
+        "seed",
+        "class_counts",
+        "class_names",
+        "eval_data",
+        "tolerance",
+        "force",
+    }
+)
+FORMATS: dict[str, FormatSpec] = {
+    "onnx": FormatSpec(
+        "model.onnx",
+        frozenset({"opset", "static_batch", "half", "simplify", "embed_preprocessing", "probs"}),
+        "ONNX, fp32 or fp16, dynamic batch axis",
+    ),
+    "onnx-int8": FormatSpec(
+        "model.int8.onnx",
+        frozenset({"opset", "calib_data", "calib_count", "max_group_drop"}),
+        "ONNX with static INT8 quantization (QDQ, per-channel weights)",
+    ),
+    "trt": FormatSpec(
+        "model.plan",
+        frozenset({"opset", "half", "int8", "calib_data", "calib_count", "workspace_gb", "timing_cache", "opt_batch"}),
+        "TensorRT plan (needs TensorRT and an NVIDIA GPU)",
+    ),
+    "torch": FormatSpec("model.pt2", frozenset({"static_batch"}), "torch.export program of the folded model"),
+}
+
+
+@dataclass
+class ExportOptions:
+    """Settings of one export; ``validate`` rejects unknown formats, options that do not apply, bad values."""
+
+    output: Path
+    format: str = "onnx"
+    opset: int = 18
+    static_batch: int | None = None
+    max_batch: int = 8
+    opt_batch: int | None = None
+    half: bool = False
+    int8: bool = False
+    simplify: bool = False
+    embed_preprocessing: bool = False
+    probs: bool = False
+    logit_adjust_tau: float = 0.0
+    fuse_bn: bool = False
+    tolerance: float | None = None
+    seed: int = 0
+    calib_data: str | None = None
+    calib_count: int = 256
+    eval_data: str | None = None
+    max_group_drop: float = 2.0
+    workspace_gb: float = 4.0
+    timing_cache: Path | None = None
+    force: bool = False
+    class_counts: list[int] | None = field(default=None)
+    class_names: list[str] | None = field(default=None)
+
+    @property
+    def spec(self) -> FormatSpec:
+        """The format's table entry."""
+        return FORMATS[self.format]
+
+    @property
+    def parity_tolerance(self) -> float:
+        """Largest allowed max-abs logit difference (given, or by precision)."""
+        if self.tolerance is not None:
+            return self.tolerance
+        return HALF_TOLERANCE if self.half else ONNX_TOLERANCE
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first problem, before any work starts."""
+        if self.format not in FORMATS:
+            raise ConfigError(f"unknown format {self.format!r}; choose one of: {', '.join(FORMATS)}")
+        defaults = ExportOptions(output=self.output)
+        allowed = COMMON | self.spec.options
+        for item in fields(self):
+            if item.name not in allowed and getattr(self, item.name) != getattr(defaults, item.name):
+                flag = "--" + item.name.replace("_", "-")
+                raise ConfigError(f"{flag} does not apply to --format {self.format}")
+        if not 7 <= self.opset <= 23:
+            raise ConfigError(f"--opset must be between 7 and 23, got {self.opset}")
+        for name in ("static_batch", "opt_batch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.max_batch < 1:
+            raise ConfigError(f"--max-batch must be at least 1, got {self.max_batch}")
+        if self.opt_batch is not None and self.opt_batch > self.max_batch:
+            raise ConfigError("--opt-batch must not exceed --max-batch")
+        if self.tolerance is not None and self.tolerance <= 0:
+            raise ConfigError("--tolerance must be positive")
+        if self.half and self.int8:
+            raise ConfigError("choose one of --half and --int8")
+        if self.format == "onnx-int8" and not self.calib_data:
+            raise ConfigError(
+                "--format onnx-int8 needs --calib-data (an image folder, or 'recipe' for the training set)"
+            )
+        if self.int8 and not self.calib_data:
+            raise ConfigError("--int8 needs --calib-data (an image folder, or 'recipe' for the training set)")
+        if self.calib_count < 16:
+            raise ConfigError(f"--calib-count must be at least 16, got {self.calib_count}")
+        if self.max_group_drop < 0 or self.workspace_gb <= 0:
+            raise ConfigError("--max-group-drop must be >= 0 and --workspace-gb > 0")
