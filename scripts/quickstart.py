@@ -51,6 +51,9 @@ def main() -> None:
             "onnx",
             "--output",
             str(run / "export"),
+            "--eval-data",
+            "recipe",
+            "--force",
         ],
     )
     samples = sorted((Path(__file__).resolve().parents[1] / "pih2t_deploy" / "samples").glob("*.png"))

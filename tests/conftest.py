@@ -19,14 +19,14 @@ def digits_net() -> PIH2TNet:
 
 @pytest.fixture(scope="session")
 def digits_artifact(tmp_path_factory):
-    """A Digits-LT PI-H2T model trained briefly (2+2 epochs) and exported to ONNX: (checkpoint, artifact folder)."""
+    """Digits-LT PI-H2T trained briefly (30+5 epochs, well above chance), exported to ONNX: (checkpoint, folder)."""
     from pih2t_deploy.export.exporter import export_checkpoint
     from pih2t_deploy.export.options import ExportOptions
     from pih2t_deploy.training.engine import Trainer
     from pih2t_deploy.training.recipe import load_recipe
 
     root = tmp_path_factory.mktemp("digits")
-    recipe = load_recipe("digits-lt", ["stage1.epochs=4", "stage2.epochs=2", "runtime.progress=false"])
+    recipe = load_recipe("digits-lt", ["stage1.epochs=30", "stage2.epochs=5", "runtime.progress=false"])
     result = Trainer(recipe, root / "run", log=lambda _m: None).run()
     export_checkpoint(result.model_path, ExportOptions(output=root / "export"))
     return result.model_path, root / "export"

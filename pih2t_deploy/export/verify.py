@@ -19,6 +19,7 @@ class ParityResult:
     max_rel_diff: float
     top1_agreement: float
     top5_agreement: float
+    reference_scale: float = 1.0
 
 
 @dataclass
@@ -36,8 +37,10 @@ class VerificationReport:
 
     @property
     def passed(self) -> bool:
-        """True when every batch is within tolerance (always, when none is enforced)."""
-        return self.tolerance is None or self.max_abs_diff <= self.tolerance
+        """True when every batch is within tolerance * max(1, largest |reference output|): absolute for
+        outputs up to 1, relative above (float32 keeps relative precision). Always, when none is enforced."""
+        tolerance = self.tolerance
+        return tolerance is None or all(r.max_abs_diff <= tolerance * max(1.0, r.reference_scale) for r in self.results)
 
     def to_dict(self) -> dict:
         """A JSON-safe dict including ``passed`` and ``max_abs_diff``."""
@@ -65,13 +68,14 @@ def compare(expected: np.ndarray, actual: np.ndarray, batch: int | None = None) 
     if expected.shape != actual.shape:
         raise ValueError(f"output shapes differ: {expected.shape} vs {actual.shape}")
     max_abs = float(np.abs(expected - actual).max())
-    max_rel = max_abs / max(float(np.abs(expected).max()), 1e-12)
+    scale = float(np.abs(expected).max())
     return ParityResult(
         batch or len(expected),
         max_abs,
-        max_rel,
+        max_abs / max(scale, 1e-12),
         _topk_agreement(expected, actual, 1),
         _topk_agreement(expected, actual, 5),
+        scale,
     )
 
 

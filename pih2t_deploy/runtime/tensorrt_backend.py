@@ -10,8 +10,8 @@ from pih2t_deploy.errors import UserError
 from pih2t_deploy.runtime.classifier import Classifier, ModelInfo
 
 MISSING = (
-    "the TensorRT backend needs the tensorrt Python package and an NVIDIA GPU, and neither is available here; "
-    "serve the ONNX artifact with --backend onnxruntime, which works everywhere"
+    "TensorRT is not available here: it needs the tensorrt Python package and an NVIDIA GPU; "
+    "use --format onnx to export and --backend onnxruntime to serve, which work everywhere"
 )
 
 

@@ -1,8 +1,9 @@
 """Open Inference Protocol routes (the KServe v2 protocol Triton speaks), so tritonclient works unchanged.
 
 Inputs: ``input`` (FP32 [N, C, H, W], preprocessed; UINT8 [N, H, W, C] pixels for an artifact exported with
---embed-preprocessing) or ``image`` (BYTES [N] or [N, 1], encoded images that the service preprocesses). Output: ``logits`` (FP32 [N, K]); with ``parameters.classification = k`` it is
-the top k as BYTES strings ``"value:index:label"`` (Triton's classification extension).
+--embed-preprocessing) or ``image`` (BYTES [N] or [N, 1], encoded images that the service preprocesses).
+Output: ``logits`` (FP32 [N, K]); with ``parameters.classification = k`` it is the top k as BYTES strings
+``"value:index:label"`` (Triton's classification extension).
 """
 
 from __future__ import annotations

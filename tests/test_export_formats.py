@@ -1,0 +1,256 @@
+"""pih2t-export beyond the first round trip: every format and option, metadata, real-image checks, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from pih2t_deploy.checkpoint import build_meta, save_checkpoint
+from pih2t_deploy.data.preprocessing import Preprocessing
+from pih2t_deploy.errors import ConfigError, DataError, UserError, VerificationError
+from pih2t_deploy.export.exporter import export_checkpoint
+from pih2t_deploy.export.onnx_export import read_metadata
+from pih2t_deploy.export.options import FORMATS, ExportOptions
+from pih2t_deploy.models import NetworkConfig, PIH2TNet, arch_names
+from pih2t_deploy.runtime import load_classifier
+from tests import images
+from tests.helpers import make_net
+
+
+def test_onnx_options_half_probs_static_batch_and_simplify(tmp_path, digits_artifact):
+    ckpt, _ = digits_artifact
+    half = export_checkpoint(ckpt, ExportOptions(output=tmp_path / "half", half=True, probs=True))
+    session = ort.InferenceSession(str(tmp_path / "half" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float)"
+    assert "Cast" in half.manifest["graph"]["exported"] and half.manifest["output"]["kind"] == "probabilities"
+    out = session.run(None, {"input": np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)})[0]
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+    static = export_checkpoint(ckpt, ExportOptions(output=tmp_path / "static", static_batch=4, simplify=True))
+    graph = onnx.load(str(tmp_path / "static" / "model.onnx")).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
+    assert [r["batch"] for r in static.manifest["verification"][0]["results"]] == [4]
+
+
+def test_embedded_preprocessing_takes_uint8_pixels_and_serves(tmp_path, digits_artifact):
+    ckpt, plain_folder = digits_artifact
+    export_checkpoint(ckpt, ExportOptions(output=tmp_path / "embed", embed_preprocessing=True))
+    manifest = json.loads((tmp_path / "embed" / "model.json").read_text())
+    assert manifest["input"] == {"name": "input", "shape": ["batch", 8, 8, 1], "dtype": "uint8", "layout": "NHWC"}
+    embedded, plain = load_classifier(tmp_path / "embed"), load_classifier(plain_folder)
+    pictures = [Image.open(io.BytesIO(images.sample(i))) for i in range(10)]
+    np.testing.assert_allclose(
+        embedded.predict(embedded.prepare(pictures)), plain.predict(plain.prepare(pictures)), atol=1e-4
+    )
+
+
+def test_int8_reports_accuracy_per_group_and_refuses_a_ruined_tail(tmp_path, digits_artifact):
+    ckpt, _ = digits_artifact
+    result = export_checkpoint(
+        ckpt, ExportOptions(output=tmp_path / "q", format="onnx-int8", calib_data="recipe", eval_data="recipe")
+    )
+    accuracy = result.manifest["accuracy"]
+    assert set(accuracy) == {"pytorch", "exported", "onnx_fp32", "drop_points"}
+    assert set(accuracy["drop_points"]) == {"top1", "many", "medium", "few"}
+    assert result.manifest["graph"]["identical"] and "QuantizeLinear" in result.manifest["graph"]["int8"]
+    assert (tmp_path / "q" / "model.int8.onnx").exists() and not (tmp_path / "q" / "model.onnx").exists()
+    blank = tmp_path / "blank"  # calibration on the wrong data: activation ranges that clip real digits
+    blank.mkdir()
+    for i in range(16):
+        (blank / f"{i}.png").write_bytes(images.encode(Image.new("L", (8, 8), 255 - i)))
+    with pytest.raises(VerificationError, match="INT8 quantization costs"):
+        export_checkpoint(
+            ckpt,
+            ExportOptions(output=tmp_path / "strict", format="onnx-int8", calib_data=str(blank), eval_data="recipe"),
+        )
+    assert not (tmp_path / "strict").exists()
+
+
+def test_int8_needs_enough_calibration_images(tmp_path, digits_artifact):
+    ckpt, _ = digits_artifact
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(images.sample(i))
+    with pytest.raises(DataError, match="at least 16"):
+        export_checkpoint(ckpt, ExportOptions(output=tmp_path / "q", format="onnx-int8", calib_data=str(folder)))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="0 usable images"):
+        export_checkpoint(
+            ckpt, ExportOptions(output=tmp_path / "q", format="onnx-int8", calib_data=str(tmp_path / "empty"))
+        )
+    assert not (tmp_path / "q").exists()
+
+
+def test_torch_program_loads_without_the_library_model_code(tmp_path, digits_artifact):
+    ckpt, _ = digits_artifact
+    result = export_checkpoint(ckpt, ExportOptions(output=tmp_path / "pt2", format="torch"))
+    assert result.manifest["graph"]["identical"]
+    script = (
+        "import sys, torch\n"
+        "sys.modules['pih2t_deploy'] = None\n"
+        f"m = torch.export.load({str(tmp_path / 'pt2' / 'model.pt2')!r}).module()\n"
+        "print(tuple(m(torch.zeros(3, 1, 8, 8)).shape))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.strip() == "(3, 10)", done.stderr
+    served = load_classifier(tmp_path / "pt2", "torch")
+    assert served.predict(np.zeros((17, 1, 8, 8), np.float32)).shape == (17, 10)
+
+
+def test_trt_without_tensorrt_exits_2_before_any_work(tmp_path, digits_artifact):
+    ckpt, _ = digits_artifact
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pih2t_deploy.cli",
+            "export",
+            "--ckpt",
+            str(ckpt),
+            "--format",
+            "trt",
+            "--output",
+            str(tmp_path / "plan"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1 and "TensorRT" in line and "NVIDIA GPU" in line and "--format onnx" in line
+    assert not (tmp_path / "plan").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"format": "tflite"}, "unknown format"),
+        ({"format": "torch", "half": True}, "--half does not apply to --format torch"),
+        ({"format": "onnx", "calib_data": "recipe"}, "--calib-data does not apply to --format onnx"),
+        ({"format": "onnx", "int8": True}, "--int8 does not apply"),
+        ({"format": "onnx-int8"}, "needs --calib-data"),
+        ({"format": "onnx", "opset": 5}, "--opset"),
+        ({"static_batch": 0}, "--static-batch"),
+        ({"format": "trt", "half": True, "int8": True, "calib_data": "recipe"}, "one of --half and --int8"),
+        ({"format": "onnx-int8", "calib_data": "recipe", "calib_count": 3}, "--calib-count"),
+    ],
+)
+def test_options_that_do_not_apply_are_refused_up_front(tmp_path, options, message):
+    with pytest.raises(ConfigError, match=message):
+        ExportOptions(output=tmp_path / "x", **options).validate()
+    assert set(FORMATS) == {"onnx", "onnx-int8", "trt", "torch"}
+
+
+def test_existing_artifacts_need_force_and_unwritable_output_is_clear(tmp_path, digits_artifact):
+    ckpt, _ = digits_artifact
+    export_checkpoint(ckpt, ExportOptions(output=tmp_path / "a"))
+    with pytest.raises(UserError, match="--force"):
+        export_checkpoint(ckpt, ExportOptions(output=tmp_path / "a"))
+    export_checkpoint(ckpt, ExportOptions(output=tmp_path / "a", force=True))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not __import__("os").access(locked, __import__("os").W_OK):
+            with pytest.raises(UserError, match="not writable"):
+                export_checkpoint(ckpt, ExportOptions(output=locked / "out"))
+    finally:
+        locked.chmod(0o700)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        export_checkpoint(ckpt, ExportOptions(output=tmp_path / "file"))
+
+
+def test_real_image_verification_and_metadata_round_trip(tmp_path, digits_artifact):
+    ckpt, _ = digits_artifact
+    result = export_checkpoint(ckpt, ExportOptions(output=tmp_path / "e", eval_data="recipe", logit_adjust_tau=0.5))
+    sources = [block["source"] for block in result.manifest["verification"]]
+    assert sources == ["random", "real images (recipe:test)"]
+    assert result.manifest["verification"][1]["results"][0]["batch"] == 500
+    assert result.manifest["accuracy"]["pytorch"]["top1"] == pytest.approx(
+        result.manifest["accuracy"]["exported"]["top1"]
+    )
+    metadata = read_metadata(tmp_path / "e" / "model.onnx")
+    assert json.loads(metadata["pih2t.logit_adjust_tau"]) == 0.5
+    assert json.loads(metadata["pih2t.class_counts"]) == result.manifest["meta"]["class_counts"]
+    assert json.loads(metadata["pih2t.meta"])["arch"] == "digits_net"
+    assert result.manifest["versions"]["torch"] == str(torch.__version__)
+
+
+def test_a_corrupted_fold_makes_the_export_fail(tmp_path, digits_artifact, monkeypatch):
+    """A wrong head weight after folding (simulating a broken fold step) must fail verification, exit 1."""
+    import pih2t_deploy.export.exporter as exporter
+
+    real_fold = exporter.fold
+
+    def broken_fold(*args, **kwargs):
+        folded, report = real_fold(*args, **kwargs)
+        with torch.no_grad():
+            folded.fc.weight[0, 0] += 0.5
+        return folded, report
+
+    monkeypatch.setattr(exporter, "fold", broken_fold)
+    ckpt, _ = digits_artifact
+    with pytest.raises(Exception, match="differs from the PyTorch model"):
+        export_checkpoint(ckpt, ExportOptions(output=tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("arch", [a for a in arch_names() if a not in ("digits_net",)])
+def test_every_registered_architecture_exports(tmp_path, arch):
+    """Checkpoints of every registered architecture export with zero operator overhead (small inputs)."""
+    config = NetworkConfig(arch=arch, num_classes=5, method="pih2t", lws=True)
+    net = (
+        make_net(arch, size=32, method="pih2t", lws=True, num_classes=5)
+        if arch != "resnet152"
+        else PIH2TNet(config).eval()
+    )
+    prep = Preprocessing(32, 32, "RGB", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    path = save_checkpoint(
+        tmp_path / "m.pt", net, build_meta(net.config, preprocessing=prep, class_counts=[9, 7, 5, 3, 1])
+    )
+    result = export_checkpoint(path, ExportOptions(output=tmp_path / "out", max_batch=3))
+    assert result.manifest["graph"]["identical"], result.manifest["graph"]["difference"]
+    assert result.manifest["verification"][0]["passed"]
+
+
+def test_official_checkpoint_exports_through_the_cli(tmp_path):
+    from tests.test_checkpoint import _official_checkpoint
+
+    _official_checkpoint(tmp_path / "h2t.pth.tar", prefixed=True, with_pif=True)
+    counts = ",".join(str(c) for c in [500, 300, 200, 100, 60, 40, 20, 10, 8, 5])
+    names = ",".join(f"class{i}" for i in range(10))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pih2t_deploy.cli",
+            "export",
+            "--ckpt",
+            str(tmp_path / "h2t.pth.tar"),
+            "--output",
+            str(tmp_path / "out"),
+            "--class-counts",
+            counts,
+            "--class-names",
+            names,
+            "--logit-adjust",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert manifest["meta"]["recipe"] == "official-h2t-import" and manifest["meta"]["class_counts"][0] == 500
+    assert (tmp_path / "out" / "labels.txt").read_text().splitlines()[3] == "class3"
+    assert manifest["graph"]["identical"] and manifest["fold"]["pif_folded"]
