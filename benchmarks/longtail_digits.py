@@ -109,8 +109,13 @@ def main() -> None:
     parser.add_argument(
         "overrides", nargs="*", help="recipe overrides applied to every run, e.g. stage2.fusion_ratio=0.5"
     )
+    parser.add_argument("--overhead-only", action="store_true", help="skip the accuracy runs")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.overhead_only:
+        for o in (step_overhead("digits_net", 8, 1, 64, 20), step_overhead("resnet32", 32, 3, 128, 3)):
+            print(f"| {o['arch']} | {o['batch']} | {o['pif_ratio']:.3f} | {o['h2tf_ratio']:.3f} |")
+        return
     runs = accuracy_table(args.output, seeds, args.overrides)
     print(f"\nDigits-LT (IF 50), seeds {args.seeds}, overrides {args.overrides or 'none'}; top-1 % mean +- std\n")
     print("| method | top-1 | Many | Medium | Few |\n|---|---|---|---|---|")

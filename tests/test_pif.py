@@ -51,3 +51,18 @@ def test_pif_with_activation_is_not_affine():
 def test_unknown_activation_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown PIF activation"):
         PIF("swishy")
+
+
+def test_affine_fast_path_equals_the_pointwise_network_with_the_same_gradients():
+    """The default PIF computes a*x - b*m + c from phi's weights; it must equal running phi itself."""
+    pif = _randomised(PIF())
+    x = torch.randn(2, 10, 3, 4, dtype=torch.float64, requires_grad=True)
+    pif = pif.double()
+    mean = x.mean(dim=1, keepdim=True)
+    reference = pif.phi(torch.stack((x, x - mean), dim=2).reshape(20, 2, 12)).reshape(2, 10, 3, 4)
+    torch.testing.assert_close(pif(x), reference)
+    weights = torch.randn_like(reference)
+    fast_grads = torch.autograd.grad((pif(x) * weights).sum(), [x, *pif.parameters()])
+    slow_grads = torch.autograd.grad((reference * weights).sum(), [x, *pif.parameters()])
+    for fast, slow in zip(fast_grads, slow_grads, strict=True):
+        torch.testing.assert_close(fast, slow)

@@ -11,13 +11,23 @@ from collections.abc import Callable
 
 import typer
 
+from pih2t_deploy.cli.bench_cmd import bench
 from pih2t_deploy.cli.common import err_console
+from pih2t_deploy.cli.demo_cmd import demo
 from pih2t_deploy.cli.export_cmd import export
 from pih2t_deploy.cli.serve_cmd import serve
 from pih2t_deploy.cli.train_cmd import evaluate, train
+from pih2t_deploy.cli.triton_cmd import triton_app
 from pih2t_deploy.errors import UserError, VerificationError
 
-COMMANDS: dict[str, Callable[..., None]] = {"train": train, "eval": evaluate, "export": export, "serve": serve}
+COMMANDS: dict[str, Callable[..., None]] = {
+    "train": train,
+    "eval": evaluate,
+    "export": export,
+    "serve": serve,
+    "demo": demo,
+    "bench": bench,
+}
 
 
 def _typer_app(commands: dict[str, Callable[..., None]]) -> typer.Typer:
@@ -25,6 +35,7 @@ def _typer_app(commands: dict[str, Callable[..., None]]) -> typer.Typer:
     app.callback()(_group)
     for name, function in commands.items():
         app.command(name)(function)
+    app.add_typer(triton_app, name="triton")
     return app
 
 
@@ -65,3 +76,10 @@ train_main = _alias("train")
 eval_main = _alias("eval")
 export_main = _alias("export")
 serve_main = _alias("serve")
+demo_main = _alias("demo")
+bench_main = _alias("bench")
+
+
+def triton_main() -> None:
+    """``pih2t-triton``: the same as ``pih2t triton``."""
+    _run(triton_app)

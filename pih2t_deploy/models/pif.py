@@ -44,16 +44,30 @@ class PIF(nn.Module):
         return self.activation is None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
         mean = x.mean(dim=1, keepdim=True)
+        if self.activation is None:
+            a, b, c = self._affine_terms()
+            return a * x - b * mean + c
+        batch, channels, height, width = x.shape
         pairs = torch.stack((x, x - mean), dim=2).reshape(batch * channels, 2, height * width)
-        act = ACTIVATIONS[self.activation] if self.activation else None
+        act = ACTIVATIONS[self.activation]
         out = pairs
         for index, layer in enumerate(self.phi):
             out = layer(out)
-            if act is not None and index < len(self.phi) - 1:
+            if index < len(self.phi) - 1:
                 out = act(out)
         return out.reshape(batch, channels, height, width)
+
+    def _affine_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(a, b, c) as differentiable tensors: phi composed into one 1x2 map, so an affine PIF costs a few
+        element-wise operations instead of three convolutions over every channel and position."""
+        weight, bias = None, None
+        for layer in self.phi:
+            w = layer.weight[:, :, 0]
+            bias = layer.bias if bias is None else w @ bias + layer.bias
+            weight = w if weight is None else w @ weight
+        on_value, on_centered = weight[0, 0], weight[0, 1]
+        return on_value + on_centered, on_centered, bias[0]
 
     @torch.no_grad()
     def affine_coefficients(self) -> AffineCoefficients:

@@ -11,8 +11,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pih2t_deploy.data.sources import DataConfig
 from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.models import METHODS
@@ -135,6 +133,8 @@ def _read_yaml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ConfigError(
             f"unknown recipe {name_or_path!r}; choose one of: {', '.join(recipe_names())} or a .yaml path"
         )
+    import yaml
+
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -160,6 +160,8 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` overrides (dotted keys, YAML values) to a raw recipe dict."""
+    import yaml
+
     out = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")

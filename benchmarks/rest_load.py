@@ -1,0 +1,143 @@
+"""REST load benchmark: pih2t-serve under concurrent clients, against raw onnxruntime, with and without batching.
+
+Builds a resnet50 PI-H2T artifact (random weights, 100 classes, 224x224), measures raw onnxruntime throughput
+at batch 32, then starts pih2t-serve (micro-batching up to 32, and batch-1 serving for comparison) and drives
+it from a separate client process (httpx async) at concurrency 1, 8 and 32 for a bounded time: throughput,
+p50/p99 latency, errors, server RSS before/after; finally a soak at concurrency 32 with RSS growth.
+
+    python benchmarks/rest_load.py [--seconds 20] [--soak-seconds 120] [--output runs/bench-rest]
+
+The clients run in a separate process (pih2t_deploy.bench.load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pih2t_deploy.bench.load import rss_mb, run_load
+
+SERVER_THREADS = 2
+
+
+def image_bytes() -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def build_artifact(folder: Path) -> None:
+    from pih2t_deploy.checkpoint import build_meta, save_checkpoint
+    from pih2t_deploy.export.exporter import export_checkpoint
+    from pih2t_deploy.export.options import ExportOptions
+    from pih2t_deploy.models import NetworkConfig, PIH2TNet
+
+    net = PIH2TNet(NetworkConfig(arch="resnet50", num_classes=100, method="pih2t")).eval()
+    ckpt = save_checkpoint(folder / "model.pt", net, build_meta(net.config, class_counts=list(range(200, 100, -1))))
+    export_checkpoint(ckpt, ExportOptions(output=folder / "export", max_batch=2))
+
+
+def raw_throughput(model: Path, batch: int, seconds: float = 10.0) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = SERVER_THREADS, 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    session.run(None, {"input": x})
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        session.run(None, {"input": x})
+        count += batch
+    return count / (time.perf_counter() - started)
+
+
+def serve(artifact: Path, port: int, max_batch: int) -> subprocess.Popen:
+    from pih2t_deploy.serving.smoke import wait_ready
+
+    command = [
+        sys.executable,
+        "-m",
+        "pih2t_deploy.cli",
+        "serve",
+        "--model",
+        str(artifact),
+        "--port",
+        str(port),
+        "--max-batch",
+        str(max_batch),
+        "--max-wait-ms",
+        "10",
+        "--threads",
+        str(SERVER_THREADS),
+        "--log-level",
+        "warning",
+        "--max-queue",
+        "1024",
+    ]
+    server = subprocess.Popen(command)
+    wait_ready(f"http://127.0.0.1:{port}", server, timeout_s=120)
+    return server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--soak-seconds", type=float, default=120.0)
+    parser.add_argument("--port", type=int, default=8931)
+    parser.add_argument("--output", type=Path, default=Path("runs/bench-rest"))
+    args = parser.parse_args()
+    url = f"http://127.0.0.1:{args.port}"
+    report: dict = {"server_threads": SERVER_THREADS, "runs": {}}
+    with tempfile.TemporaryDirectory() as work:
+        build_artifact(Path(work))
+        image = Path(work) / "image.jpg"
+        image.write_bytes(image_bytes())
+        artifact = Path(work) / "export"
+        report["raw_onnxruntime_batch32_images_per_s"] = raw_throughput(artifact / "model.onnx", 32)
+        for label, max_batch in (("micro-batching (max 32)", 32), ("batch-1 serving", 1)):
+            server = serve(artifact, args.port, max_batch)
+            try:
+                rows = []
+                for concurrency in (1, 8, 32):
+                    before = rss_mb(server.pid)
+                    row = run_load(url, concurrency, args.seconds, image)
+                    row.update(rss_before_mb=before, rss_after_mb=rss_mb(server.pid))
+                    rows.append(row)
+                    print(label, row, flush=True)
+                report["runs"][label] = rows
+                if max_batch == 32 and args.soak_seconds > 0:
+                    before = rss_mb(server.pid)
+                    soak = run_load(url, 32, args.soak_seconds, image)
+                    soak.update(rss_before_mb=before, rss_after_mb=rss_mb(server.pid))
+                    soak["rss_growth"] = soak["rss_after_mb"] / before - 1
+                    report["soak"] = soak
+                    print("soak", soak, flush=True)
+            finally:
+                server.terminate()
+                server.wait(timeout=60)
+    batched = report["runs"]["micro-batching (max 32)"][2]["throughput"]
+    single = report["runs"]["batch-1 serving"][2]["throughput"]
+    report["served_over_raw_at_32"] = batched / report["raw_onnxruntime_batch32_images_per_s"]
+    report["batching_gain_at_32"] = batched / single
+    print(
+        f"\nraw onnxruntime batch 32: {report['raw_onnxruntime_batch32_images_per_s']:.1f} img/s; served at "
+        f"concurrency 32: {batched:.1f} req/s (ratio {report['served_over_raw_at_32']:.2f}); "
+        f"micro-batching gain over batch-1 serving: {report['batching_gain_at_32']:.2f}x"
+    )
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "rest_load.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Export a checkpoint to every requested format, verify each, time each side by side, measure accuracy.
+
+PyTorch eager on the unfolded PI-H2T model is the baseline of every ratio. A format that cannot run here
+(TensorRT without a GPU, INT8 without calibration images, a CUDA provider that is missing) is reported as
+skipped with the reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint, versions
+from pih2t_deploy.errors import ConfigError, UserError, VerificationError
+from pih2t_deploy.export.exporter import export_checkpoint
+from pih2t_deploy.export.options import ExportOptions
+from pih2t_deploy.export.real_images import load_images
+from pih2t_deploy.export.verify import run_chunked
+from pih2t_deploy.runtime import load_classifier
+from pih2t_deploy.timing import time_interleaved
+from pih2t_deploy.training.evaluate import summarize
+
+BENCH_FORMATS = {"torch": None, "onnx": "onnx", "onnx-int8": "onnx-int8", "trt": "trt", "torch-export": "torch"}
+BACKENDS = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime", "trt": "tensorrt", "torch-export": "torch"}
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class BenchOptions:
+    """What to benchmark and how."""
+
+    ckpt: Path
+    output: Path
+    formats: list[str] = field(default_factory=lambda: ["torch", "onnx", "onnx-int8", "trt", "torch-export"])
+    batches: list[int] = field(default_factory=lambda: [1, 8, 32])
+    eval_data: str | None = None
+    calib_data: str | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    rounds: int = 5
+    min_seconds: float = 0.2
+
+    def validate(self) -> None:
+        """ConfigError for unknown formats, bad batch sizes or devices."""
+        unknown = [f for f in self.formats if f not in BENCH_FORMATS]
+        if unknown:
+            raise ConfigError(f"unknown format {unknown[0]!r}; choose from: {', '.join(BENCH_FORMATS)}")
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise ConfigError("--batch takes positive batch sizes, e.g. 1,8,32")
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError("--device must be cpu or cuda")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda was requested but PyTorch sees no CUDA GPU; use --device cpu")
+        if self.rounds < 1:
+            raise ConfigError("--rounds must be at least 1")
+
+
+def _eager(ckpt: Checkpoint, device: str) -> Runner:
+    module = ckpt.net.to(device).eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = module(torch.from_numpy(x).to(device))
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out.float().cpu().numpy()
+
+    return run
+
+
+def _prepare_format(
+    name: str, options: BenchOptions, ckpt: Checkpoint, log: Callable[[str], None]
+) -> tuple[Runner, dict]:
+    export_format = BENCH_FORMATS[name]
+    calib = options.calib_data or ("recipe" if "data" in ckpt.meta else None)
+    if export_format in ("onnx-int8",) and calib is None:
+        raise UserError("INT8 needs calibration images: pass --calib-data FOLDER")
+    export_options = ExportOptions(
+        output=options.output / "artifacts" / name,
+        format=export_format,
+        force=True,
+        max_batch=max(options.batches),
+        calib_data=calib if export_format == "onnx-int8" else None,
+    )
+    log(f"exporting {name}")
+    manifest = export_checkpoint(options.ckpt, export_options).manifest
+    classifier = load_classifier(
+        options.output / "artifacts" / name, BACKENDS[name], device=options.device, threads=options.threads
+    )
+    return classifier.predict, {
+        "verification": manifest["verification"],
+        "graph_identical": manifest.get("graph", {}).get("identical"),
+    }
+
+
+def _repeats(runner: Runner, x: np.ndarray, min_seconds: float) -> int:
+    started = time.perf_counter()
+    runner(x)
+    once = max(time.perf_counter() - started, 1e-6)
+    return max(2, min(50, int(min_seconds / once)))
+
+
+def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Export, verify, time and (with --eval-data) score every format; returns the report dict."""
+    options.validate()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    ckpt = load_checkpoint(options.ckpt)
+    options.output.mkdir(parents=True, exist_ok=True)
+    runners: dict[str, Runner] = {}
+    formats: dict[str, dict[str, Any]] = {}
+    for name in options.formats:
+        if name == "torch":
+            runners[name] = _eager(ckpt, options.device)
+            formats[name] = {"status": "ok", "note": "PyTorch eager, unfolded PI-H2T model (baseline)"}
+            continue
+        try:
+            runners[name], details = _prepare_format(name, options, ckpt, log)
+            formats[name] = {"status": "ok", **details}
+        except (UserError, VerificationError) as exc:
+            formats[name] = {"status": "skipped", "reason": str(exc)}
+            log(f"skipped {name}: {exc}")
+    if "torch" not in runners:
+        runners = {"torch": _eager(ckpt, options.device), **runners}
+        formats = {"torch": {"status": "ok", "note": "baseline"}, **formats}
+    shape = ckpt.preprocessing.input_shape
+    timings: dict[str, dict[str, Any]] = {name: {} for name in runners}
+    for batch in options.batches:
+        x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+        repeats = _repeats(runners["torch"], x, options.min_seconds)
+        log(f"timing batch {batch} ({options.rounds} rounds x {repeats} calls per format)")
+        measured = time_interleaved(
+            {n: (lambda r=r, x=x: r(x)) for n, r in runners.items()}, rounds=options.rounds, repeats=repeats
+        )
+        base = measured["torch"].median
+        for name, t in measured.items():
+            timings[name][str(batch)] = {
+                "p50_ms": 1000 * t.median,
+                "p90_ms": 1000 * t.p90,
+                "p99_ms": 1000 * t.p99,
+                "images_per_s": batch / t.median,
+                "speedup_vs_torch": base / t.median,
+            }
+    accuracy: dict[str, Any] = {}
+    if options.eval_data:
+        found = load_images(options.eval_data, ckpt, split="test")
+        if found.labels is None:
+            raise UserError(f"--eval-data {options.eval_data} has no class sub-folders, so accuracy cannot be measured")
+        inputs = ckpt.preprocessing.to_numpy(found.images)
+        data = ckpt.meta.get("data") or {}
+        from pih2t_deploy.data.longtail import GroupThresholds
+
+        thresholds = GroupThresholds(data.get("many_threshold", 100), data.get("few_threshold", 20))
+        counts = ckpt.class_counts or [1] * ckpt.meta["num_classes"]
+        for name, runner in runners.items():
+            summary = summarize(run_chunked(runner, inputs, max(options.batches)), found.labels, counts, thresholds)
+            accuracy[name] = {k: summary[k] for k in ("top1", "top5", "many", "medium", "few")}
+    return {
+        "checkpoint": str(options.ckpt),
+        "arch": ckpt.meta["arch"],
+        "method": ckpt.meta["method"],
+        "input_shape": list(shape),
+        "device": options.device if options.device == "cpu" else torch.cuda.get_device_name(0),
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+        "batches": options.batches,
+        "formats": formats,
+        "timings": timings,
+        "accuracy": accuracy,
+        "versions": versions(),
+    }

@@ -1,0 +1,85 @@
+"""``pih2t-bench --serve``: requests per second and p99 of pih2t-serve (and the local Triton server when
+nvidia-pytriton is installed) on the ONNX artifact, driven from a separate process."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pih2t_deploy.bench.load import run_load
+from pih2t_deploy.errors import UserError
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _rest(artifact: Path, image: Path, concurrencies: list[int], seconds: float) -> list[dict[str, Any]]:
+    from pih2t_deploy.serving.smoke import wait_ready
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pih2t_deploy.cli",
+            "serve",
+            "--model",
+            str(artifact),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--max-queue",
+            "4096",
+        ]
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", server, timeout_s=120)
+        return [run_load(f"http://127.0.0.1:{port}", c, seconds, image) for c in concurrencies]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def _triton(artifact: Path, image: Path, concurrencies: list[int], seconds: float, work: Path) -> list[dict[str, Any]]:
+    from pih2t_deploy.serving.triton.repository import RepositorySettings, build_repository
+    from pih2t_deploy.serving.triton.server import Ports, start_server, wait_until_ready
+
+    build_repository(artifact, work / "repo", RepositorySettings(cpu_python=True, max_queue_delay_us=2000))
+    ports = Ports(free_port(), free_port(), free_port())
+    server = start_server(work / "repo", ports, work / "server", log_path=work / "triton.log")
+    try:
+        wait_until_ready(server, ports)
+        return [run_load(f"http://127.0.0.1:{ports.http}", c, seconds, image, protocol="triton") for c in concurrencies]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def serve_benchmark(
+    artifact: Path, image: Path, concurrencies: list[int], seconds: float, log: Callable[[str], None] = lambda _m: None
+) -> dict[str, Any]:
+    """{server name: [load results per concurrency]}; Triton is skipped (with the reason) when unavailable."""
+    log("serving benchmark: pih2t-serve")
+    results: dict[str, Any] = {"pih2t-serve": _rest(artifact, image, concurrencies, seconds)}
+    try:
+        import pytriton  # noqa: F401
+    except ImportError:
+        results["skipped"] = {"triton": "nvidia-pytriton is not installed (pip install 'pih2t-deploy[triton]')"}
+        return results
+    log("serving benchmark: local Triton (Python backend ensemble)")
+    with tempfile.TemporaryDirectory(prefix="pih2t-bench-triton-") as work:
+        try:
+            results["triton"] = _triton(artifact, image, concurrencies, seconds, Path(work))
+        except UserError as exc:
+            results["skipped"] = {"triton": str(exc)}
+    return results

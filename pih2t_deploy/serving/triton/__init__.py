@@ -1,0 +1,1 @@
+"""Triton Inference Server: model repository builder, validator, local server launcher and client."""

@@ -1,0 +1,1 @@
+"""Python-backend model files copied into generated Triton repositories as ``<version>/model.py``."""

@@ -1,0 +1,205 @@
+"""``pih2t-triton build``: a versioned Triton model repository generated from an exported artifact.
+
+Models (``<name>`` is --name): ``<name>_onnx`` (onnxruntime backend), ``<name>_trt`` (when the artifact has a
+plan), ``<name>_preprocess`` (Python backend: encoded image -> input tensor), ``<name>`` (ensemble: image in,
+logits out), and with --cpu-python ``<name>_onnx_py`` (Python backend running onnxruntime, for Triton builds
+without the onnxruntime backend) in place of ``<name>_onnx``. Every model folder is written under a
+temporary name inside REPO and renamed when complete; nothing is written outside REPO.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from pih2t_deploy.errors import ConfigError, UserError
+from pih2t_deploy.runtime.classifier import ModelInfo, read_artifact_info
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+TYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8"}
+
+
+@dataclass
+class RepositorySettings:
+    """Options of ``pih2t-triton build``."""
+
+    name: str = "pih2t"
+    max_batch: int = 64
+    instances: int = 1
+    kind: str = "cpu"
+    preferred_batch: list[int] = field(default_factory=list)
+    max_queue_delay_us: int = 100
+    trt_accelerator: bool = False
+    warmup: bool = False
+    cpu_python: bool = False
+    force: bool = False
+    version: int = 1
+
+    def validate(self) -> None:
+        """ConfigError naming the first bad setting."""
+        if not NAME.match(self.name):
+            raise ConfigError(f"--name {self.name!r} must be letters, digits, '_' or '-' (at most 64)")
+        if self.max_batch < 1 or self.instances < 1 or self.max_queue_delay_us < 0 or self.version < 1:
+            raise ConfigError("--max-batch, --instances and the version must be >= 1, --max-queue-delay-us >= 0")
+        if self.kind not in ("cpu", "gpu"):
+            raise ConfigError(f"--kind must be cpu or gpu, got {self.kind!r}")
+        if any(b < 1 or b > self.max_batch for b in self.preferred_batch):
+            raise ConfigError("--preferred-batch sizes must lie between 1 and --max-batch")
+        if self.trt_accelerator and self.kind != "gpu":
+            raise ConfigError("--trt-accelerator needs --kind gpu")
+        if self.cpu_python and self.kind != "cpu":
+            raise ConfigError("--cpu-python models run on --kind cpu")
+
+
+def model_config_pb2():
+    """tritonclient's ModelConfig protobuf module (the triton extra), or a UserError saying how to get it."""
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise UserError("Triton support needs the triton extra: pip install 'pih2t-deploy[triton]'") from None
+    return model_config_pb2
+
+
+def _base(name: str, settings: RepositorySettings, kind: str):
+    mc = model_config_pb2()
+    config = mc.ModelConfig(name=name, max_batch_size=settings.max_batch)
+    config.dynamic_batching.preferred_batch_size.extend(settings.preferred_batch)
+    config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
+    kinds = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
+    config.instance_group.add(count=settings.instances, kind=kinds[kind])
+    config.version_policy.latest.num_versions = 1
+    return config
+
+
+def _logits(config, info: ModelInfo) -> None:
+    mc = model_config_pb2()
+    config.output.add(name="logits", data_type=mc.TYPE_FP32, dims=[info.num_classes], label_filename="labels.txt")
+
+
+def backend_config(
+    name: str,
+    info: ModelInfo,
+    settings: RepositorySettings,
+    shape: list[int],
+    dtype: str,
+    *,
+    platform: str = "",
+    backend: str = "",
+    kind: str | None = None,
+):
+    """ModelConfig of a model mapping ``input`` to ``logits`` (onnxruntime, TensorRT or Python backend)."""
+    mc = model_config_pb2()
+    config = _base(name, settings, kind or settings.kind)
+    config.platform, config.backend = platform, backend
+    config.input.add(name="input", data_type=mc.DataType.Value(dtype), dims=shape)
+    _logits(config, info)
+    if settings.warmup:
+        warmup = config.model_warmup.add(name="zeros", batch_size=1)
+        warmup.inputs["input"].data_type = mc.DataType.Value(dtype)
+        warmup.inputs["input"].dims.extend(shape)
+        warmup.inputs["input"].zero_data = True
+    if settings.trt_accelerator and platform == "onnxruntime_onnx":
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accelerator.parameters.update(
+            {"precision_mode": "FP16", "max_workspace_size_bytes": str(4 << 30), "trt_engine_cache_enable": "1"}
+        )
+    return config
+
+
+def preprocess_config(name: str, info: ModelInfo, settings: RepositorySettings, shape: list[int], dtype: str):
+    """ModelConfig of the Python-backend preprocess model: BYTES ``image`` -> ``input``."""
+    mc = model_config_pb2()
+    config = _base(name, settings, "cpu")
+    config.backend = "python"
+    config.input.add(name="image", data_type=mc.TYPE_STRING, dims=[1])
+    config.output.add(name="input", data_type=mc.DataType.Value(dtype), dims=shape)
+    config.parameters["preprocessing"].string_value = json.dumps(info.preprocessing.to_dict())
+    config.parameters["pixel_input"].string_value = "true" if info.pixel_input else "false"
+    return config
+
+
+def ensemble_config(name: str, target: str, info: ModelInfo, settings: RepositorySettings):
+    """ModelConfig of the ensemble: encoded ``image`` -> preprocess -> ``target`` -> ``logits``."""
+    mc = model_config_pb2()
+    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=settings.max_batch)
+    config.input.add(name="image", data_type=mc.TYPE_STRING, dims=[1])
+    _logits(config, info)
+    first = config.ensemble_scheduling.step.add(model_name=f"{name}_preprocess", model_version=-1)
+    first.input_map["image"], first.output_map["input"] = "image", "preprocessed"
+    second = config.ensemble_scheduling.step.add(model_name=target, model_version=-1)
+    second.input_map["input"], second.output_map["logits"] = "preprocessed", "logits"
+    return config
+
+
+def _backend_file(module: str) -> str:
+    return resources.files("pih2t_deploy.serving.triton.backends").joinpath(f"{module}.py").read_text(encoding="utf-8")
+
+
+def build_repository(artifact: Path, repo: Path, settings: RepositorySettings) -> list[str]:
+    """Write the models for ``artifact`` into ``repo``; returns their names. UserError if a version exists."""
+    settings.validate()
+    artifact = Path(artifact)
+    info = read_artifact_info(artifact)
+    if not (artifact / "model.onnx").is_file():
+        raise UserError(f"{artifact} has no model.onnx: build the repository from an --format onnx artifact")
+    input_spec = info.manifest["input"]
+    dtype = TYPES[input_spec["dtype"]]
+    shape = [int(d) for d in input_spec["shape"][1:]]
+    if input_spec["shape"][0] != "batch":
+        raise UserError(f"{artifact} was exported with a fixed batch size; re-export without --static-batch")
+    name, version = settings.name, str(settings.version)
+    has_plan = (artifact / "model.plan").is_file()
+    target = f"{name}_onnx_py" if settings.cpu_python else f"{name}_trt" if has_plan else f"{name}_onnx"
+    models: dict[str, tuple[object, dict[str, Path | str]]] = {
+        f"{name}_preprocess": (
+            preprocess_config(f"{name}_preprocess", info, settings, shape, dtype),
+            {"model.py": _backend_file("preprocess")},
+        ),
+        name: (ensemble_config(name, target, info, settings), {}),
+    }
+    if settings.cpu_python:
+        models[f"{name}_onnx_py"] = (
+            backend_config(f"{name}_onnx_py", info, settings, shape, dtype, backend="python", kind="cpu"),
+            {"model.py": _backend_file("onnx_model"), "model.onnx": artifact / "model.onnx"},
+        )
+    else:
+        models[f"{name}_onnx"] = (
+            backend_config(f"{name}_onnx", info, settings, shape, dtype, platform="onnxruntime_onnx"),
+            {"model.onnx": artifact / "model.onnx"},
+        )
+        if has_plan:
+            models[f"{name}_trt"] = (
+                backend_config(f"{name}_trt", info, settings, shape, dtype, platform="tensorrt_plan", kind="gpu"),
+                {"model.plan": artifact / "model.plan"},
+            )
+    repo = Path(repo)
+    repo.mkdir(parents=True, exist_ok=True)
+    existing = [m for m in models if (repo / m / version).exists()]
+    if existing and not settings.force:
+        raise UserError(f"{repo}: version {version} of {', '.join(existing)} exists; pass --force to replace it")
+    labels = (artifact / "labels.txt").read_text(encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix=".pih2t-build-", dir=repo) as staging:
+        for model, (config, files) in models.items():
+            folder = Path(staging) / model
+            (folder / version).mkdir(parents=True)
+            (folder / "config.pbtxt").write_text(text_format.MessageToString(config), encoding="utf-8")
+            if any(output.label_filename for output in config.output):
+                (folder / "labels.txt").write_text(labels, encoding="utf-8")
+            for file_name, source in files.items():
+                if isinstance(source, Path):
+                    shutil.copy2(source, folder / version / file_name)
+                else:
+                    (folder / version / file_name).write_text(source, encoding="utf-8")
+        for model in models:
+            final = repo / model
+            if final.exists():
+                shutil.rmtree(final)
+            (Path(staging) / model).rename(final)
+    return list(models)

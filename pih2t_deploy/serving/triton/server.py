@@ -1,0 +1,124 @@
+"""``pih2t-triton serve``: the tritonserver binary shipped by nvidia-pytriton, on 127.0.0.1, for local use.
+
+That build has only the Python backend, so serve repositories built with ``--cpu-python``. The launcher
+copies the binary's folders into a work folder with the Python-backend stub of this interpreter, puts this
+interpreter's libpython first on LD_LIBRARY_PATH (else the stub loads an older system libpython) and sets
+PYTHONPATH so the stub finds numpy, onnxruntime and pih2t_deploy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pih2t_deploy.errors import UserError
+
+
+@dataclass(frozen=True)
+class Ports:
+    """HTTP, gRPC and metrics ports."""
+
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+
+def _distribution() -> Path:
+    try:
+        import pytriton
+    except ImportError:
+        raise UserError("the local Triton server needs nvidia-pytriton: pip install 'pih2t-deploy[triton]'") from None
+    folder = Path(pytriton.__file__).parent / "tritonserver"
+    if not (folder / "bin" / "tritonserver").is_file():
+        raise UserError(f"nvidia-pytriton at {folder} has no tritonserver binary")
+    return folder
+
+
+def prepare_server(work: Path) -> Path:
+    """Lay out bin/, backends/ (with this Python's stub) and caches/ under ``work``; return the binary."""
+    dist = _distribution()
+    for part in ("bin", "backends", "caches"):
+        shutil.copytree(dist / part, work / part, dirs_exist_ok=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise UserError(f"nvidia-pytriton has no Python-backend stub for Python {version}")
+    shutil.copy2(stub, work / "backends" / "python" / "triton_python_backend_stub")
+    return work / "bin" / "tritonserver"
+
+
+def server_environment(threads: int = 1) -> dict[str, str]:
+    """Environment for tritonserver and its Python-backend stubs."""
+    env = dict(os.environ)
+    libs = [sysconfig.get_config_var("LIBDIR") or ""]
+    pytriton_libs = Path(_distribution()).parent.parent / "nvidia_pytriton.libs"
+    if pytriton_libs.is_dir():
+        libs.append(str(pytriton_libs))
+    env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+    paths = [p for p in sys.path if p and Path(p).is_dir()]
+    env["PYTHONPATH"] = ":".join([*paths, env.get("PYTHONPATH", "")]).rstrip(":")
+    env["PIH2T_TRITON_THREADS"] = str(threads)
+    return env
+
+
+def start_server(
+    repo: Path, ports: Ports, work: Path, *, log_path: Path | None = None, exit_timeout_s: int = 5, threads: int = 1
+) -> subprocess.Popen:
+    """Start tritonserver on 127.0.0.1 serving ``repo``; the caller waits for readiness and stops it."""
+    repo = Path(repo).resolve()
+    if not repo.is_dir():
+        raise UserError(f"model repository {repo} does not exist")
+    binary = prepare_server(work)
+    command = [
+        str(binary),
+        f"--model-repository={repo}",
+        f"--backend-directory={work / 'backends'}",
+        f"--cache-directory={work / 'caches'}",
+        "--http-address=127.0.0.1",
+        f"--http-port={ports.http}",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={ports.grpc}",
+        "--metrics-address=127.0.0.1",
+        f"--metrics-port={ports.metrics}",
+        "--allow-metrics=true",
+        f"--exit-timeout-secs={exit_timeout_s}",
+        "--strict-readiness=true",
+        "--log-verbose=0",
+    ]
+    output = open(log_path, "wb") if log_path else None  # noqa: SIM115 - handed to the child process
+    return subprocess.Popen(command, env=server_environment(threads), stdout=output, stderr=subprocess.STDOUT)
+
+
+def wait_until_ready(process: subprocess.Popen, ports: Ports, timeout_s: float = 120.0) -> None:
+    """Poll /v2/health/ready until 200; UserError if the server exits or time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise UserError(f"tritonserver exited with status {process.returncode} (see its log)")
+        try:
+            if httpx.get(f"http://127.0.0.1:{ports.http}/v2/health/ready", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise UserError(f"tritonserver was not ready within {timeout_s:.0f} s")
+
+
+def serve_forever(repo: Path, ports: Ports) -> int:
+    """Run tritonserver in the foreground until it exits (Ctrl-C stops it); returns its exit status."""
+    with tempfile.TemporaryDirectory(prefix="pih2t-triton-") as work:
+        process = start_server(repo, ports, Path(work))
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            process.terminate()
+            return process.wait(timeout=30)

@@ -1,0 +1,61 @@
+"""pih2t-bench on a tiny model: report files, expected keys, a valid PNG, skipped formats with reasons."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from pih2t_deploy.bench.runner import BenchOptions, run_bench
+from pih2t_deploy.errors import ConfigError
+
+
+def test_bench_writes_json_markdown_and_a_png(tmp_path, digits_artifact):
+    ckpt, _ = digits_artifact
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pih2t_deploy.cli",
+            "bench",
+            "--ckpt",
+            str(ckpt),
+            "--formats",
+            "torch,onnx,trt",
+            "--batch",
+            "1,2",
+            "--rounds",
+            "2",
+            "--eval-data",
+            "recipe",
+            "--output",
+            str(tmp_path / "b"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert {"timings", "formats", "accuracy", "versions", "machine", "device", "date", "command"} <= set(report)
+    assert set(report["timings"]) == {"torch", "onnx"}
+    for per_batch in report["timings"].values():
+        assert set(per_batch) == {"1", "2"}
+        assert {"p50_ms", "p90_ms", "p99_ms", "images_per_s", "speedup_vs_torch"} <= set(per_batch["1"])
+    assert report["timings"]["torch"]["1"]["speedup_vs_torch"] == pytest.approx(1.0)
+    assert report["formats"]["trt"]["status"] == "skipped" and "TensorRT" in report["formats"]["trt"]["reason"]
+    assert report["formats"]["onnx"]["verification"][0]["passed"]
+    assert report["accuracy"]["onnx"]["top1"] == pytest.approx(report["accuracy"]["torch"]["top1"])
+    with Image.open(tmp_path / "b" / "bench.png") as image:
+        image.verify()
+    markdown = (tmp_path / "b" / "bench.md").read_text()
+    assert "| onnx | 2 |" in markdown and "Skipped formats" in markdown and "pih2t bench --ckpt" in markdown
+
+
+def test_bench_refuses_unknown_formats(tmp_path, digits_artifact):
+    with pytest.raises(ConfigError, match="unknown format 'tflite'"):
+        run_bench(BenchOptions(ckpt=digits_artifact[0], output=tmp_path, formats=["tflite"]))
+    with pytest.raises(ConfigError, match="--batch"):
+        run_bench(BenchOptions(ckpt=digits_artifact[0], output=tmp_path, batches=[0]))

@@ -1,0 +1,186 @@
+"""pih2t-demo: gradio_client against a live demo on 127.0.0.1, and a real headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from pih2t_deploy.runtime import load_classifier
+from pih2t_deploy.serving.demo import GROUP_NAMES, DemoSettings, LongTailExplainer, build_demo
+from tests import images
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo_url(digits_artifact):
+    classifier = load_classifier(digits_artifact[1])
+    demo = build_demo(classifier, DemoSettings(max_file_mb=0.05))
+    port = _free_port()
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        share=False,
+        max_file_size=50_000,
+        show_error=True,
+        quiet=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+def _client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def _top(result):
+    label = result[0]
+    return label["label"], {c["label"]: c["confidence"] for c in label["confidences"]}
+
+
+def test_predict_matches_onnxruntime_top1(demo_url, digits_artifact, tmp_path):
+    from gradio_client import handle_file
+
+    classifier = load_classifier(digits_artifact[1])
+    client = _client(demo_url)
+    for digit in (0, 3, 6):
+        path = tmp_path / f"d{digit}.png"
+        path.write_bytes(images.sample(digit))
+        best, confidences = _top(client.predict(handle_file(str(path)), 0.0, api_name="/predict"))
+        logits = classifier.predict(classifier.prepare([Image.open(path)]))[0]
+        expected = classifier.info.labels[int(np.argmax(logits))]
+        assert best.split(" (")[0] == expected
+        assert best.endswith(("(Many)", "(Medium)", "(Few)"))
+        assert sum(confidences.values()) <= 1.0 + 1e-6
+
+
+def test_tau_reranks_as_the_math_says(demo_url, digits_artifact, tmp_path):
+    """p_tau(k) is proportional to p(k) / prior(k)^tau: the ratio of two classes' probabilities must follow."""
+    from gradio_client import handle_file
+
+    classifier = load_classifier(digits_artifact[1])
+    explainer = LongTailExplainer(classifier)
+    path = tmp_path / "d5.png"
+    path.write_bytes(images.sample(5))
+    client = _client(demo_url)
+    _, at0 = _top(client.predict(handle_file(str(path)), 0.0, api_name="/predict"))
+    _, at1 = _top(client.predict(handle_file(str(path)), 1.0, api_name="/predict"))
+    common = [label for label in at0 if label in at1][:2]
+    assert len(common) == 2
+    index = {f"{classifier.info.labels[i]} ({GROUP_NAMES[g]})": i for i, g in enumerate(explainer.groups)}
+    a, b = (index[label] for label in common)
+    expected_ratio = (at0[common[0]] / at0[common[1]]) * np.exp(-(explainer.log_prior[a] - explainer.log_prior[b]))
+    assert at1[common[0]] / at1[common[1]] == pytest.approx(expected_ratio, rel=1e-3)
+    tail_share = lambda conf: sum(v for k, v in conf.items() if k.endswith("(Few)"))  # noqa: E731
+    assert tail_share(at1) >= tail_share(at0)
+
+
+def test_corrupt_and_oversize_files_get_a_clean_error(demo_url, tmp_path):
+    from gradio_client import handle_file
+
+    client = _client(demo_url)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(images.truncated_png()[:2000])
+    with pytest.raises(Exception) as caught:
+        client.predict(handle_file(str(corrupt)), 0.0, api_name="/predict")
+    assert "Traceback" not in str(caught.value)
+    big = tmp_path / "big.png"
+    big.write_bytes(
+        images.encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)))
+    )
+    with pytest.raises(Exception, match=r"(?i)size|large|exceed"):
+        client.predict(handle_file(str(big)), 0.0, api_name="/predict")
+    assert httpx.get(demo_url).status_code == 200
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if browser and driver:
+        return browser, driver
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], capture_output=True)
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+def test_a_real_browser_uploads_an_image_and_sees_the_label(demo_url, tmp_path):
+    found = _chromium()
+    if found is None:
+        pytest.skip("Chromium and chromedriver could not be installed (apt-get chromium chromium-driver failed)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,1000",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(found[1]), options=options)
+    try:
+        driver.get(demo_url)
+        upload = WebDriverWait(driver, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, "input[type=file]"))
+        picture = tmp_path / "digit_2.png"
+        Image.open(images.SAMPLES / "digit_2.png").resize((128, 128), Image.NEAREST).save(picture)
+        upload.send_keys(str(picture))
+        time.sleep(1.0)
+        button = next(b for b in driver.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Classify")
+        button.click()
+
+        def label_shown(d) -> bool:
+            return re.search(r"\b\d \((Many|Medium|Few)\)", d.find_element(By.TAG_NAME, "body").text) is not None
+
+        WebDriverWait(driver, 60).until(label_shown)
+        driver.save_screenshot(str(tmp_path / "demo.png"))
+        assert (tmp_path / "demo.png").stat().st_size > 10_000
+        visible = driver.find_element(By.TAG_NAME, "body").text
+        assert re.search(r"\b\d \((Many|Medium|Few)\)", visible), visible
+    finally:
+        driver.quit()
+
+
+def test_demo_cli_refuses_share_links_and_bad_examples(tmp_path, digits_artifact):
+    for args, message in (
+        (["--share", "always"], "--share must be 'never'"),
+        (["--examples", str(tmp_path / "none")], "is not a folder"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "pih2t_deploy.cli", "demo", "--model", str(digits_artifact[1]), *args],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -1,0 +1,192 @@
+"""pih2t-triton: repository generation and validation, and a real tritonserver (nvidia-pytriton) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import shutil
+import socket
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from pih2t_deploy.errors import ConfigError, UserError
+from pih2t_deploy.runtime import load_classifier
+from pih2t_deploy.serving.rest import ServeSettings, create_app
+from pih2t_deploy.serving.triton.client import classify_files
+from pih2t_deploy.serving.triton.repository import RepositorySettings, build_repository
+from pih2t_deploy.serving.triton.server import Ports, start_server, wait_until_ready
+from pih2t_deploy.serving.triton.validate import validate_repository
+from tests import images
+from tests.servers import running_server
+
+
+def test_build_writes_a_repository_that_validates(tmp_path, digits_artifact):
+    _, artifact = digits_artifact
+    models = build_repository(
+        artifact,
+        tmp_path / "repo",
+        RepositorySettings(kind="gpu", trt_accelerator=True, warmup=True, preferred_batch=[8, 16], instances=2),
+    )
+    assert sorted(models) == ["pih2t", "pih2t_onnx", "pih2t_preprocess"]
+    config = (tmp_path / "repo" / "pih2t_onnx" / "config.pbtxt").read_text()
+    for expected in (
+        'platform: "onnxruntime_onnx"',
+        "max_batch_size: 64",
+        'label_filename: "labels.txt"',
+        "preferred_batch_size: 8",
+        "kind: KIND_GPU",
+        'name: "tensorrt"',
+        "zero_data: true",
+        "num_versions: 1",
+    ):
+        assert expected in config, expected
+    assert (tmp_path / "repo" / "pih2t_onnx" / "1" / "model.onnx").is_file()
+    assert (tmp_path / "repo" / "pih2t" / "1").is_dir()
+    report = validate_repository(tmp_path / "repo")
+    assert report.ok, report.problems
+    assert not [p for p in (tmp_path / "repo").iterdir() if p.name.startswith(".")], "no staging folder is left"
+
+
+def test_build_refuses_to_overwrite_and_to_escape(tmp_path, digits_artifact):
+    _, artifact = digits_artifact
+    build_repository(artifact, tmp_path / "repo", RepositorySettings())
+    with pytest.raises(UserError, match="--force"):
+        build_repository(artifact, tmp_path / "repo", RepositorySettings())
+    build_repository(artifact, tmp_path / "repo", RepositorySettings(force=True))
+    for bad in ("../evil", "a/b", ".hidden", ""):
+        with pytest.raises(ConfigError, match="--name"):
+            build_repository(artifact, tmp_path / "repo", RepositorySettings(name=bad))
+    assert not (tmp_path / "evil").exists()
+    with pytest.raises(ConfigError, match="--cpu-python"):
+        build_repository(artifact, tmp_path / "repo", RepositorySettings(cpu_python=True, kind="gpu"))
+
+
+@pytest.mark.parametrize(
+    ("model", "find", "replace", "message"),
+    [
+        ("pih2t_onnx", "max_batch_size: 64", "max_batch_sizee: 64", "does not parse"),
+        ("pih2t_onnx", "dims: 8\n", "dims: 9\n", "dims [1, 9, 8] != ONNX [1, 8, 8]"),
+        ("pih2t_onnx", 'name: "pih2t_onnx"', 'name: "other"', "differs from its folder name"),
+        ("pih2t", 'model_name: "pih2t_onnx"', 'model_name: "pih2t_onxx"', "not in the repository"),
+        ("pih2t", 'key: "image"', 'key: "picture"', "not an input of pih2t_preprocess"),
+    ],
+)
+def test_validate_catches_what_breaks_deployments(tmp_path, digits_artifact, model, find, replace, message):
+    _, artifact = digits_artifact
+    build_repository(artifact, tmp_path / "repo", RepositorySettings())
+    config = tmp_path / "repo" / model / "config.pbtxt"
+    assert find in config.read_text()
+    config.write_text(config.read_text().replace(find, replace, 1))
+    report = validate_repository(tmp_path / "repo")
+    assert any(message in problem for problem in report.problems), report.problems
+
+
+def test_validate_catches_labels_and_missing_files(tmp_path, digits_artifact):
+    _, artifact = digits_artifact
+    build_repository(artifact, tmp_path / "repo", RepositorySettings())
+    labels = tmp_path / "repo" / "pih2t_onnx" / "labels.txt"
+    labels.write_text("\n".join(labels.read_text().splitlines()[:-1]) + "\n")
+    (tmp_path / "repo" / "pih2t_onnx" / "1" / "model.onnx").unlink()
+    problems = validate_repository(tmp_path / "repo").problems
+    assert any("9 lines for [10] classes" in p for p in problems), problems
+    assert any("has no model.onnx" in p for p in problems), problems
+    done = subprocess.run(
+        [sys.executable, "-m", "pih2t_deploy.cli", "triton", "validate", str(tmp_path / "repo")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "problem:" in done.stderr
+
+
+def _free_ports() -> Ports:
+    sockets = [socket.socket() for _ in range(3)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = Ports(*(s.getsockname()[1] for s in sockets))
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory, digits_artifact):
+    _, artifact = digits_artifact
+    root = tmp_path_factory.mktemp("triton")
+    build_repository(artifact, root / "repo", RepositorySettings(cpu_python=True, max_queue_delay_us=2000))
+    assert validate_repository(root / "repo").ok
+    ports = _free_ports()
+    process = start_server(root / "repo", ports, root / "work", log_path=root / "server.log")
+    try:
+        wait_until_ready(process, ports)
+        yield ports
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        shutil.rmtree(root / "work", ignore_errors=True)
+
+
+def test_triton_http_and_grpc_match_onnxruntime_and_rest(triton, digits_artifact):
+    _, artifact = digits_artifact
+    classifier = load_classifier(artifact)
+    paths = sorted(images.SAMPLES.glob("*.png"))
+    pictures = [Image.open(io.BytesIO(p.read_bytes())) for p in paths]
+    expected = np.argsort(-classifier.predict(classifier.prepare(pictures)), axis=1, kind="stable")[:, :3]
+    via_http = classify_files(f"127.0.0.1:{triton.http}", paths, top_k=3)
+    via_grpc = classify_files(f"127.0.0.1:{triton.grpc}", paths, top_k=3, protocol="grpc")
+    with running_server(create_app(lambda: classifier, ServeSettings())) as (url, _):
+        rest = httpx.post(
+            f"{url}/v1/classify", params={"top_k": 3}, files=[("files", (p.name, p.read_bytes())) for p in paths]
+        ).json()["results"]
+    for row, http_row, grpc_row, rest_row in zip(expected, via_http, via_grpc, rest, strict=True):
+        assert [r.index for r in http_row] == [r.index for r in grpc_row] == list(row)
+        assert [p["index"] for p in rest_row["predictions"]] == list(row)
+        assert http_row[0].label == classifier.info.labels[row[0]]
+
+
+def test_a_corrupt_image_is_an_error_and_the_server_stays_ready(triton, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(images.truncated_png())
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        classify_files(f"127.0.0.1:{triton.http}", [bad])
+    assert httpx.get(f"http://127.0.0.1:{triton.http}/v2/health/ready").status_code == 200
+    assert classify_files(f"127.0.0.1:{triton.http}", [images.SAMPLES / "digit_1.png"], top_k=1)[0][0].index >= 0
+
+
+def test_concurrent_clients_get_single_request_answers_and_metrics_count_them(triton):
+    paths = [images.SAMPLES / f"digit_{i % 10}.png" for i in range(24)]
+    url = f"127.0.0.1:{triton.http}"
+    single = {p: classify_files(url, [p], top_k=3)[0] for p in paths[:10]}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:  # one client per call: the HTTP client is not thread-safe
+        answers = list(pool.map(lambda p: classify_files(url, [p], top_k=3)[0], paths))
+    for path, answer in zip(paths, answers, strict=True):
+        assert [r.index for r in answer] == [r.index for r in single[path]]
+        assert [r.value for r in answer] == pytest.approx([r.value for r in single[path]], abs=1e-5)
+    metrics = httpx.get(f"http://127.0.0.1:{triton.metrics}/metrics").text
+    counts = [line for line in metrics.splitlines() if line.startswith('nv_inference_request_success{model="pih2t",')]
+    assert counts and float(counts[0].split()[-1]) >= 34
+
+
+def test_triton_cli_infer_prints_top_k(triton):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pih2t_deploy.cli",
+            "triton",
+            "infer",
+            "--url",
+            f"127.0.0.1:{triton.http}",
+            "--top-k",
+            "2",
+            str(images.SAMPLES / "digit_4.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(str(images.SAMPLES / "digit_4.png") + ":") and done.stdout.count("(") == 2
