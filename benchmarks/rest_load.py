@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from pih2t_deploy.bench.load import rss_mb, run_load
+from pih2t_deploy.serving.process import start_rest_server
 
 SERVER_THREADS = 2
 
@@ -62,34 +61,6 @@ def raw_throughput(model: Path, batch: int, seconds: float = 10.0) -> float:
     return count / (time.perf_counter() - started)
 
 
-def serve(artifact: Path, port: int, max_batch: int) -> subprocess.Popen:
-    from pih2t_deploy.serving.smoke import wait_ready
-
-    command = [
-        sys.executable,
-        "-m",
-        "pih2t_deploy.cli",
-        "serve",
-        "--model",
-        str(artifact),
-        "--port",
-        str(port),
-        "--max-batch",
-        str(max_batch),
-        "--max-wait-ms",
-        "10",
-        "--threads",
-        str(SERVER_THREADS),
-        "--log-level",
-        "warning",
-        "--max-queue",
-        "1024",
-    ]
-    server = subprocess.Popen(command)
-    wait_ready(f"http://127.0.0.1:{port}", server, timeout_s=120)
-    return server
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -106,7 +77,18 @@ def main() -> None:
         artifact = Path(work) / "export"
         report["raw_onnxruntime_batch32_images_per_s"] = raw_throughput(artifact / "model.onnx", 32)
         for label, max_batch in (("micro-batching (max 32)", 32), ("batch-1 serving", 1)):
-            server = serve(artifact, args.port, max_batch)
+            server = start_rest_server(
+                artifact,
+                args.port,
+                "--max-batch",
+                str(max_batch),
+                "--max-wait-ms",
+                "10",
+                "--threads",
+                str(SERVER_THREADS),
+                "--max-queue",
+                "1024",
+            )
             try:
                 rows = []
                 for concurrency in (1, 8, 32):

@@ -4,8 +4,6 @@ nvidia-pytriton is installed) on the ONNX artifact, driven from a separate proce
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any
 
 from pih2t_deploy.bench.load import run_load
 from pih2t_deploy.errors import UserError
+from pih2t_deploy.serving.process import start_rest_server
 
 
 def free_port() -> int:
@@ -23,27 +22,9 @@ def free_port() -> int:
 
 
 def _rest(artifact: Path, image: Path, concurrencies: list[int], seconds: float) -> list[dict[str, Any]]:
-    from pih2t_deploy.serving.smoke import wait_ready
-
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pih2t_deploy.cli",
-            "serve",
-            "--model",
-            str(artifact),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--max-queue",
-            "4096",
-        ]
-    )
+    server = start_rest_server(artifact, port, "--max-queue", "4096")
     try:
-        wait_ready(f"http://127.0.0.1:{port}", server, timeout_s=120)
         return [run_load(f"http://127.0.0.1:{port}", c, seconds, image) for c in concurrencies]
     finally:
         server.terminate()

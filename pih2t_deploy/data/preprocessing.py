@@ -6,7 +6,7 @@ their input tensors with ``Preprocessing.to_tensor`` (or ``transform()``), so th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from pih2t_deploy.errors import ConfigError
+from pih2t_deploy.settings import reject_unknown
 
 INTERPOLATIONS = {
     "nearest": T.InterpolationMode.NEAREST,
@@ -68,10 +69,7 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         """Rebuild from ``to_dict`` output; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown preprocessing setting(s): {', '.join(unknown)}")
+        reject_unknown(cls, data, "preprocessing.")
         values = dict(data)
         for key in ("mean", "std"):
             if key in values:

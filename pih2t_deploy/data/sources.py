@@ -7,7 +7,7 @@ No source downloads anything: a missing folder gets a message saying where to pu
 from __future__ import annotations
 
 import pickle
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,6 +19,7 @@ from pih2t_deploy.data.datasets import ArrayImages, FileImages, LabelledImages, 
 from pih2t_deploy.data.longtail import GroupThresholds, longtail_counts, select_longtail
 from pih2t_deploy.data.preprocessing import CIFAR_MEAN, CIFAR_STD, INTERPOLATIONS, Preprocessing, to_mode
 from pih2t_deploy.errors import ConfigError, DataError
+from pih2t_deploy.settings import reject_unknown
 
 SOURCES = ("digits-lt", "cifar10-lt", "cifar100-lt", "split-file", "imagefolder")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -60,9 +61,7 @@ class DataConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
         """From a dict; unknown keys are an error naming them."""
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown data setting(s): {', '.join(unknown)}")
+        reject_unknown(cls, data, "data.")
         return cls(**data)
 
 

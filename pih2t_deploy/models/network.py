@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -14,6 +14,7 @@ from pih2t_deploy.fusion import h2t_fuse
 from pih2t_deploy.models.heads import CosineHead, LinearHead
 from pih2t_deploy.models.pif import PIF
 from pih2t_deploy.models.registry import create_arch
+from pih2t_deploy.settings import reject_unknown
 
 METHODS = ("ce", "h2t", "pih2t")
 HEADS = ("linear", "cosine")
@@ -57,10 +58,7 @@ class NetworkConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NetworkConfig:
         """Build from a dict; unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown network setting(s): {', '.join(unknown)}")
+        reject_unknown(cls, data)
         return cls(**data)
 
 

@@ -11,8 +11,10 @@ import asyncio
 import base64
 import binascii
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -47,6 +49,7 @@ class ServeSettings:
     timeout_s: float = 30.0
     max_pixels: int = MAX_PIXELS
     default_top_k: int = 5
+    decode_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
 
 
 class ApiError(Exception):
@@ -67,6 +70,7 @@ class ServiceState:
     batcher: MicroBatcher | None = None
     ready: bool = False
     load_error: str | None = None
+    decode_pool: ThreadPoolExecutor | None = None
 
     def require_ready(self) -> tuple[Classifier, MicroBatcher]:
         """The classifier and batcher, or 503 while loading or shutting down."""
@@ -92,7 +96,10 @@ class ServiceState:
         if len(blobs) > self.settings.max_batch:
             raise ApiError(413, f"{len(blobs)} images in one request; the limit is {self.settings.max_batch}")
         try:
-            return await run_in_threadpool(decode_batch, blobs, classifier.prepare, self.settings.max_pixels)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self.decode_pool, decode_batch, blobs, classifier.prepare, self.settings.max_pixels
+            )
         except BadImageError as exc:
             raise ApiError(exc.status, str(exc)) from None
 
@@ -157,6 +164,8 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
     answers liveness at once; readiness turns true after load and warm-up, and false again at shutdown."""
     settings = settings or ServeSettings()
     state = ServiceState(settings)
+    # a few dedicated decode threads: bounded CPU contention with inference and bounded per-thread memory
+    state.decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="pih2t-decode")
 
     async def load_and_warm_up() -> None:
         started = time.perf_counter()
@@ -190,6 +199,7 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
         await loading
         if state.batcher is not None:
             await state.batcher.stop()
+        state.decode_pool.shutdown(wait=True)
 
     app = FastAPI(
         title="pih2t-serve",

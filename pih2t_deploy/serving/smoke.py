@@ -6,27 +6,11 @@ Used by ``make quickstart``; exits non-zero if the server does not become ready 
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 
-
-def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
-    """Poll ``url``/v2/health/ready until 200; raise if the process dies or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with status {process.returncode}")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the server was not ready within {timeout_s:.0f} s")
+from pih2t_deploy.serving.process import start_rest_server
 
 
 def main() -> None:
@@ -36,22 +20,9 @@ def main() -> None:
     parser.add_argument("images", nargs="+", type=Path)
     args = parser.parse_args()
     url = f"http://127.0.0.1:{args.port}"
-    command = [
-        sys.executable,
-        "-m",
-        "pih2t_deploy.cli",
-        "serve",
-        "--model",
-        str(args.model),
-        "--port",
-        str(args.port),
-        "--log-level",
-        "warning",
-    ]
-    print("$ " + " ".join(command), flush=True)
-    server = subprocess.Popen(command)
+    print(f"$ pih2t-serve --model {args.model} --port {args.port}", flush=True)
+    server = start_rest_server(args.model, args.port)
     try:
-        wait_ready(url, server)
         files = [("files", (p.name, p.read_bytes(), "image/png")) for p in args.images]
         print(f"$ curl -F files=@{args.images[0].name} ... '{url}/v1/classify?top_k=3'", flush=True)
         answer = httpx.post(f"{url}/v1/classify", params={"top_k": 3}, files=files, timeout=30.0)

@@ -7,13 +7,14 @@ line with a dotted key, e.g. ``stage1.epochs=5`` or ``data.imbalance_factor=100`
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pih2t_deploy.data.sources import DataConfig
 from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.models import METHODS
+from pih2t_deploy.settings import reject_unknown
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "training" / "recipes"
 SCHEDULES = ("cosine", "step")
@@ -186,10 +187,7 @@ def _section(cls: type, name: str, values: Any) -> Any:
         return cls()
     if not isinstance(values, dict):
         raise ConfigError(f"recipe section {name!r} must be a mapping")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown setting {name}.{unknown[0]}; known: {', '.join(sorted(known))}")
+    reject_unknown(cls, values, f"{name}.")
     try:
         return cls(**values)
     except TypeError as exc:

@@ -14,11 +14,11 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pih2t_deploy.errors import UserError
+from pih2t_deploy.serving.process import wait_ready
 
 
 @dataclass(frozen=True)
@@ -98,19 +98,7 @@ def start_server(
 
 def wait_until_ready(process: subprocess.Popen, ports: Ports, timeout_s: float = 120.0) -> None:
     """Poll /v2/health/ready until 200; UserError if the server exits or time runs out."""
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise UserError(f"tritonserver exited with status {process.returncode} (see its log)")
-        try:
-            if httpx.get(f"http://127.0.0.1:{ports.http}/v2/health/ready", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise UserError(f"tritonserver was not ready within {timeout_s:.0f} s")
+    wait_ready(f"http://127.0.0.1:{ports.http}", process, timeout_s, what="tritonserver")
 
 
 def serve_forever(repo: Path, ports: Ports) -> int:
