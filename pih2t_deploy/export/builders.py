@@ -43,6 +43,7 @@ class BuildContext:
     calibration: Callable[[], np.ndarray]
     log: Callable[[str], None]
     report: dict[str, Any] = field(default_factory=dict)
+    fp32_runner: Runner | None = None
 
     def wrap(self, module: nn.Module, half: bool | None = None) -> ExportModule:
         """``module`` with this export's input/output options."""
@@ -112,7 +113,7 @@ def build_onnx_int8(ctx: BuildContext, folder: Path) -> Runner:
         quantize_int8(fp32, path, calibration)
         ctx.report["graph"] = compare_counts(op_counts(fp32_model), op_counts(vanilla_model))
         ctx.report["graph"]["int8"] = op_counts(onnx.load(str(path)))
-        ctx.report["fp32_runner"] = onnx_runner(fp32)  # the session keeps the model after the file is gone
+        ctx.fp32_runner = onnx_runner(fp32)  # the session keeps the model after the file is gone
     model = onnx.load(str(path))
     set_metadata(model, ctx.metadata)
     onnx.save(model, str(path))

@@ -196,8 +196,8 @@ def _verify(ckpt, options, ctx, reference, runner, eval_images, log) -> tuple[li
         if eval_images.labels is not None:
             labels = eval_images.labels[: len(inputs)]
             accuracy = {"pytorch": _accuracy(expected, labels, ckpt), "exported": _accuracy(actual, labels, ckpt)}
-            if "fp32_runner" in ctx.report:
-                accuracy["onnx_fp32"] = _accuracy(run_chunked(ctx.report["fp32_runner"], inputs, chunk), labels, ckpt)
+            if ctx.fp32_runner is not None:
+                accuracy["onnx_fp32"] = _accuracy(run_chunked(ctx.fp32_runner, inputs, chunk), labels, ckpt)
             accuracy["drop_points"] = _drops(accuracy.get("onnx_fp32", accuracy["pytorch"]), accuracy["exported"])
             log(
                 "accuracy (top-1 / many / medium / few): "
@@ -257,7 +257,6 @@ def _manifest(ckpt, options, fold_report: FoldReport, reports, accuracy, report)
     else:
         input_spec = {"name": INPUT_NAME, "shape": [batch, c, h, w], "dtype": "float32", "layout": "NCHW"}
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
-    extra = {k: v for k, v in report.items() if k != "fp32_runner"}
     return {
         "model_file": options.spec.model_file,
         "model_format": options.format,
@@ -273,6 +272,6 @@ def _manifest(ckpt, options, fold_report: FoldReport, reports, accuracy, report)
         "fold": fold_report.to_dict(),
         "verification": [r.to_dict() for r in reports],
         "accuracy": accuracy,
-        **extra,
+        **report,
         "versions": {**versions(), "onnx_runtime": ort.__version__},
     }
