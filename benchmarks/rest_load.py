@@ -13,37 +13,18 @@ The clients run in a separate process (pih2t_deploy.bench.load).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from bench_common import jpeg_bytes, resnet50_artifact
 
 from pih2t_deploy.bench.load import rss_mb, run_load
 from pih2t_deploy.serving.process import start_rest_server
 
 SERVER_THREADS = 2
-
-
-def image_bytes() -> bytes:
-    pixels = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def build_artifact(folder: Path) -> None:
-    from pih2t_deploy.checkpoint import build_meta, save_checkpoint
-    from pih2t_deploy.export.exporter import export_checkpoint
-    from pih2t_deploy.export.options import ExportOptions
-    from pih2t_deploy.models import NetworkConfig, PIH2TNet
-
-    net = PIH2TNet(NetworkConfig(arch="resnet50", num_classes=100, method="pih2t")).eval()
-    ckpt = save_checkpoint(folder / "model.pt", net, build_meta(net.config, class_counts=list(range(200, 100, -1))))
-    export_checkpoint(ckpt, ExportOptions(output=folder / "export", max_batch=2))
 
 
 def raw_throughput(model: Path, batch: int, seconds: float = 10.0) -> float:
@@ -71,10 +52,9 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.port}"
     report: dict = {"server_threads": SERVER_THREADS, "runs": {}}
     with tempfile.TemporaryDirectory() as work:
-        build_artifact(Path(work))
+        artifact = resnet50_artifact(Path(work))
         image = Path(work) / "image.jpg"
-        image.write_bytes(image_bytes())
-        artifact = Path(work) / "export"
+        image.write_bytes(jpeg_bytes())
         report["raw_onnxruntime_batch32_images_per_s"] = raw_throughput(artifact / "model.onnx", 32)
         for label, max_batch in (("micro-batching (max 32)", 32), ("batch-1 serving", 1)):
             server = start_rest_server(

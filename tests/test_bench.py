@@ -59,3 +59,40 @@ def test_bench_refuses_unknown_formats(tmp_path, digits_artifact):
         run_bench(BenchOptions(ckpt=digits_artifact[0], output=tmp_path, formats=["tflite"]))
     with pytest.raises(ConfigError, match="--batch"):
         run_bench(BenchOptions(ckpt=digits_artifact[0], output=tmp_path, batches=[0]))
+
+
+def test_bench_serve_mode_load_tests_pih2t_serve_and_local_triton(tmp_path, digits_artifact):
+    ckpt, _ = digits_artifact
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pih2t_deploy.cli",
+            "bench",
+            "--ckpt",
+            str(ckpt),
+            "--formats",
+            "torch,onnx",
+            "--batch",
+            "1",
+            "--rounds",
+            "1",
+            "--serve",
+            "--concurrency",
+            "1,2",
+            "--serve-seconds",
+            "1.5",
+            "--output",
+            str(tmp_path / "b"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "b" / "bench.json").read_text())
+    for server in ("pih2t-serve", "triton"):
+        rows = report["serve"][server]
+        assert [row["concurrency"] for row in rows] == [1, 2]
+        assert all(row["requests"] > 0 and row["errors"] == 0 for row in rows), rows
+    assert "| triton | 2 |" in (tmp_path / "b" / "bench.md").read_text()

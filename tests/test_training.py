@@ -134,3 +134,33 @@ def test_eval_command_writes_metrics_and_plot(tmp_path):
     metrics = json.loads((result.output / "metrics.json").read_text())
     assert summary["top1"] == pytest.approx(metrics["top1"]) and len(summary["per_class"]) == 10
     assert (tmp_path / "ev" / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_image_that_fails_to_decode_in_a_loader_worker_is_named_in_one_line(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8), (40 * i, 90, 200)).save(folder / f"{i}.png")
+    (tmp_path / "data" / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    result = _cli(
+        "train",
+        "--output",
+        str(tmp_path / "r"),
+        "data.source=imagefolder",
+        f"data.root={tmp_path / 'data'}",
+        "data.input_size=8",
+        "data.resize=8",
+        "model.arch=resnet32",
+        "runtime.workers=1",
+        "stage1.epochs=1",
+        "stage2.epochs=1",
+        "stage1.batch_size=8",
+        "stage2.batch_size=8",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "broken.png" in last and "Traceback" not in result.stderr, result.stderr

@@ -43,11 +43,19 @@ def _group() -> None:
     """Train, fold, export and serve PI-H2T long-tailed image classifiers."""
 
 
+def _one_line(message: str) -> str:
+    """The message itself; for an error re-raised from a DataLoader worker, its original last line."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if len(lines) > 1 and "Original Traceback" in message:
+        return lines[-1].split(": ", 1)[-1]
+    return " ".join(lines)
+
+
 def _run(app: typer.Typer) -> None:
     try:
         app()
     except UserError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"error: {_one_line(str(exc))}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except VerificationError as exc:
         err_console.print(f"verification failed: {exc}", markup=False, highlight=False, soft_wrap=True)

@@ -35,7 +35,9 @@ def train(
 
 def evaluate(
     ckpt: Annotated[Path, typer.Option("--ckpt", help="model.pt to evaluate")],
-    data_root: Annotated[str | None, typer.Option(help="override the data root stored in the checkpoint")] = None,
+    data_root: Annotated[
+        str | None, typer.Option("--data", "--data-root", help="data root to use instead of the recorded one")
+    ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="folder for eval.json and eval.png")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
