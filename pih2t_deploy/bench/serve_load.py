@@ -21,9 +21,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _rest(artifact: Path, image: Path, concurrencies: list[int], seconds: float) -> list[dict[str, Any]]:
+def _rest(artifact: Path, image: Path, concurrencies: list[int], seconds: float, threads: int) -> list[dict[str, Any]]:
     port = free_port()
-    server = start_rest_server(artifact, port, "--max-queue", "4096")
+    server = start_rest_server(artifact, port, "--max-queue", "4096", "--threads", str(threads))
     try:
         return [run_load(f"http://127.0.0.1:{port}", c, seconds, image) for c in concurrencies]
     finally:
@@ -31,13 +31,15 @@ def _rest(artifact: Path, image: Path, concurrencies: list[int], seconds: float)
         server.wait(timeout=60)
 
 
-def _triton(artifact: Path, image: Path, concurrencies: list[int], seconds: float, work: Path) -> list[dict[str, Any]]:
+def _triton(
+    artifact: Path, image: Path, concurrencies: list[int], seconds: float, work: Path, threads: int
+) -> list[dict[str, Any]]:
     from pih2t_deploy.serving.triton.repository import RepositorySettings, build_repository
     from pih2t_deploy.serving.triton.server import Ports, start_server, wait_until_ready
 
     build_repository(artifact, work / "repo", RepositorySettings(cpu_python=True, max_queue_delay_us=2000))
     ports = Ports(free_port(), free_port(), free_port())
-    server = start_server(work / "repo", ports, work / "server", log_path=work / "triton.log")
+    server = start_server(work / "repo", ports, work / "server", log_path=work / "triton.log", threads=threads)
     try:
         wait_until_ready(server, ports)
         return [run_load(f"http://127.0.0.1:{ports.http}", c, seconds, image, protocol="triton") for c in concurrencies]
@@ -47,11 +49,19 @@ def _triton(artifact: Path, image: Path, concurrencies: list[int], seconds: floa
 
 
 def serve_benchmark(
-    artifact: Path, image: Path, concurrencies: list[int], seconds: float, log: Callable[[str], None] = lambda _m: None
+    artifact: Path,
+    image: Path,
+    concurrencies: list[int],
+    seconds: float,
+    log: Callable[[str], None] = lambda _m: None,
+    threads: int = 2,
 ) -> dict[str, Any]:
-    """{server name: [load results per concurrency]}; Triton is skipped (with the reason) when unavailable."""
+    """{server name: [load results per concurrency]}; Triton is skipped (with the reason) when unavailable.
+
+    Both servers get ``threads`` onnxruntime inference threads.
+    """
     log("serving benchmark: pih2t-serve")
-    results: dict[str, Any] = {"pih2t-serve": _rest(artifact, image, concurrencies, seconds)}
+    results: dict[str, Any] = {"pih2t-serve": _rest(artifact, image, concurrencies, seconds, threads)}
     try:
         import pytriton  # noqa: F401
     except ImportError:
@@ -60,7 +70,7 @@ def serve_benchmark(
     log("serving benchmark: local Triton (Python backend ensemble)")
     with tempfile.TemporaryDirectory(prefix="pih2t-bench-triton-") as work:
         try:
-            results["triton"] = _triton(artifact, image, concurrencies, seconds, Path(work))
+            results["triton"] = _triton(artifact, image, concurrencies, seconds, Path(work), threads)
         except UserError as exc:
             results["skipped"] = {"triton": str(exc)}
     return results

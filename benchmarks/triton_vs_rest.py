@@ -4,7 +4,7 @@ onnxruntime) beside pih2t-serve, on the same ResNet-50 artifact, in the same run
 Clients run in a separate process (pih2t_deploy.bench.load) and post one 256x256 JPEG per request: to the
 ensemble's BYTES input for Triton, to /v1/classify for pih2t-serve. Concurrency 1, 8 and 32.
 
-    python benchmarks/triton.py [--seconds 20] [--output runs/bench-triton]
+    python benchmarks/triton_vs_rest.py [--seconds 20] [--output runs/bench-triton]
 """
 
 from __future__ import annotations
