@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import torch
 
 from pih2t_deploy.models import NetworkConfig, PIH2TNet
@@ -27,3 +30,10 @@ def make_net(arch: str = "digits_net", *, size: int = 8, seed: int = 0, **settin
         for bn in batch_norms:
             bn.momentum = 0.1
     return net.eval()
+
+
+def run_cli(*args: str, timeout: float = 280) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m pih2t_deploy.cli ARGS`` in a fresh process and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "pih2t_deploy.cli", *args], capture_output=True, text=True, timeout=timeout
+    )

@@ -3,39 +3,31 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
 
 from pih2t_deploy.bench.runner import BenchOptions, run_bench
 from pih2t_deploy.errors import ConfigError
+from tests.helpers import run_cli
 
 
 def test_bench_writes_json_markdown_and_a_png(tmp_path, digits_artifact):
     ckpt, _ = digits_artifact
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pih2t_deploy.cli",
-            "bench",
-            "--ckpt",
-            str(ckpt),
-            "--formats",
-            "torch,onnx,trt",
-            "--batch",
-            "1,2",
-            "--rounds",
-            "2",
-            "--eval-data",
-            "recipe",
-            "--output",
-            str(tmp_path / "b"),
-        ],
-        capture_output=True,
-        text=True,
+    done = run_cli(
+        "bench",
+        "--ckpt",
+        str(ckpt),
+        "--formats",
+        "torch,onnx,trt",
+        "--batch",
+        "1,2",
+        "--rounds",
+        "2",
+        "--eval-data",
+        "recipe",
+        "--output",
+        str(tmp_path / "b"),
     )
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "b" / "bench.json").read_text())
@@ -63,30 +55,23 @@ def test_bench_refuses_unknown_formats(tmp_path, digits_artifact):
 
 def test_bench_serve_mode_load_tests_pih2t_serve_and_local_triton(tmp_path, digits_artifact):
     ckpt, _ = digits_artifact
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pih2t_deploy.cli",
-            "bench",
-            "--ckpt",
-            str(ckpt),
-            "--formats",
-            "torch,onnx",
-            "--batch",
-            "1",
-            "--rounds",
-            "1",
-            "--serve",
-            "--concurrency",
-            "1,2",
-            "--serve-seconds",
-            "1.5",
-            "--output",
-            str(tmp_path / "b"),
-        ],
-        capture_output=True,
-        text=True,
+    done = run_cli(
+        "bench",
+        "--ckpt",
+        str(ckpt),
+        "--formats",
+        "torch,onnx",
+        "--batch",
+        "1",
+        "--rounds",
+        "1",
+        "--serve",
+        "--concurrency",
+        "1,2",
+        "--serve-seconds",
+        "1.5",
+        "--output",
+        str(tmp_path / "b"),
         timeout=280,
     )
     assert done.returncode == 0, done.stderr[-3000:]

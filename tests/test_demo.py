@@ -7,7 +7,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 
 import httpx
@@ -18,6 +17,7 @@ from PIL import Image
 from pih2t_deploy.runtime import load_classifier
 from pih2t_deploy.serving.demo import GROUP_NAMES, DemoSettings, LongTailExplainer, build_demo
 from tests import images
+from tests.helpers import run_cli
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
@@ -178,9 +178,5 @@ def test_demo_cli_refuses_share_links_and_bad_examples(tmp_path, digits_artifact
         (["--share", "always"], "--share must be 'never'"),
         (["--examples", str(tmp_path / "none")], "is not a folder"),
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "pih2t_deploy.cli", "demo", "--model", str(digits_artifact[1]), *args],
-            capture_output=True,
-            text=True,
-        )
+        done = run_cli("demo", "--model", str(digits_artifact[1]), *args)
         assert done.returncode == 2 and message in done.stderr, done.stderr

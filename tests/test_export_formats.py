@@ -23,7 +23,7 @@ from pih2t_deploy.export.options import FORMATS, ExportOptions
 from pih2t_deploy.models import NetworkConfig, PIH2TNet, arch_names
 from pih2t_deploy.runtime import load_classifier
 from tests import images
-from tests.helpers import make_net
+from tests.helpers import make_net, run_cli
 
 
 def test_onnx_options_half_probs_static_batch_and_simplify(tmp_path, digits_artifact):
@@ -108,22 +108,7 @@ def test_torch_program_loads_without_the_library_model_code(tmp_path, digits_art
 
 def test_trt_without_tensorrt_exits_2_before_any_work(tmp_path, digits_artifact):
     ckpt, _ = digits_artifact
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pih2t_deploy.cli",
-            "export",
-            "--ckpt",
-            str(ckpt),
-            "--format",
-            "trt",
-            "--output",
-            str(tmp_path / "plan"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    done = run_cli("export", "--ckpt", str(ckpt), "--format", "trt", "--output", str(tmp_path / "plan"))
     assert done.returncode == 2
     line = done.stderr.strip()
     assert len(line.splitlines()) == 1 and "TensorRT" in line and "NVIDIA GPU" in line and "--format onnx" in line
@@ -223,31 +208,24 @@ def test_every_registered_architecture_exports(tmp_path, arch):
     assert result.manifest["verification"][0]["passed"]
 
 
-def test_official_checkpoint_exports_through_the_cli(tmp_path):
+def test_official_checkpoint_exports_through_therun_cli(tmp_path):
     from tests.test_checkpoint import _official_checkpoint
 
     _official_checkpoint(tmp_path / "h2t.pth.tar", prefixed=True, with_pif=True)
     counts = ",".join(str(c) for c in [500, 300, 200, 100, 60, 40, 20, 10, 8, 5])
     names = ",".join(f"class{i}" for i in range(10))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pih2t_deploy.cli",
-            "export",
-            "--ckpt",
-            str(tmp_path / "h2t.pth.tar"),
-            "--output",
-            str(tmp_path / "out"),
-            "--class-counts",
-            counts,
-            "--class-names",
-            names,
-            "--logit-adjust",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
+    done = run_cli(
+        "export",
+        "--ckpt",
+        str(tmp_path / "h2t.pth.tar"),
+        "--output",
+        str(tmp_path / "out"),
+        "--class-counts",
+        counts,
+        "--class-names",
+        names,
+        "--logit-adjust",
+        "1",
     )
     assert done.returncode == 0, done.stderr
     manifest = json.loads((tmp_path / "out" / "model.json").read_text())

@@ -1,8 +1,6 @@
 """The first ONNX round trip: fold, export with a dynamic batch, verify with onnxruntime, write the artifact."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -16,7 +14,7 @@ from pih2t_deploy.export.exporter import export_checkpoint
 from pih2t_deploy.export.onnx_export import read_metadata
 from pih2t_deploy.export.options import ExportOptions
 from pih2t_deploy.fold import log_prior
-from tests.helpers import make_net
+from tests.helpers import make_net, run_cli
 
 COUNTS = [90, 50, 30, 15, 8, 4, 2]
 
@@ -71,13 +69,9 @@ def test_bad_options_fail_before_work(tmp_path, ckpt):
     assert (tmp_path / "busy" / "notes.txt").read_text() == "keep me"
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "pih2t_deploy.cli", *args], capture_output=True, text=True)
-
-
 def test_cli_exit_codes_and_one_line_errors(tmp_path, ckpt):
     path, _ = ckpt
-    ok = _cli("export", "--ckpt", str(path), "--output", str(tmp_path / "out"))
+    ok = run_cli("export", "--ckpt", str(path), "--output", str(tmp_path / "out"))
     assert ok.returncode == 0, ok.stderr
     assert "wrote" in ok.stdout and (tmp_path / "out" / "model.onnx").exists()
     (tmp_path / "garbage.pt").write_bytes(b"not a model")
@@ -86,11 +80,11 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, ckpt):
         (["--ckpt", str(tmp_path / "garbage.pt")], "not a"),
         (["--ckpt", str(path), "--format", "tflite"], "unknown format"),
     ):
-        result = _cli("export", *bad, "--output", str(tmp_path / "x"))
+        result = run_cli("export", *bad, "--output", str(tmp_path / "x"))
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
         assert "Traceback" not in result.stderr
-    failed = _cli("export", "--ckpt", str(path), "--output", str(tmp_path / "y"), "--tolerance", "1e-30")
+    failed = run_cli("export", "--ckpt", str(path), "--output", str(tmp_path / "y"), "--tolerance", "1e-30")
     assert failed.returncode == 1 and "verification failed" in failed.stderr
     assert not (tmp_path / "y").exists()

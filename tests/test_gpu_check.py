@@ -7,12 +7,13 @@ settings off, resnet50 PIF/H2TF steps, fold parity, matmul rate, eager/compile t
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 
 def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OUT": str(tmp_path / "out")}
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
     done = subprocess.run(
         ["bash", str(root / "benchmarks" / "gpu_check.sh"), "--allow-cpu", "--quick"],
         capture_output=True,

@@ -17,6 +17,7 @@ from PIL import Image
 from pih2t_deploy.runtime import load_classifier
 from pih2t_deploy.serving.rest import ServeSettings, create_app
 from tests import images
+from tests.helpers import run_cli
 from tests.servers import running_server
 
 
@@ -295,8 +296,6 @@ def test_a_model_that_fails_to_load_makes_liveness_fail(classifier):
 
 
 def test_serve_cli_refuses_bad_models_with_one_line(tmp_path, digits_artifact):
-    import subprocess
-    import sys
 
     (tmp_path / "empty").mkdir()
     for args, message in (
@@ -307,9 +306,7 @@ def test_serve_cli_refuses_bad_models_with_one_line(tmp_path, digits_artifact):
         (["--model", str(digits_artifact[1]), "--device", "cuda"], "CUDAExecutionProvider"),
         (["--model", str(digits_artifact[1]), "--port", "0"], "--port"),
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "pih2t_deploy.cli", "serve", *args], capture_output=True, text=True
-        )
+        done = run_cli("serve", *args)
         assert done.returncode == 2, done.stderr
         assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 

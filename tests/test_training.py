@@ -12,6 +12,7 @@ from pih2t_deploy.checkpoint import load_checkpoint
 from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.training.engine import Trainer
 from pih2t_deploy.training.recipe import load_recipe
+from tests.helpers import run_cli
 
 TINY = ["stage1.epochs=2", "stage2.epochs=2", "runtime.progress=false", "stage1.warmup_epochs=1"]
 
@@ -103,10 +104,6 @@ def test_torchrun_with_two_cpu_processes(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ddp").glob("*.pt")) == ["model.pt", "stage1.pt"]
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "pih2t_deploy.cli", *args], capture_output=True, text=True)
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -120,7 +117,7 @@ def _cli(*args):
     ],
 )
 def test_bad_training_input_gets_one_line(tmp_path, args, message):
-    result = _cli("train", "--output", str(tmp_path / "r"), *args)
+    result = run_cli("train", "--output", str(tmp_path / "r"), *args)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().startswith("error:") and message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -128,7 +125,7 @@ def test_bad_training_input_gets_one_line(tmp_path, args, message):
 
 def test_eval_command_writes_metrics_and_plot(tmp_path):
     result = _train(tmp_path)
-    done = _cli("eval", "--ckpt", str(result.model_path), "--output", str(tmp_path / "ev"))
+    done = run_cli("eval", "--ckpt", str(result.model_path), "--output", str(tmp_path / "ev"))
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "ev" / "eval.json").read_text())
     metrics = json.loads((result.output / "metrics.json").read_text())
@@ -146,7 +143,7 @@ def test_an_image_that_fails_to_decode_in_a_loader_worker_is_named_in_one_line(t
             for i in range(3):
                 Image.new("RGB", (8, 8), (40 * i, 90, 200)).save(folder / f"{i}.png")
     (tmp_path / "data" / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
-    result = _cli(
+    result = run_cli(
         "train",
         "--output",
         str(tmp_path / "r"),

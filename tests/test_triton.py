@@ -6,8 +6,6 @@ import concurrent.futures
 import io
 import shutil
 import socket
-import subprocess
-import sys
 
 import httpx
 import numpy as np
@@ -22,6 +20,7 @@ from pih2t_deploy.serving.triton.repository import RepositorySettings, build_rep
 from pih2t_deploy.serving.triton.server import Ports, start_server, wait_until_ready
 from pih2t_deploy.serving.triton.validate import validate_repository
 from tests import images
+from tests.helpers import run_cli
 from tests.servers import running_server
 
 
@@ -95,11 +94,7 @@ def test_validate_catches_labels_and_missing_files(tmp_path, digits_artifact):
     problems = validate_repository(tmp_path / "repo").problems
     assert any("9 lines for [10] classes" in p for p in problems), problems
     assert any("has no model.onnx" in p for p in problems), problems
-    done = subprocess.run(
-        [sys.executable, "-m", "pih2t_deploy.cli", "triton", "validate", str(tmp_path / "repo")],
-        capture_output=True,
-        text=True,
-    )
+    done = run_cli("triton", "validate", str(tmp_path / "repo"))
     assert done.returncode == 1 and "problem:" in done.stderr
 
 
@@ -172,21 +167,8 @@ def test_concurrent_clients_get_single_request_answers_and_metrics_count_them(tr
 
 
 def test_triton_cli_infer_prints_top_k(triton):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pih2t_deploy.cli",
-            "triton",
-            "infer",
-            "--url",
-            f"127.0.0.1:{triton.http}",
-            "--top-k",
-            "2",
-            str(images.SAMPLES / "digit_4.png"),
-        ],
-        capture_output=True,
-        text=True,
+    done = run_cli(
+        "triton", "infer", "--url", f"127.0.0.1:{triton.http}", "--top-k", "2", str(images.SAMPLES / "digit_4.png")
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(str(images.SAMPLES / "digit_4.png") + ":") and done.stdout.count("(") == 2

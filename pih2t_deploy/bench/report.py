@@ -41,12 +41,15 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
             lines.append(f"| {name} | " + " | ".join(_pct(acc[k]) for k in GROUPS) + " |")
     if report.get("serve"):
         lines += ["", "| server | concurrency | requests/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
-        for server, rows in report["serve"].items():
+        servers = {name: rows for name, rows in report["serve"].items() if name != "skipped"}
+        for server, rows in servers.items():
             for row in rows:
                 lines.append(
                     f"| {server} | {row['concurrency']} | {row['throughput']:.1f} | {row['p50_ms']:.1f} | "
                     f"{row['p99_ms']:.1f} | {row['errors']} |"
                 )
+        for server, reason in report["serve"].get("skipped", {}).items():
+            lines.append(f"\nSkipped server {server}: {reason}")
     return "\n".join(lines) + "\n"
 
 

@@ -57,13 +57,14 @@ def prepare_server(work: Path) -> Path:
 def server_environment(threads: int = 1) -> dict[str, str]:
     """Environment for tritonserver and its Python-backend stubs."""
     env = dict(os.environ)
-    libs = [sysconfig.get_config_var("LIBDIR") or ""]
+    libs = [str(Path(sysconfig.get_config_var("LIBDIR") or ".").resolve())]
     pytriton_libs = Path(_distribution()).parent.parent / "nvidia_pytriton.libs"
     if pytriton_libs.is_dir():
         libs.append(str(pytriton_libs))
     env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
-    paths = [p for p in sys.path if p and Path(p).is_dir()]
+    paths = [str(Path(p).resolve()) for p in sys.path if p and Path(p).is_dir()]  # the stub runs elsewhere
     env["PYTHONPATH"] = ":".join([*paths, env.get("PYTHONPATH", "")]).rstrip(":")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # the stub takes its Python from PATH
     env["PIH2T_TRITON_THREADS"] = str(threads)
     return env
 
