@@ -178,7 +178,8 @@ def _time_batch(model, batch: int, size: int, device: torch.device, budget_end: 
                     model_cl(static_x)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph), torch.inference_mode(), low:
+            uncached = torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=False)
+            with torch.cuda.graph(graph), torch.inference_mode(), uncached:  # autocast's cache must stay out
                 model_cl(static_x)
             results["cuda_graph_bf16_cl"] = timed(graph.replay, device, 20)
         except Exception as exc:  # report, do not abort the whole check
