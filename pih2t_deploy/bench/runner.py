@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint, versions
+from pih2t_deploy.data.longtail import GroupThresholds
 from pih2t_deploy.errors import ConfigError, UserError, VerificationError
 from pih2t_deploy.export.exporter import export_checkpoint
 from pih2t_deploy.export.options import ExportOptions
@@ -81,7 +82,7 @@ def _prepare_format(
 ) -> tuple[Runner, dict]:
     export_format = BENCH_FORMATS[name]
     calib = options.calib_data or ("recipe" if "data" in ckpt.meta else None)
-    if export_format in ("onnx-int8",) and calib is None:
+    if export_format == "onnx-int8" and calib is None:
         raise UserError("INT8 needs calibration images: pass --calib-data FOLDER")
     export_options = ExportOptions(
         output=options.output / "artifacts" / name,
@@ -155,10 +156,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda _m: Non
         if found.labels is None:
             raise UserError(f"--eval-data {options.eval_data} has no class sub-folders, so accuracy cannot be measured")
         inputs = ckpt.preprocessing.to_numpy(found.images)
-        data = ckpt.meta.get("data") or {}
-        from pih2t_deploy.data.longtail import GroupThresholds
-
-        thresholds = GroupThresholds(data.get("many_threshold", 100), data.get("few_threshold", 20))
+        thresholds = GroupThresholds.from_meta(ckpt.meta)
         counts = ckpt.class_counts or [1] * ckpt.meta["num_classes"]
         for name, runner in runners.items():
             summary = summarize(run_chunked(runner, inputs, max(options.batches)), found.labels, counts, thresholds)

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pih2t_deploy.cli.common import console, err_console, parse_int_list, parse_str_list
+from pih2t_deploy.cli.common import console, log, parse_int_list, parse_str_list
 
 Opt = typer.Option
 
@@ -50,7 +50,6 @@ def bench(
         threads=threads,
         rounds=rounds,
     )
-    log = lambda msg: err_console.print(msg, markup=False)  # noqa: E731
     report = run_bench(options, log)
     if serve:
         from pih2t_deploy.bench.serve_load import serve_benchmark

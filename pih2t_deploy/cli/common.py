@@ -10,6 +10,11 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+def log(message: str) -> None:
+    """A progress line on stderr (plain text: no rich markup is interpreted)."""
+    err_console.print(message, markup=False)
+
+
 def parse_int_list(text: str | None, option: str) -> list[int] | None:
     """Parse ``"1,2,3"`` into ints; a clear ConfigError naming ``option`` otherwise."""
     if text is None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pih2t_deploy.cli.common import console, err_console, parse_int_list, parse_str_list
+from pih2t_deploy.cli.common import console, log, parse_int_list, parse_str_list
 
 Opt = typer.Option
 
@@ -78,7 +78,7 @@ def export(
         class_counts=parse_int_list(class_counts, "--class-counts"),
         class_names=parse_str_list(class_names),
     )
-    result = export_checkpoint(ckpt, options, log=lambda msg: err_console.print(msg, markup=False))
+    result = export_checkpoint(ckpt, options, log=log)
     manifest = result.manifest
     table = Table(title=f"verification of {manifest['model_file']} against the unfolded PyTorch model")
     for column in ("inputs", "batch", "max |diff|", "rel diff", "top-1 agree", "top-5 agree"):

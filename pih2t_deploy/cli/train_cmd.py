@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pih2t_deploy.cli.common import console, err_console
+from pih2t_deploy.cli.common import console, log
 
 
 def train(
@@ -29,7 +29,7 @@ def train(
     if seed is not None:
         extra.append(f"seed={seed}")
     config = load_recipe(recipe, extra)
-    result = Trainer(config, output, resume=resume, log=lambda msg: err_console.print(msg, markup=False)).run()
+    result = Trainer(config, output, resume=resume, log=log).run()
     console.print(f"wrote {result.stage1_path}, {result.model_path} and {output / 'metrics.json'}")
 
 

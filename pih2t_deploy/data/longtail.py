@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -49,3 +50,9 @@ class GroupThresholds:
     def groups(self, counts: Sequence[int]) -> list[str]:
         """The group of every class."""
         return [self.group(int(c)) for c in counts]
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> GroupThresholds:
+        """The thresholds a checkpoint's (or artifact's) metadata records for its data set; 100/20 if none."""
+        data = meta.get("data") or {}
+        return cls(data.get("many_threshold", cls.many), data.get("few_threshold", cls.few))

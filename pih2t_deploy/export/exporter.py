@@ -8,6 +8,7 @@ then renamed into place with ``labels.txt`` and ``model.json``.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -95,14 +96,9 @@ def _inputs(images: ImageSet, ckpt: Checkpoint, pixels: bool) -> np.ndarray:
     return prep.to_pixels(images.images) if pixels else prep.to_numpy(images.images)
 
 
-def _thresholds(ckpt: Checkpoint) -> GroupThresholds:
-    data = ckpt.meta.get("data") or {}
-    return GroupThresholds(data.get("many_threshold", 100), data.get("few_threshold", 20))
-
-
 def _accuracy(outputs: np.ndarray, labels: np.ndarray, ckpt: Checkpoint) -> dict[str, Any]:
     counts = ckpt.class_counts or [1] * outputs.shape[1]
-    summary = summarize(outputs, labels, counts, _thresholds(ckpt))
+    summary = summarize(outputs, labels, counts, GroupThresholds.from_meta(ckpt.meta))
     return {k: summary[k] for k in ("top1", "top5", "many", "medium", "few")}
 
 
@@ -142,11 +138,14 @@ def export_checkpoint(
     wrap = dict(embed_preprocessing=options.embed_preprocessing, probs=options.probs)
     reference = _numpy_runner(ExportModule(Adjusted(ckpt.net, adjustment), prep, **wrap))
 
-    def calibration() -> np.ndarray:
-        found = load_images(
+    @functools.cache
+    def calibration_images() -> ImageSet:
+        return load_images(
             options.calib_data, ckpt, split="train", limit=options.calib_count, minimum=16, seed=options.seed
         )
-        return _inputs(found, ckpt, options.embed_preprocessing)
+
+    def calibration() -> np.ndarray:
+        return _inputs(calibration_images(), ckpt, options.embed_preprocessing)
 
     ctx = BuildContext(
         folded=folded,
@@ -162,6 +161,8 @@ def export_checkpoint(
         with atomic_dir(output) as tmp:
             runner = BUILDERS[options.format](ctx, tmp)
             write_labels(tmp, ckpt.class_names)
+            if eval_images is None and options.quantized:
+                eval_images = calibration_images()  # INT8 is judged on real images
             reports, accuracy = _verify(ckpt, options, ctx, reference, runner, eval_images, log)
             manifest = write_manifest(tmp, _manifest(ckpt, options, fold_report, reports, accuracy, ctx.report))
     except PermissionError as exc:
@@ -170,8 +171,7 @@ def export_checkpoint(
 
 
 def _verify(ckpt, options, ctx, reference, runner, eval_images, log) -> tuple[list[VerificationReport], dict]:
-    int8 = options.format == "onnx-int8" or options.int8
-    tolerance = None if int8 else options.parity_tolerance
+    tolerance = None if options.quantized else options.parity_tolerance
     generator = torch.Generator().manual_seed(options.seed)
     sizes = [options.static_batch] if options.static_batch else sorted({1, 2, options.max_batch})
     batches = [example_input(ckpt.preprocessing, n, options.embed_preprocessing, generator).numpy() for n in sizes]
@@ -179,10 +179,6 @@ def _verify(ckpt, options, ctx, reference, runner, eval_images, log) -> tuple[li
     log(f"{options.format} vs PyTorch on random inputs: max abs difference {reports[0].max_abs_diff:.2e}")
     accuracy: dict[str, Any] = {}
     chunk = options.static_batch or options.max_batch
-    if eval_images is None and int8:
-        eval_images = load_images(
-            options.calib_data, ckpt, split="train", limit=options.calib_count, minimum=16, seed=options.seed
-        )
     if eval_images is not None:
         inputs = _inputs(eval_images, ckpt, options.embed_preprocessing)
         if options.static_batch:
@@ -214,7 +210,7 @@ def _verify(ckpt, options, ctx, reference, runner, eval_images, log) -> tuple[li
             f"the {options.format} export differs from the PyTorch model by "
             f"{failed[0].max_abs_diff:.3g} (tolerance {failed[0].tolerance:.3g}); no artifact was written"
         )
-    if int8:
+    if options.quantized:
         _check_int8(reports, accuracy, options)
     return reports, accuracy
 

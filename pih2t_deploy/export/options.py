@@ -90,6 +90,11 @@ class ExportOptions:
         return FORMATS[self.format]
 
     @property
+    def quantized(self) -> bool:
+        """INT8 output (onnx-int8, or trt --int8): judged on real-image accuracy, not on logit parity."""
+        return self.format == "onnx-int8" or self.int8
+
+    @property
     def parity_tolerance(self) -> float:
         """Largest allowed max-abs logit difference (given, or by precision)."""
         if self.tolerance is not None:

@@ -44,8 +44,7 @@ class LongTailExplainer:
         self.classifier, self.max_pixels = classifier, max_pixels
         info = classifier.info
         self.counts = np.asarray(info.class_counts or [1] * info.num_classes, dtype=np.float64)
-        data = info.manifest.get("meta", {}).get("data") or {}
-        thresholds = GroupThresholds(data.get("many_threshold", 100), data.get("few_threshold", 20))
+        thresholds = GroupThresholds.from_meta(info.manifest.get("meta", {}))
         self.groups = thresholds.groups(self.counts.astype(int).tolist())
         self.log_prior = np.log(np.clip(self.counts, 1, None) / np.clip(self.counts, 1, None).sum())
 
