@@ -6,6 +6,7 @@ their input tensors with ``Preprocessing.to_tensor`` (or ``transform()``), so th
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -84,13 +85,21 @@ class Preprocessing:
             T.PILToTensor(),
         ]
 
-    def transform(self) -> T.Compose:
-        """A torchvision transform: PIL image (any mode) -> normalised float tensor [C, H, W]."""
+    @functools.cached_property
+    def _pixel_transform(self) -> T.Compose:
+        return T.Compose(self._pixel_steps())
+
+    @functools.cached_property
+    def _float_transform(self) -> T.Compose:
         return T.Compose([*self._pixel_steps(), T.ToDtype(torch.float32, scale=True), T.Normalize(self.mean, self.std)])
+
+    def transform(self) -> T.Compose:
+        """A torchvision transform: PIL image (any mode) -> normalised float tensor [C, H, W] (built once)."""
+        return self._float_transform
 
     def to_pixels(self, images: list[Image.Image]) -> np.ndarray:
         """Resized, cropped uint8 pixels [N, H, W, C]: the input of a graph with embedded preprocessing."""
-        steps = T.Compose(self._pixel_steps())
+        steps = self._pixel_transform
         return np.ascontiguousarray(torch.stack([steps(image) for image in images]).permute(0, 2, 3, 1).numpy())
 
     def _convert(self, image: Image.Image) -> Image.Image:
@@ -98,7 +107,7 @@ class Preprocessing:
 
     def to_tensor(self, images: list[Image.Image]) -> torch.Tensor:
         """Preprocess a list of decoded PIL images into one float32 batch [N, C, H, W]."""
-        transform = self.transform()
+        transform = self._float_transform
         return torch.stack([transform(image) for image in images])
 
     def to_numpy(self, images: list[Image.Image]) -> np.ndarray:
