@@ -3,15 +3,23 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/quickstart
+# ONNX Runtime flavour: gpu when nvidia-smi sees a GPU, else cpu; override with `make setup ORT=cpu`.
+ORT ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+# onnxruntime and onnxruntime-gpu write the same folder: switching flavours removes both before installing one.
+OTHER_ORT := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 
 .PHONY: setup test lint quickstart clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed-$(ORT)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-$(ORT): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[all]'
+	@if $(BIN)/python -m pip show -q $(OTHER_ORT) >/dev/null 2>&1; then \
+		$(BIN)/python -m pip uninstall -q -y onnxruntime onnxruntime-gpu; fi
+	@echo "installing pih2t-deploy[all,$(ORT)] into $(VENV)"
+	$(BIN)/python -m pip install -q -e '.[all,$(ORT)]'
+	rm -f $(VENV)/.installed-*
 	touch $@
 
 lint: setup

@@ -1,9 +1,9 @@
-"""The ``model.pt`` format: save, load (weights only, never arbitrary unpickling) and official-H2T import.
+"""The ``model.pt`` format: save, load (weights only, never arbitrary unpickling) and import of the authors' files.
 
 A checkpoint is ``{"format": "pih2t/1", "state_dict": {...}, "meta": {...}}`` written with ``torch.save``
 to a temporary name and renamed when complete. ``meta`` holds the network settings (arch, num_classes,
 in_channels, method, head, cosine_scale, lws, pif_activation), class_names, class_counts, preprocessing,
-stage, recipe and versions.
+stage, recipe and versions. Files saved by the authors' H2T code are imported by ``h2t_import``.
 """
 
 from __future__ import annotations
@@ -14,17 +14,19 @@ import pickle
 import platform
 import re
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pih2t_deploy import __version__
 from pih2t_deploy.atomic import atomic_file
 from pih2t_deploy.data.preprocessing import Preprocessing, default_preprocessing
 from pih2t_deploy.errors import CheckpointError, ConfigError
+from pih2t_deploy.h2t_import import import_authors_network, is_authors_checkpoint
 from pih2t_deploy.models import NetworkConfig, PIH2TNet
 
 FORMAT = "pih2t/1"
@@ -66,32 +68,63 @@ def build_meta(
     class_names: Sequence[str] | None = None,
     class_counts: Sequence[int] | None = None,
     preprocessing: Preprocessing | None = None,
-    stage: int = 2,
+    stage: int | None = 2,
     recipe: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A complete, validated meta dict for ``config``; names default to the class indices."""
+    """A complete, validated meta dict for ``config`` (``validate_meta``); names default to the class indices;
+    ``stage`` None means the stage is not known (an imported file that does not record it)."""
     names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(config.num_classes)]
-    if len(names) != config.num_classes:
-        raise ConfigError(f"{len(names)} class names given for {config.num_classes} classes")
-    if class_counts is not None and len(class_counts) != config.num_classes:
-        raise ConfigError(f"{len(class_counts)} class counts given for {config.num_classes} classes")
     prep = preprocessing or default_preprocessing(config.arch, config.in_channels)
-    if prep.channels != config.in_channels:
-        raise ConfigError(f"preprocessing gives {prep.channels} channels, the network takes {config.in_channels}")
     meta = config.to_dict()
     meta.update(
         class_names=names,
         class_counts=[int(c) for c in class_counts] if class_counts is not None else None,
         preprocessing=prep.to_dict(),
-        stage=int(stage),
+        stage=int(stage) if stage is not None else None,
         recipe=recipe,
         versions=versions(),
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     )
     if extra:
         meta.update(extra)
+    validate_meta(meta)
     return meta
+
+
+def validate_meta(meta: dict[str, Any]) -> NetworkConfig:
+    """Check everything later tools rely on; a ConfigError naming the field otherwise. Returns the network
+    settings. Class names: one per class, non-empty, unique, one line each. Class counts (when present): one
+    whole number >= 0 per class. Preprocessing: a valid ``Preprocessing`` with the network's channel count."""
+    try:
+        config = network_config(meta)
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"network settings are incomplete ({exc})") from None
+    names = meta.get("class_names")
+    if not isinstance(names, list) or len(names) != config.num_classes:
+        found = len(names) if isinstance(names, list) else type(names).__name__
+        raise ConfigError(f"class_names must list {config.num_classes} names (one per class), found {found}")
+    for index, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip() or "\n" in name or "\r" in name:
+            raise ConfigError(f"class_names[{index}] is {name!r}: each name must be non-empty text on one line")
+    if len(set(names)) != len(names):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise ConfigError(f"class_names must be unique; {duplicate!r} appears more than once")
+    counts = meta.get("class_counts")
+    if counts is not None:
+        if not isinstance(counts, list) or len(counts) != config.num_classes:
+            found = len(counts) if isinstance(counts, list) else type(counts).__name__
+            raise ConfigError(f"class_counts must give {config.num_classes} counts (one per class), found {found}")
+        bad = [c for c in counts if isinstance(c, bool) or not isinstance(c, int) or c < 0]
+        if bad:
+            raise ConfigError(f"class_counts must be whole numbers >= 0, found {bad[0]!r}")
+    try:
+        prep = Preprocessing.from_dict(meta["preprocessing"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"preprocessing is missing or malformed ({exc})") from None
+    if prep.channels != config.in_channels:
+        raise ConfigError(f"preprocessing gives {prep.channels} channels, the network takes {config.in_channels}")
+    return config
 
 
 def network_config(meta: dict[str, Any]) -> NetworkConfig:
@@ -107,15 +140,37 @@ def save_checkpoint(path: str | os.PathLike[str], net: PIH2TNet, meta: dict[str,
     return Path(path)
 
 
+def _numpy_scalar_globals() -> list[Any]:
+    """What a pickled numpy scalar (e.g. the ``np.float64`` ECE the authors' code saves) needs, and nothing
+    more: the scalar reconstructor under its numpy 1 and numpy 2 names, ``numpy.dtype`` and the numeric dtype
+    classes. None of them can call arbitrary code: they rebuild a number from its bytes."""
+    scalar = np.core.multiarray.scalar
+    dtype_classes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdg"]
+    return [
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+        np.dtype,
+        *dtype_classes,
+    ]
+
+
+NUMPY_SCALAR_GLOBALS = _numpy_scalar_globals()
+
+
 def read_weights_only(path: str | os.PathLike[str]) -> Any:
-    """``torch.load(weights_only=True)`` with every failure turned into one clear CheckpointError line."""
+    """``torch.load(weights_only=True)`` with every failure turned into one clear CheckpointError line.
+
+    Tensors saved on a GPU are mapped to the CPU; numpy scalars are allowed (``NUMPY_SCALAR_GLOBALS``);
+    any other Python object in the pickle is refused without being built.
+    """
     file = Path(path)
     if not file.exists():
         raise CheckpointError(f"checkpoint {file} does not exist; pass the path of a model.pt")
     if not file.is_file():
         raise CheckpointError(f"checkpoint {file} is not a file")
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(NUMPY_SCALAR_GLOBALS):
+            return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if not found and not _starts_like_pickle(file):
@@ -141,12 +196,9 @@ def _load_pih2t(file: Path, payload: dict[str, Any]) -> Checkpoint:
     if not isinstance(meta, dict) or not isinstance(state, dict):
         raise CheckpointError(f"{file} lacks its 'meta' or 'state_dict' entry")
     try:
-        config = network_config(meta)
-        Preprocessing.from_dict(meta["preprocessing"])
-        if len(meta["class_names"]) != config.num_classes:
-            raise ConfigError("class_names does not match num_classes")
-    except (ConfigError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{file} has invalid metadata: {exc}") from None
+        config = validate_meta(meta)
+    except ConfigError as exc:
+        raise CheckpointError(f"{file} has invalid metadata: {exc}; re-save it with pih2t-train or fix it") from None
     net = PIH2TNet(config)
     _load_state(net, state, file)
     return Checkpoint(net.eval(), meta)
@@ -165,11 +217,13 @@ def load_checkpoint(
     *,
     class_counts: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
+    log: Callable[[str], None] = lambda _m: None,
 ) -> Checkpoint:
-    """Load a ``pih2t/1`` checkpoint, or import an official H2T-code CIFAR checkpoint (ResNet-32).
+    """Load a ``pih2t/1`` checkpoint, or import a file saved by the authors' H2T code (``h2t_import``).
 
-    ``class_counts`` / ``class_names`` fill in what an official checkpoint lacks (and are ignored for ours).
-    Every failure is a CheckpointError with one line; nothing from the file is ever executed.
+    ``class_counts`` / ``class_names`` fill in what the authors' files lack (and are ignored for ours);
+    ``log`` receives one-line notes about the import. Every failure is a CheckpointError with one line;
+    nothing from the file is ever executed.
     """
     file = Path(path)
     payload = read_weights_only(file)
@@ -177,56 +231,18 @@ def load_checkpoint(
         raise CheckpointError(f"{file} is not a checkpoint dict (found {type(payload).__name__})")
     if "format" in payload:
         return _load_pih2t(file, payload)
-    if "state_dict_model" in payload:
-        return import_official_h2t(file, payload, class_counts=class_counts, class_names=class_names)
+    if is_authors_checkpoint(payload):
+        net, record = import_authors_network(file, payload, log)
+        meta = build_meta(
+            net.config,
+            class_names=class_names,
+            class_counts=class_counts,
+            stage=None,
+            recipe="authors-h2t-import",
+            extra={"imported_from": record},
+        )
+        return Checkpoint(net, meta)
     raise CheckpointError(
-        f"{file} is neither a pih2t checkpoint nor an official H2T checkpoint "
-        "(expected keys 'format' or 'state_dict_model')"
+        f"{file} is neither a pih2t checkpoint nor a file saved by the authors' H2T code "
+        "(expected keys 'format', or 'state_dict_model' as the authors' H2T code saves)"
     )
-
-
-def _strip_module(state: dict[str, Any]) -> dict[str, Any]:
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def import_official_h2t(
-    file: Path,
-    payload: dict[str, Any],
-    *,
-    class_counts: Sequence[int] | None = None,
-    class_names: Sequence[str] | None = None,
-) -> Checkpoint:
-    """Convert the authors' CIFAR checkpoint (``state_dict_model`` + ``state_dict_classifier``) to ours.
-
-    The feature extractor is a ResNet-32 (keys conv1, bn1, layer1..3, optionally ``module.``-prefixed, and
-    PIF weights ``conv1d.0..2`` when present); the classifier holds ``fc.weight`` and ``fc.bias``.
-    """
-    model_state = _strip_module(payload["state_dict_model"])
-    classifier_state = _strip_module(payload.get("state_dict_classifier") or {})
-    if "fc.weight" not in classifier_state or "fc.bias" not in classifier_state:
-        raise CheckpointError(f"{file}: official checkpoint lacks state_dict_classifier fc.weight/fc.bias")
-    weight = classifier_state["fc.weight"]
-    num_classes, width = weight.shape
-    if width != 64 or "conv1.weight" not in model_state:
-        raise CheckpointError(f"{file}: official checkpoint is not a ResNet-32 (64 features, conv1 present)")
-    has_pif = any(k.startswith("conv1d.") for k in model_state)
-    config = NetworkConfig(arch="resnet32", num_classes=int(num_classes), method="pih2t" if has_pif else "h2t")
-    state = {f"backbone.{k}": v for k, v in model_state.items() if not k.startswith("conv1d.")}
-    state.update({f"pif.phi.{k.removeprefix('conv1d.')}": v for k, v in model_state.items() if k.startswith("conv1d.")})
-    state["head.fc.weight"], state["head.fc.bias"] = weight, classifier_state["fc.bias"]
-    net = PIH2TNet(config)
-    _load_state(net, state, file)
-    scalars = {
-        k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v)
-        for k, v in payload.items()
-        if k in ("epoch", "best_acc1")
-    }
-    meta = build_meta(
-        config,
-        class_names=class_names,
-        class_counts=class_counts,
-        stage=2,
-        recipe="official-h2t-import",
-        extra={"imported_from": {"path": file.name, **{k: float(v) for k, v in scalars.items()}}},
-    )
-    return Checkpoint(net.eval(), meta)

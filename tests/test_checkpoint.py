@@ -1,7 +1,9 @@
-"""model.pt: round trip, safe loading (no code execution), clear errors, and official H2T import."""
+"""model.pt: round trip, safe loading (no code execution), clear errors, metadata checks, and import of the
+files the authors' H2T code saves."""
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,8 @@ import torch.nn.functional as F
 from pih2t_deploy.checkpoint import build_meta, load_checkpoint, save_checkpoint
 from pih2t_deploy.errors import CheckpointError
 from pih2t_deploy.models import NetworkConfig, PIH2TNet
-from tests.helpers import make_net
+from tests.authors_files import authors_cifar_checkpoint
+from tests.helpers import run_cli
 
 
 def test_round_trip_keeps_weights_and_meta(tmp_path, digits_net):
@@ -87,27 +90,6 @@ def test_weights_that_do_not_match_the_arch(tmp_path, digits_net):
         load_checkpoint(tmp_path / "m.pt")
 
 
-def _official_checkpoint(path, *, prefixed: bool, with_pif: bool):
-    net = make_net("resnet32", size=16, method="pih2t" if with_pif else "ce", num_classes=10)
-    backbone = {k.removeprefix("backbone."): v for k, v in net.state_dict().items() if k.startswith("backbone.")}
-    if with_pif:
-        backbone.update({f"conv1d.{k.removeprefix('pif.phi.')}": v for k, v in net.state_dict().items() if "pif" in k})
-    prefix = "module." if prefixed else ""
-    torch.save(
-        {
-            "state_dict_model": {prefix + k: v for k, v in backbone.items()},
-            "state_dict_classifier": {
-                prefix + "fc.weight": net.head.fc.weight.detach(),
-                prefix + "fc.bias": net.head.fc.bias.detach(),
-            },
-            "epoch": 200,
-            "best_acc1": torch.tensor(48.6),
-        },
-        path,
-    )
-    return backbone, net.head.fc.weight.detach(), net.head.fc.bias.detach()
-
-
 def _independent_resnet32(state, fc_weight, fc_bias, x):
     """A functional ResNet-32 forward written from the layer definition, sharing no code with the package."""
 
@@ -135,31 +117,106 @@ def _independent_resnet32(state, fc_weight, fc_bias, x):
     return F.linear(out.mean(dim=(2, 3)), fc_weight, fc_bias)
 
 
-@pytest.mark.parametrize("prefixed", [False, True])
-def test_official_h2t_checkpoint_imports_and_matches_independent_forward(tmp_path, prefixed):
-    path = tmp_path / "official.pth.tar"
-    state, weight, bias = _official_checkpoint(path, prefixed=prefixed, with_pif=False)
-    ckpt = load_checkpoint(path, class_counts=[500, 300, 200, 100, 60, 40, 20, 10, 8, 5])
-    assert ckpt.meta["arch"] == "resnet32" and ckpt.meta["method"] == "h2t"
+@pytest.mark.parametrize(("prefixed", "with_pif", "legacy"), [(True, True, False), (False, False, True)])
+def test_authors_checkpoint_loads_and_computes_the_authors_logits(tmp_path, prefixed, with_pif, legacy):
+    """A file as the authors' scripts save it (GPU tensor best_acc1, numpy float64 its_ece, module. prefixes,
+    unused PIF weights): imported logits equal an independent forward pass of their model, which never applies
+    the PIF weights; the stage is not claimed."""
+    path = tmp_path / "current.pth.tar"
+    state, weight, bias = authors_cifar_checkpoint(path, prefixed=prefixed, with_pif=with_pif, legacy_format=legacy)
+    with pytest.raises(RuntimeError, match="CUDA"):  # the fixture really records GPU storage
+        torch.load(path, weights_only=False)
+    notes = []
+    ckpt = load_checkpoint(path, class_counts=[500, 300, 200, 100, 60, 40, 20, 10, 8, 5], log=notes.append)
+    assert ckpt.meta["arch"] == "resnet32" and ckpt.meta["method"] == "h2t" and ckpt.net.pif is None
+    assert ckpt.meta["stage"] is None and ckpt.meta["recipe"] == "authors-h2t-import"
+    record = ckpt.meta["imported_from"]
+    assert record["epoch"] == 200.0 and record["its_ece"] == 21.375
+    assert record["best_acc1"] == pytest.approx(48.61, abs=1e-4)
     assert ckpt.class_names == [str(i) for i in range(10)]
-    assert ckpt.meta["imported_from"]["epoch"] == 200.0
+    if with_pif:
+        assert record["ignored_pif_weights"] == [f"conv1d.{i}.{p}" for i in range(3) for p in ("bias", "weight")]
+        assert notes == [
+            "current.pth.tar: ignoring 6 PIF weights (conv1d.*): the authors' code never applies them in forward, "
+            "so the imported model computes the logits their code computes"
+        ]
+    else:
+        assert notes == [] and record["ignored_pif_weights"] == []
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ckpt.net(x), _independent_resnet32(state, weight, bias, x), rtol=1e-5, atol=1e-5)
 
 
-def test_official_checkpoint_with_pif_weights_imports_them(tmp_path):
-    path = tmp_path / "official_pif.pth"
-    state, _, _ = _official_checkpoint(path, prefixed=True, with_pif=True)
-    ckpt = load_checkpoint(path)
-    assert ckpt.meta["method"] == "pih2t"
-    torch.testing.assert_close(ckpt.net.pif.phi[0].weight, state["conv1d.0.weight"])
+def test_numpy_2_spelling_of_the_scalar_reconstructor_loads_too(tmp_path):
+    """numpy 2 pickles scalars through numpy._core.multiarray; the legacy format keeps the pickle in the clear,
+    so the file is rewritten byte for byte as numpy 2 would have written it."""
+    path = tmp_path / "np2.pth.tar"
+    authors_cifar_checkpoint(path, legacy_format=True)
+    data = path.read_bytes()
+    assert b"numpy.core.multiarray\nscalar" in data
+    path.write_bytes(data.replace(b"numpy.core.multiarray\nscalar", b"numpy._core.multiarray\nscalar"))
+    assert load_checkpoint(path).meta["imported_from"]["its_ece"] == 21.375
+
+
+def test_a_places_checkpoint_with_state_dict_block_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "places.pth.tar"
+    authors_cifar_checkpoint(path, with_block=True)
+    with pytest.raises(CheckpointError, match=r"Places-LT checkpoint .*state_dict_block"):
+        load_checkpoint(path)
+
+
+def test_other_python_objects_beside_numpy_scalars_are_still_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    _Exploit.marker = marker
+    torch.save({"state_dict_model": {}, "its_ece": np.float64(1.0), "x": _Exploit()}, tmp_path / "evil.pth.tar")
+    with pytest.raises(CheckpointError, match=r"refused .*arbitrary Python objects \(posix.system\)"):
+        load_checkpoint(tmp_path / "evil.pth.tar")
+    assert not marker.exists()
 
 
 def test_official_checkpoint_without_classifier_is_refused(tmp_path):
     torch.save({"state_dict_model": {"conv1.weight": torch.zeros(16, 3, 3, 3)}}, tmp_path / "x.pth")
     with pytest.raises(CheckpointError, match="lacks state_dict_classifier"):
         load_checkpoint(tmp_path / "x.pth")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"class_counts": [1, 2, 3]}, r"class_counts must give 7 counts \(one per class\), found 3"),
+        ({"class_counts": [5, 4, 3, -1, 2, 1, 1]}, r"class_counts must be whole numbers >= 0, found -1"),
+        ({"class_counts": [5, 4, 3, 2.5, 2, 1, 1]}, r"class_counts must be whole numbers >= 0, found 2.5"),
+        ({"class_names": ["a", "b\nc", "d", "e", "f", "g", "h"]}, r"class_names\[1\] is 'b\\nc'"),
+        ({"class_names": ["a", "", "d", "e", "f", "g", "h"]}, r"class_names\[1\] is ''"),
+        ({"class_names": ["a", "a", "d", "e", "f", "g", "h"]}, r"class_names must be unique; 'a'"),
+        ({"class_names": ["a"]}, r"class_names must list 7 names"),
+        ({"preprocessing": {"input_size": 8, "resize": 8, "mode": "RGB"}}, "preprocessing gives 3 channels"),
+        ({"preprocessing": {"input_size": 8, "resize": 99999, "mode": "L", "mean": [0.5], "std": [0.5]}}, "<= 4096"),
+        (
+            {"preprocessing": {"input_size": 8, "resize": 8, "mode": "L", "mean": [float("nan")], "std": [0.5]}},
+            "finite",
+        ),
+    ],
+)
+def test_metadata_edited_by_another_program_is_refused_naming_the_field(tmp_path, digits_net, change, message):
+    meta = build_meta(digits_net.config, class_names=list("abcdefg"), class_counts=[50, 30, 20, 10, 5, 3, 1])
+    meta.update(change)
+    torch.save({"format": "pih2t/1", "state_dict": digits_net.state_dict(), "meta": meta}, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path / "m.pt")
+
+
+def test_bad_metadata_is_exit_2_with_one_line_from_the_cli(tmp_path, digits_net):
+    meta = build_meta(digits_net.config)
+    meta["class_counts"] = [1, 2, 3]
+    torch.save({"format": "pih2t/1", "state_dict": digits_net.state_dict(), "meta": meta}, tmp_path / "m.pt")
+    done = run_cli("export", "--ckpt", str(tmp_path / "m.pt"), "--output", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'm.pt'} has invalid metadata: class_counts must give 7 counts (one per class), found 3; "
+        "re-save it with pih2t-train or fix it"
+    ]
+    assert not (tmp_path / "out").exists()
 
 
 def test_parameter_count_of_resnet32_is_about_0_46m():

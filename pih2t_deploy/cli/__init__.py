@@ -20,6 +20,28 @@ from pih2t_deploy.cli.train_cmd import evaluate, train
 from pih2t_deploy.cli.triton_cmd import triton_app
 from pih2t_deploy.errors import UserError, VerificationError
 
+# Which extra brings a package that a command imports (training and export need [train], serving [serve], ...).
+EXTRA_OF_PACKAGE = {
+    "torch": "train",
+    "torchvision": "train",
+    "onnx": "train",
+    "onnxscript": "train",
+    "sklearn": "train",
+    "matplotlib": "train",
+    "onnxruntime": "cpu] or [gpu",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "starlette": "serve",
+    "multipart": "serve",
+    "prometheus_client": "serve",
+    "httpx": "serve",
+    "gradio": "demo",
+    "gradio_client": "demo",
+    "tritonclient": "triton",
+    "pytriton": "triton",
+    "google": "triton",
+}
+
 COMMANDS: dict[str, Callable[..., None]] = {
     "train": train,
     "eval": evaluate,
@@ -60,6 +82,22 @@ def _run(app: typer.Typer) -> None:
     except VerificationError as exc:
         err_console.print(f"verification failed: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").split(".")[0]
+        if package not in EXTRA_OF_PACKAGE:
+            raise
+        err_console.print(
+            f"error: this command needs the {package} package, which is not installed here; "
+            f"install it with: pip install 'pih2t-deploy[{EXTRA_OF_PACKAGE[package]}]'",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
+    except OSError as exc:  # a file or folder the command could not read or write
+        where = f": {exc.filename}" if exc.filename else ""
+        err_console.print(f"error: {exc.strerror or exc}{where}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted", markup=False)
         sys.exit(130)

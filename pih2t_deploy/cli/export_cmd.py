@@ -14,7 +14,7 @@ Opt = typer.Option
 
 
 def export(
-    ckpt: Annotated[Path, Opt("--ckpt", help="model.pt (pih2t/1) or an official H2T CIFAR checkpoint")],
+    ckpt: Annotated[Path, Opt("--ckpt", help="model.pt (pih2t/1), or a file saved by the authors' H2T code")],
     output: Annotated[Path, Opt("--output", "-o", help="artifact folder to write")] = Path("exports/model"),
     format: Annotated[str, Opt("--format", help="onnx, onnx-int8, trt or torch")] = "onnx",
     opset: Annotated[int, Opt(help="ONNX opset (onnx, onnx-int8, trt)")] = 18,
@@ -43,9 +43,9 @@ def export(
     timing_cache: Annotated[Path | None, Opt(help="TensorRT timing cache file (read and updated)")] = None,
     force: Annotated[bool, Opt("--force", help="replace an existing artifact in --output")] = False,
     class_counts: Annotated[
-        str | None, Opt(help="comma-separated training counts per class (official checkpoints)")
+        str | None, Opt(help="comma-separated training counts per class (files from the authors' code)")
     ] = None,
-    class_names: Annotated[str | None, Opt(help="comma-separated class names (official checkpoints)")] = None,
+    class_names: Annotated[str | None, Opt(help="comma-separated class names (files from the authors' code)")] = None,
     seed: Annotated[int, Opt(help="seed of the verification inputs")] = 0,
 ) -> None:
     """Fold the train-time fusion away, export, verify against PyTorch and write the artifact folder."""

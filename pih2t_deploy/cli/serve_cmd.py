@@ -40,10 +40,6 @@ def serve(
         raise ConfigError(
             "--max-batch/--max-queue must be >= 1, --max-wait-ms >= 0, --max-upload-mb and --timeout-s > 0"
         )
-    if backend != "torch":
-        import torch
-
-        torch.set_num_threads(1)  # torch only preprocesses here; inference threads belong to the runtime
     classifier = load_classifier(model, backend, device=device, threads=threads, name=name)
     err_console.print(
         f"serving {classifier.info.name} ({classifier.info.num_classes} classes, {classifier.describe()}) "

@@ -13,7 +13,7 @@ from pih2t_deploy.cli.common import console, log
 
 def train(
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. stage1.epochs=5")] = None,
-    recipe: Annotated[str, typer.Option(help="recipe name (training/recipes) or a .yaml path")] = "digits-lt",
+    recipe: Annotated[str, typer.Option(help="recipe name (see training/README.md) or a .yaml path")] = "digits-lt",
     output: Annotated[Path, typer.Option("--output", "-o", help="run folder")] = Path("runs/digits-lt"),
     method: Annotated[str | None, typer.Option(help="ce, h2t or pih2t (overrides the recipe)")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed (overrides the recipe)")] = None,

@@ -1,29 +1,32 @@
 """The one definition of inference preprocessing, stored with every checkpoint and artifact.
 
 Training evaluation, the exporters, the REST service, the demo and the Triton preprocess model all build
-their input tensors with ``Preprocessing.to_tensor`` (or ``transform()``), so they cannot drift apart.
+their inputs with ``Preprocessing`` (``to_numpy``, ``to_pixels`` or ``transform()``), so they cannot drift
+apart. It needs only PIL and numpy (no torch), so the serving install stays torch-free; the steps are the
+ones torchvision's ``Resize(int)``, ``CenterCrop``, ``ToDtype(scale=True)`` and ``Normalize`` take on PIL
+images, and a test checks the two agree bit for bit.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision.transforms import v2 as T
 
 from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.settings import reject_unknown
 
 INTERPOLATIONS = {
-    "nearest": T.InterpolationMode.NEAREST,
-    "bilinear": T.InterpolationMode.BILINEAR,
-    "bicubic": T.InterpolationMode.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
 }
 MODES = {"L": 1, "RGB": 3}
+MAX_SIZE = 4096  # the largest input_size / resize a checkpoint may ask for (pixels per side)
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,14 @@ class Preprocessing:
             raise ConfigError(f"unknown interpolation {self.interpolation!r}")
         if len(self.mean) != MODES[self.mode] or len(self.std) != MODES[self.mode]:
             raise ConfigError(f"mean and std need {MODES[self.mode]} values for mode {self.mode}")
-        if self.input_size < 1 or self.resize < self.input_size:
-            raise ConfigError("need 1 <= input_size <= resize")
+        sizes = (self.input_size, self.resize)
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in sizes) or not (
+            1 <= self.input_size <= self.resize <= MAX_SIZE
+        ):
+            raise ConfigError(f"need whole numbers 1 <= input_size <= resize <= {MAX_SIZE}, got {sizes}")
+        values = (*self.mean, *self.std)
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ConfigError(f"mean and std must be finite numbers, got {list(self.mean)} and {list(self.std)}")
         if any(s <= 0 for s in self.std):
             raise ConfigError("std values must be positive")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
@@ -77,42 +86,61 @@ class Preprocessing:
                 values[key] = tuple(values[key])
         return cls(**values)
 
-    def _pixel_steps(self) -> list:
-        return [
-            T.Lambda(self._convert),
-            T.Resize(self.resize, interpolation=INTERPOLATIONS[self.interpolation], antialias=True),
-            T.CenterCrop(self.input_size),
-            T.PILToTensor(),
-        ]
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after resizing the shorter side to ``resize`` (the longer side truncated, as
+        torchvision computes it)."""
+        if width <= height:
+            return self.resize, int(self.resize * height / width)
+        return int(self.resize * width / height), self.resize
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """One image converted to the colour mode, resized, centre-cropped: uint8 [H, W, C]."""
+        image = to_mode(image, self.mode)
+        size = self.resized_size(image.width, image.height)
+        if size != image.size:
+            image = image.resize(size, resample=INTERPOLATIONS[self.interpolation])
+        top = round((image.height - self.input_size) / 2.0)
+        left = round((image.width - self.input_size) / 2.0)
+        image = image.crop((left, top, left + self.input_size, top + self.input_size))
+        return np.asarray(image, dtype=np.uint8).reshape(self.input_size, self.input_size, self.channels)
 
     @functools.cached_property
-    def _pixel_transform(self) -> T.Compose:
-        return T.Compose(self._pixel_steps())
+    def _scale(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
 
-    @functools.cached_property
-    def _float_transform(self) -> T.Compose:
-        return T.Compose([*self._pixel_steps(), T.ToDtype(torch.float32, scale=True), T.Normalize(self.mean, self.std)])
-
-    def transform(self) -> T.Compose:
-        """A torchvision transform: PIL image (any mode) -> normalised float tensor [C, H, W] (built once)."""
-        return self._float_transform
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels [..., H, W, C] -> float32 [..., C, H, W] scaled to [0, 1] and normalised."""
+        mean, std = self._scale
+        scaled = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
+        return np.moveaxis((scaled - mean) / std, -1, -3)
 
     def to_pixels(self, images: list[Image.Image]) -> np.ndarray:
         """Resized, cropped uint8 pixels [N, H, W, C]: the input of a graph with embedded preprocessing."""
-        steps = self._pixel_transform
-        return np.ascontiguousarray(torch.stack([steps(image) for image in images]).permute(0, 2, 3, 1).numpy())
-
-    def _convert(self, image: Image.Image) -> Image.Image:
-        return to_mode(image, self.mode)
-
-    def to_tensor(self, images: list[Image.Image]) -> torch.Tensor:
-        """Preprocess a list of decoded PIL images into one float32 batch [N, C, H, W]."""
-        transform = self._float_transform
-        return torch.stack([transform(image) for image in images])
+        return np.ascontiguousarray(np.stack([self.pixels(image) for image in images]))
 
     def to_numpy(self, images: list[Image.Image]) -> np.ndarray:
-        """As ``to_tensor``, as a contiguous float32 numpy array."""
-        return np.ascontiguousarray(self.to_tensor(images).numpy())
+        """Preprocess decoded PIL images into one contiguous float32 batch [N, C, H, W]."""
+        return np.ascontiguousarray(self.normalise(self.to_pixels(images)))
+
+    def to_tensor(self, images: list[Image.Image]) -> Any:
+        """As ``to_numpy``, as a torch tensor (imports torch: training and export only)."""
+        import torch
+
+        return torch.from_numpy(self.to_numpy(images))
+
+    def transform(self) -> TensorTransform:
+        """A picklable callable: PIL image (any mode) -> normalised float tensor [C, H, W] (for data loaders)."""
+        return TensorTransform(self)
+
+
+@dataclass(frozen=True)
+class TensorTransform:
+    """``Preprocessing.to_tensor`` for one image, as a data-set transform."""
+
+    prep: Preprocessing
+
+    def __call__(self, image: Image.Image) -> Any:
+        return self.prep.to_tensor([image])[0]
 
 
 def to_mode(image: Image.Image, mode: str) -> Image.Image:

@@ -17,7 +17,7 @@ from torchvision.transforms import v2 as T
 
 from pih2t_deploy.data.datasets import ArrayImages, FileImages, LabelledImages, require_every_class
 from pih2t_deploy.data.longtail import GroupThresholds, longtail_counts, select_longtail
-from pih2t_deploy.data.preprocessing import CIFAR_MEAN, CIFAR_STD, INTERPOLATIONS, Preprocessing, to_mode
+from pih2t_deploy.data.preprocessing import CIFAR_MEAN, CIFAR_STD, Preprocessing, to_mode
 from pih2t_deploy.errors import ConfigError, DataError
 from pih2t_deploy.settings import reject_unknown
 
@@ -76,7 +76,7 @@ class DataBundle:
 
 
 def _augmentation(name: str, prep: Preprocessing) -> list:
-    size, interp = prep.input_size, INTERPOLATIONS[prep.interpolation]
+    size, interp = prep.input_size, T.InterpolationMode(prep.interpolation)
     if name == "digits":
         return [T.RandomAffine(degrees=10, translate=(0.125, 0.125), interpolation=interp)]
     if name == "cifar":

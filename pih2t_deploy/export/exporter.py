@@ -9,7 +9,6 @@ then renamed into place with ``labels.txt`` and ``model.json``.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from pih2t_deploy.atomic import atomic_dir
+from pih2t_deploy.atomic import atomic_dir, require_writable_folder
 from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint, versions
 from pih2t_deploy.data.longtail import GroupThresholds
 from pih2t_deploy.errors import DataError, UserError, VerificationError
@@ -66,11 +65,7 @@ def _check_output(output: Path, force: bool) -> None:
             raise UserError(f"--output {output} is a non-empty folder that is not an artifact; choose another path")
         if not force:
             raise UserError(f"--output {output} already holds an artifact; pass --force to replace it")
-    probe = output.parent if str(output.parent) else Path(".")
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise UserError(f"--output {output}: {probe} is not writable; choose a folder you can write to")
+    require_writable_folder(output.parent, f"--output {output}")
 
 
 def _require_tensorrt() -> None:
@@ -118,7 +113,7 @@ def export_checkpoint(
         _require_tensorrt()
     output = Path(options.output)
     _check_output(output, options.force)
-    ckpt = load_checkpoint(ckpt_path, class_counts=options.class_counts, class_names=options.class_names)
+    ckpt = load_checkpoint(ckpt_path, class_counts=options.class_counts, class_names=options.class_names, log=log)
     meta, prep = ckpt.meta, ckpt.preprocessing
     log(f"loaded {ckpt_path}: {meta['arch']}, method {meta['method']}, {meta['num_classes']} classes")
     eval_images = load_images(options.eval_data, ckpt, split="test") if options.eval_data else None

@@ -1,4 +1,4 @@
-"""Recipes: YAML files (training/recipes/<name>.yaml) with ``key=value`` overrides, validated into dataclasses.
+"""Recipes: YAML files shipped in the package (``pih2t_deploy/recipes/<name>.yaml``), with ``key=value`` overrides.
 
 A recipe may name a ``base`` recipe whose settings it extends. Any field can be overridden on the command
 line with a dotted key, e.g. ``stage1.epochs=5`` or ``data.imbalance_factor=100``; values are parsed as YAML.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.models import METHODS
 from pih2t_deploy.settings import reject_unknown
 
-RECIPE_DIR = Path(__file__).resolve().parents[2] / "training" / "recipes"
+RECIPES = resources.files("pih2t_deploy") / "recipes"
 SCHEDULES = ("cosine", "step")
 
 
@@ -122,14 +124,14 @@ _TOP = {"name", "seed", "method", "base", *_SECTIONS}
 
 
 def recipe_names() -> list[str]:
-    """Recipes shipped in training/recipes/."""
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+    """Names of the recipes shipped inside the package (read with importlib.resources, so a wheel has them)."""
+    return sorted(entry.name.removesuffix(".yaml") for entry in RECIPES.iterdir() if entry.name.endswith(".yaml"))
 
 
 def _read_yaml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    path = Path(name_or_path)
+    path: Path | Traversable = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
-        path = RECIPE_DIR / f"{name_or_path}.yaml"
+        path = RECIPES / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ConfigError(
             f"unknown recipe {name_or_path!r}; choose one of: {', '.join(recipe_names())} or a .yaml path"
@@ -142,7 +144,7 @@ def _read_yaml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {path} must be a mapping of settings")
-    raw.setdefault("name", path.stem)
+    raw.setdefault("name", Path(path.name).stem)
     base = raw.pop("base", None)
     if base is None:
         return raw

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from pih2t_deploy.atomic import require_writable_folder
 from pih2t_deploy.errors import ConfigError, UserError
 from pih2t_deploy.runtime.classifier import ModelInfo, read_artifact_info
 
@@ -180,7 +181,14 @@ def build_repository(artifact: Path, repo: Path, settings: RepositorySettings) -
                 {"model.plan": artifact / "model.plan"},
             )
     repo = Path(repo)
-    repo.mkdir(parents=True, exist_ok=True)
+    require_writable_folder(repo, f"--repo {repo}")
+    others = sorted(entry.name for entry in repo.iterdir() if entry.name not in models)
+    if others and not settings.force:
+        listed = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+        raise UserError(
+            f"--repo {repo} already holds other entries ({listed}) that tritonserver would load too; "
+            "choose an empty folder, or pass --force to add the models beside them"
+        )
     existing = [m for m in models if (repo / m / version).exists()]
     if existing and not settings.force:
         raise UserError(f"{repo}: version {version} of {', '.join(existing)} exists; pass --force to replace it")
