@@ -160,7 +160,7 @@ def test_the_built_wheel_trains_exports_and_serves_outside_the_source_tree(tmp_p
 
 def _resolved(requirement: str, tmp_path: Path) -> dict[str, str]:
     report = tmp_path / "report.json"
-    done = subprocess.run(  # noqa: RUF005 (one line would not fit)
+    done = subprocess.run(
         [
             sys.executable,
             "-m",
