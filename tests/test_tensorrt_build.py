@@ -162,3 +162,102 @@ def test_parse_and_build_failures_are_clear():
     trt, _ = fake_tensorrt("10.9.0", plan=None)
     with pytest.raises(PlanBuildError, match="failed to build"):
         build_plan(trt, b"onnx", settings())
+
+
+def _zero_points(path) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {
+        node.input[2]: initializers[node.input[2]]
+        for node in model.graph.node
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2
+    }
+
+
+def _context(tmp_path, net):
+    """A BuildContext for ``net`` (digits_net, 7 classes) and 32 calibration inputs in the input's range."""
+    import torch
+
+    from pih2t_deploy.checkpoint import build_meta
+    from pih2t_deploy.data.preprocessing import Preprocessing
+    from pih2t_deploy.export.builders import BuildContext
+    from pih2t_deploy.export.options import ExportOptions
+    from pih2t_deploy.fold import fold
+    from pih2t_deploy.models import create_arch
+
+    prep = Preprocessing.from_dict(build_meta(net.config)["preprocessing"])
+    folded, _ = fold(net, input_shape=prep.input_shape)
+    images = (torch.rand(32, *prep.input_shape, generator=torch.Generator().manual_seed(0)) * 4 - 2).numpy()
+    return BuildContext(
+        folded=folded,
+        vanilla=create_arch("digits_net", 7, 1).eval(),
+        num_classes=7,
+        prep=prep,
+        options=ExportOptions(output=tmp_path / "out", format="trt", int8=True),
+        metadata={},
+        calibration=lambda: images,
+        log=lambda _m: None,
+    )
+
+
+@pytest.mark.parametrize(("for_tensorrt", "dtype"), [(True, np.int8), (False, np.uint8)])
+def test_the_qdq_graph_for_tensorrt_is_symmetric_signed_int8(tmp_path, digits_net, for_tensorrt, dtype):
+    """The graph handed to TensorRT's parser (TensorRT 11 INT8): every Q/DQ zero point is signed INT8 and 0, and
+    no INT32 (bias) Q/DQ is left. The onnxruntime INT8 artifact keeps UINT8 activations with their zero points
+    (faster on CPUs)."""
+    from pih2t_deploy.export.builders import tensorrt_onnx
+    from pih2t_deploy.export.quantize import quantize_int8
+
+    ctx = _context(tmp_path, digits_net)
+    images = ctx.calibration()
+    if for_tensorrt:
+        path = tensorrt_onnx(ctx, "qdq", images, tmp_path)
+    else:
+        path = tmp_path / "ort.onnx"
+        quantize_int8(tensorrt_onnx(ctx, "fp32", None, tmp_path), path, images)
+    points = _zero_points(path)
+    assert len(points) >= 10
+    activation = [v for v in points.values() if v.ndim == 0]
+    assert {v.dtype for v in activation} == {np.dtype(dtype)}
+    if for_tensorrt:
+        assert {v.dtype for v in points.values()} == {np.dtype(np.int8)}
+        assert all(not v.any() for v in points.values()), "TensorRT needs zero points of 0"
+    else:
+        assert any(v.any() for v in activation), "onnxruntime's UINT8 activations use non-zero zero points"
+
+
+def test_plan_tensors_are_chosen_by_io_mode_not_position():
+    from pih2t_deploy.errors import UserError
+    from pih2t_deploy.runtime.tensorrt_backend import io_tensor_names
+
+    trt = types.SimpleNamespace(TensorIOMode=types.SimpleNamespace(INPUT="in", OUTPUT="out"))
+
+    class Engine:
+        def __init__(self, modes):
+            self.modes = modes
+            self.num_io_tensors = len(modes)
+
+        def get_tensor_name(self, index):
+            return list(self.modes)[index]
+
+        def get_tensor_mode(self, name):
+            return self.modes[name]
+
+    assert io_tensor_names(trt, Engine({"logits": "out", "input": "in"})) == ("input", "logits")
+    with pytest.raises(UserError, match="one of each"):
+        io_tensor_names(trt, Engine({"a": "in", "b": "in", "logits": "out"}))
+
+
+def test_quantizing_leaves_the_global_logging_configuration_alone(tmp_path, digits_net):
+    import logging
+
+    from pih2t_deploy.export.builders import tensorrt_onnx
+
+    root = logging.getLogger()
+    before = (root.level, list(root.filters))
+    ctx = _context(tmp_path, digits_net)
+    tensorrt_onnx(ctx, "qdq", ctx.calibration(), tmp_path)
+    assert (root.level, list(root.filters)) == before

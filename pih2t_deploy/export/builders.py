@@ -138,6 +138,19 @@ def build_torch(ctx: BuildContext, folder: Path) -> Runner:
     return run
 
 
+def tensorrt_onnx(ctx: BuildContext, precision: str, calibration: np.ndarray | None, work: Path) -> Path:
+    """The ONNX file handed to TensorRT's parser, written under ``work``: fp32, fp16, or for 'qdq' a Q/DQ graph
+    with signed INT8 and zero points of 0 throughout (TensorRT rejects UINT8 or non-zero zero points)."""
+    onnx_path = work / "model.onnx"
+    _export_graph(ctx, ctx.folded, onnx_path, half=precision == "fp16")
+    if precision != "qdq":
+        return onnx_path
+    if calibration is None:
+        raise UserError("a TensorRT INT8 plan needs calibration images (--calib-data)")
+    quantize_int8(onnx_path, work / "qdq.onnx", calibration, symmetric=True)
+    return work / "qdq.onnx"
+
+
 def build_tensorrt(ctx: BuildContext, folder: Path) -> Runner:
     """``model.plan``: a TensorRT plan built from this export's ONNX, run through the TensorRT backend."""
     from pih2t_deploy.export.tensorrt_build import PlanSettings, build_plan, onnx_precision_for
@@ -159,11 +172,7 @@ def build_tensorrt(ctx: BuildContext, folder: Path) -> Runner:
     )
     precision = onnx_precision_for(trt, settings)
     with tempfile.TemporaryDirectory() as work:
-        onnx_path = Path(work) / "model.onnx"
-        _export_graph(ctx, ctx.folded, onnx_path, half=precision == "fp16")
-        if precision == "qdq":
-            quantize_int8(onnx_path, Path(work) / "qdq.onnx", settings.calibration)
-            onnx_path = Path(work) / "qdq.onnx"
+        onnx_path = tensorrt_onnx(ctx, precision, settings.calibration, Path(work))
         plan = build_plan(trt, onnx_path.read_bytes(), settings, ctx.log)
     (folder / "model.plan").write_bytes(plan)
     cuda = torch.cuda.get_device_properties(0)

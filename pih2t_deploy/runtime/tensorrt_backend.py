@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,17 @@ def import_tensorrt():
     return tensorrt
 
 
+def io_tensor_names(trt: Any, engine: Any) -> tuple[str, str]:
+    """(input, output) tensor names of ``engine``, chosen by each tensor's I/O mode (never by position: a
+    plan may list its output first); a UserError unless there is exactly one of each."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise UserError(f"the plan has inputs {inputs} and outputs {outputs}; a classifier plan has one of each")
+    return inputs[0], outputs[0]
+
+
 class TensorRTClassifier(Classifier):
     """Runs a serialized TensorRT plan (``model.plan``) on the GPU."""
 
@@ -43,8 +55,7 @@ class TensorRTClassifier(Classifier):
         if self.engine is None:
             raise UserError(f"TensorRT could not deserialize {path} (built with another TensorRT version or GPU?)")
         self.context = self.engine.create_execution_context()
-        self.input_name = self.engine.get_tensor_name(0)
-        self.output_name = self.engine.get_tensor_name(1)
+        self.input_name, self.output_name = io_tensor_names(trt, self.engine)
         self.torch = torch
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
