@@ -65,6 +65,25 @@ def test_build_refuses_to_overwrite_and_to_escape(tmp_path, digits_artifact):
         build_repository(artifact, tmp_path / "repo", RepositorySettings(cpu_python=True, kind="gpu"))
 
 
+def test_build_refuses_a_repository_folder_that_holds_other_models(tmp_path, digits_artifact):
+    """tritonserver loads every folder of its repository: building into one that holds something else would
+    serve that too. Refused (exit 2, one line) unless --force, which adds our models beside the others."""
+    _, artifact = digits_artifact
+    repo = tmp_path / "repo"
+    (repo / "someone_elses_model" / "1").mkdir(parents=True)
+    done = run_cli("triton", "build", "--model", str(artifact), "--repo", str(repo))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: --repo {repo} already holds other entries (someone_elses_model) that tritonserver would load too; "
+        "choose an empty folder, or pass --force to add the models beside them"
+    ]
+    assert sorted(p.name for p in repo.iterdir()) == ["someone_elses_model"]
+    models = build_repository(artifact, repo, RepositorySettings(force=True))
+    assert sorted(p.name for p in repo.iterdir()) == sorted([*models, "someone_elses_model"])
+    done = run_cli("triton", "build", "--model", str(artifact), "--repo", "/proc/pih2t-test/repo")
+    assert done.returncode == 2 and "cannot write in /proc/pih2t-test/repo" in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize(
     ("model", "find", "replace", "message"),
     [
