@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/quickstart
+# The quickstart's serving port; 0 picks a free one.
+PORT ?= 0
 # ONNX Runtime flavour: gpu when nvidia-smi sees a GPU, else cpu; override with `make setup ORT=cpu`.
 ORT ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 # onnxruntime and onnxruntime-gpu write the same folder: switching flavours removes both before installing one.
@@ -30,7 +32,7 @@ test: setup lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 quickstart: setup
-	$(BIN)/python scripts/quickstart.py --run-dir $(RUN_DIR)
+	$(BIN)/python scripts/quickstart.py --run-dir $(RUN_DIR) --port $(PORT)
 
 clean:
 	rm -rf $(RUN_DIR) .pytest_cache .ruff_cache

@@ -26,7 +26,7 @@ def step(number: int, text: str, command: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/quickstart"))
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=0, help="port for the serving step (0: any free port)")
     args = parser.parse_args()
     run, exe = args.run_dir, Path(sys.executable).parent
     started = time.perf_counter()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 
@@ -16,23 +15,18 @@ from PIL import Image
 
 from pih2t_deploy.runtime import load_classifier
 from pih2t_deploy.serving.demo import GROUP_NAMES, DemoSettings, LongTailExplainer, build_demo
+from pih2t_deploy.serving.process import free_port
 from tests import images
 from tests.helpers import run_cli
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo_url(digits_artifact):
     classifier = load_classifier(digits_artifact[1])
     demo = build_demo(classifier, DemoSettings(max_file_mb=0.05))
-    port = _free_port()
+    port = free_port()
     demo.launch(
         server_name="127.0.0.1",
         server_port=port,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pih2t_deploy.atomic import atomic_dir, write_text_atomic
 from pih2t_deploy.checkpoint import build_meta, save_checkpoint
 from pih2t_deploy.data.preprocessing import Preprocessing, to_mode
 from pih2t_deploy.runtime import load_classifier
-from pih2t_deploy.serving.process import wait_ready
+from pih2t_deploy.serving.process import free_port, wait_ready
 from tests import images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,15 +38,9 @@ sys.meta_path.insert(0, _NoTorch())
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _serve_and_classify(command: list[str], env: dict[str, str], cwd: Path) -> tuple[dict, int]:
     """Start ``command --port P``, classify digit 3 and return (answer, server pid) once it has been stopped."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([*command, "--port", str(port), "--log-level", "warning"], env=env, cwd=cwd)
     try:
         wait_ready(f"http://127.0.0.1:{port}", server, timeout_s=120, what="pih2t-serve")

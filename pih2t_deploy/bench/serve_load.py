@@ -3,7 +3,6 @@ nvidia-pytriton is installed) on the ONNX artifact, driven from a separate proce
 
 from __future__ import annotations
 
-import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -11,18 +10,16 @@ from typing import Any
 
 from pih2t_deploy.bench.load import run_load
 from pih2t_deploy.errors import UserError
-from pih2t_deploy.serving.process import start_rest_server
+from pih2t_deploy.serving.process import free_port, require_free_port, start_rest_server
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _rest(artifact: Path, image: Path, concurrencies: list[int], seconds: float, threads: int) -> list[dict[str, Any]]:
-    port = free_port()
+def _rest(
+    artifact: Path, image: Path, concurrencies: list[int], seconds: float, threads: int, port: int
+) -> list[dict[str, Any]]:
+    if port:
+        require_free_port("127.0.0.1", port)
+    else:
+        port = free_port()
     server = start_rest_server(artifact, port, "--max-queue", "4096", "--threads", str(threads))
     try:
         return [run_load(f"http://127.0.0.1:{port}", c, seconds, image) for c in concurrencies]
@@ -55,13 +52,15 @@ def serve_benchmark(
     seconds: float,
     log: Callable[[str], None] = lambda _m: None,
     threads: int = 2,
+    port: int = 0,
 ) -> dict[str, Any]:
     """{server name: [load results per concurrency]}; Triton is skipped (with the reason) when unavailable.
 
-    Both servers get ``threads`` onnxruntime inference threads.
+    Both servers get ``threads`` onnxruntime inference threads; pih2t-serve listens on ``port`` (0: a free
+    one; a busy one is a UserError), Triton on free ports.
     """
     log("serving benchmark: pih2t-serve")
-    results: dict[str, Any] = {"pih2t-serve": _rest(artifact, image, concurrencies, seconds, threads)}
+    results: dict[str, Any] = {"pih2t-serve": _rest(artifact, image, concurrencies, seconds, threads, port)}
     try:
         import pytriton  # noqa: F401
     except ImportError:

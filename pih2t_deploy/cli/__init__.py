@@ -82,6 +82,9 @@ def _run(app: typer.Typer) -> None:
     except VerificationError as exc:
         err_console.print(f"verification failed: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except FloatingPointError as exc:  # training diverged (the message says which stage, epoch and what to do)
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
     except ModuleNotFoundError as exc:
         package = (exc.name or "").split(".")[0]
         if package not in EXTRA_OF_PACKAGE:

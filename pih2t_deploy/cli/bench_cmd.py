@@ -31,6 +31,7 @@ def bench(
     ] = False,
     concurrency: Annotated[str, Opt(help="client concurrencies for --serve")] = "1,8,32",
     serve_seconds: Annotated[float, Opt(help="seconds per concurrency for --serve")] = 10.0,
+    port: Annotated[int, Opt(help="port of pih2t-serve for --serve (0: any free port)", min=0, max=65535)] = 0,
     output: Annotated[Path, Opt("--output", "-o", help="folder for bench.json, bench.md, bench.png")] = Path(
         "runs/bench"
     ),
@@ -60,7 +61,7 @@ def bench(
             raise UserError("--serve needs the onnx format in --formats")
         sample = sorted((Path(__file__).resolve().parents[1] / "samples").glob("*.png"))[0]
         report["serve"] = serve_benchmark(
-            artifact, sample, parse_int_list(concurrency, "--concurrency") or [1], serve_seconds, log
+            artifact, sample, parse_int_list(concurrency, "--concurrency") or [1], serve_seconds, log, port=port
         )
     program = Path(sys.argv[0]).name
     command = " ".join([program if program.startswith("pih2t") else "pih2t", *map(shlex.quote, sys.argv[1:])])

@@ -27,6 +27,7 @@ def demo(
     """Serve a page to upload an image, see top-k with Many/Medium/Few tags, and re-rank with tau."""
     from pih2t_deploy.runtime import load_classifier
     from pih2t_deploy.serving.demo import DemoSettings, launch
+    from pih2t_deploy.serving.process import require_free_port
 
     if share != "never":
         raise ConfigError(
@@ -41,6 +42,7 @@ def demo(
         found = tuple(sorted(p for p in examples.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")))
         if not found:
             raise DataError(f"--examples {examples} holds no .png/.jpg/.webp images")
+    require_free_port(host, port)
     classifier = load_classifier(model, backend)
     err_console.print(f"demo of {classifier.info.name} on http://{host}:{port}", markup=False)
     launch(classifier, host, port, DemoSettings(max_file_mb=max_file_mb, examples=found))

@@ -13,6 +13,17 @@ from pih2t_deploy.cli.common import console, log, parse_int_list, parse_str_list
 Opt = typer.Option
 
 
+def graph_summary(graph: dict, arch: str) -> str:
+    """One line comparing the exported graph's operators with the vanilla backbone's."""
+    if graph["identical"]:
+        return f"graph: {graph['exported_nodes']} nodes, operator counts identical to the vanilla {arch}"
+    extra = ", ".join(f"{count:+d} {op}" for op, count in graph["difference"].items())
+    return (
+        f"graph: {graph['exported_nodes']} nodes ({graph['vanilla_nodes']} in the vanilla {arch}); "
+        f"operators beyond it: {extra}"
+    )
+
+
 def export(
     ckpt: Annotated[Path, Opt("--ckpt", help="model.pt (pih2t/1), or a file saved by the authors' H2T code")],
     output: Annotated[Path, Opt("--output", "-o", help="artifact folder to write")] = Path("exports/model"),
@@ -96,8 +107,5 @@ def export(
     console.print(table)
     graph = manifest.get("graph")
     if graph:
-        verdict = "identical to" if graph["identical"] else f"differs from ({graph['difference']})"
-        console.print(
-            f"graph: {graph['exported_nodes']} nodes, operator counts {verdict} the vanilla {manifest['meta']['arch']}"
-        )
+        console.print(graph_summary(graph, manifest["meta"]["arch"]), markup=False, highlight=False)
     console.print(f"wrote {result.folder}/ ({', '.join(manifest['files'])}, model.json)")

@@ -32,6 +32,7 @@ def serve(
     import uvicorn
 
     from pih2t_deploy.runtime import load_classifier
+    from pih2t_deploy.serving.process import require_free_port
     from pih2t_deploy.serving.rest import ServeSettings, create_app
 
     if not 0 < port < 65536:
@@ -40,6 +41,7 @@ def serve(
         raise ConfigError(
             "--max-batch/--max-queue must be >= 1, --max-wait-ms >= 0, --max-upload-mb and --timeout-s > 0"
         )
+    require_free_port(host, port)
     classifier = load_classifier(model, backend, device=device, threads=threads, name=name)
     err_console.print(
         f"serving {classifier.info.name} ({classifier.info.num_classes} classes, {classifier.describe()}) "

@@ -30,6 +30,9 @@ def train(
         extra.append(f"seed={seed}")
     config = load_recipe(recipe, extra)
     result = Trainer(config, output, resume=resume, log=log).run()
+    if result.already_complete:
+        console.print(f"the run in {output} is complete: {result.model_path} (run without --resume to train again)")
+        return
     console.print(f"wrote {result.stage1_path}, {result.model_path} and {output / 'metrics.json'}")
 
 

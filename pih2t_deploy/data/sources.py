@@ -17,7 +17,7 @@ from torchvision.transforms import v2 as T
 
 from pih2t_deploy.data.datasets import ArrayImages, FileImages, LabelledImages, require_every_class
 from pih2t_deploy.data.longtail import GroupThresholds, longtail_counts, select_longtail
-from pih2t_deploy.data.preprocessing import CIFAR_MEAN, CIFAR_STD, Preprocessing, to_mode
+from pih2t_deploy.data.preprocessing import CIFAR_MEAN, CIFAR_STD, MODES, Preprocessing, to_mode
 from pih2t_deploy.errors import ConfigError, DataError
 from pih2t_deploy.settings import reject_unknown
 
@@ -40,6 +40,7 @@ class DataConfig:
     augment: str = "none"
     input_size: int | None = None
     resize: int | None = None
+    mode: str = "RGB"
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -48,6 +49,8 @@ class DataConfig:
             raise ConfigError(f"unknown augment {self.augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
         if self.imbalance_factor < 1:
             raise ConfigError(f"imbalance_factor must be >= 1, got {self.imbalance_factor}")
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown data.mode {self.mode!r}; choose RGB (colour) or L (grayscale)")
 
     @property
     def thresholds(self) -> GroupThresholds:
@@ -264,8 +267,13 @@ def _image_folders(config: DataConfig) -> tuple[FileImages, FileImages, Preproce
 
 
 def _imagenet_prep(config: DataConfig) -> Preprocessing:
+    """Folder and split-file data: ``data.input_size`` (224) after resizing the shorter side to ``data.resize``
+    (256/224 of it), in ``data.mode``; ImageNet statistics for RGB, 0.5/0.5 for grayscale."""
     size = config.input_size or 224
-    return Preprocessing(size, config.resize or max(size, round(size * 256 / 224)), "RGB")
+    resize = config.resize or max(size, round(size * 256 / 224))
+    if config.mode == "L":
+        return Preprocessing(size, resize, "L", (0.5,), (0.5,))
+    return Preprocessing(size, resize, "RGB")
 
 
 def build_data(config: DataConfig) -> DataBundle:

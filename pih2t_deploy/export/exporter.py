@@ -115,6 +115,11 @@ def export_checkpoint(
     _check_output(output, options.force)
     ckpt = load_checkpoint(ckpt_path, class_counts=options.class_counts, class_names=options.class_names, log=log)
     meta, prep = ckpt.meta, ckpt.preprocessing
+    if options.logit_adjust_tau and ckpt.class_counts is None:
+        raise UserError(
+            f"--logit-adjust needs the training images per class, which {ckpt_path} does not record; "
+            "pass them with --class-counts N1,N2,... (one per class, in class order)"
+        )
     log(f"loaded {ckpt_path}: {meta['arch']}, method {meta['method']}, {meta['num_classes']} classes")
     eval_images = load_images(options.eval_data, ckpt, split="test") if options.eval_data else None
     folded, fold_report = fold(

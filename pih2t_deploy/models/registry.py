@@ -25,6 +25,7 @@ class ArchSpec:
     num_features: int
     default_input_size: int
     in_channels: tuple[int, ...]
+    input_sizes: tuple[int, int]
     torchvision_name: str | None = None
 
 
@@ -50,6 +51,25 @@ def get_arch(name: str) -> ArchSpec:
         return _REGISTRY[name]
     except KeyError:
         raise ConfigError(f"unknown architecture {name!r}; choose one of: {', '.join(arch_names())}") from None
+
+
+def check_input_fits(name: str, input_size: int, channels: int) -> None:
+    """ConfigError, saying how to fix it, when ``input_size`` x ``input_size`` images with ``channels`` channels
+    are not what architecture ``name`` is built for (e.g. 224-pixel photos fed to the 8x8 ``digits_net``
+    train at chance level)."""
+    spec = get_arch(name)
+    low, high = spec.input_sizes
+    if not low <= input_size <= high:
+        fitting = [a for a in arch_names() if get_arch(a).input_sizes[0] <= input_size <= get_arch(a).input_sizes[1]]
+        raise ConfigError(
+            f"model.arch={name} is built for {low}..{high}-pixel inputs but the preprocessing gives "
+            f"{input_size}x{input_size} (data.input_size); set data.input_size/data.resize to fit "
+            f"(e.g. data.input_size={spec.default_input_size} data.resize={spec.default_input_size})"
+            + (f" or choose model.arch from {', '.join(fitting)}" if fitting else "")
+        )
+    if channels not in spec.in_channels:
+        modes = " or ".join("data.mode=L" if c == 1 else "data.mode=RGB" for c in spec.in_channels)
+        raise ConfigError(f"model.arch={name} takes {'/'.join(map(str, spec.in_channels))}-channel images: set {modes}")
 
 
 def create_arch(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:

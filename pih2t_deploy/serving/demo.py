@@ -173,8 +173,10 @@ def build_demo(classifier: Classifier, settings: DemoSettings | None = None):
 
 
 def launch(classifier: Classifier, host: str, port: int, settings: DemoSettings, **kwargs: Any) -> None:
-    """Serve the demo (blocking); never shares a public link."""
+    """Serve the demo (blocking); never shares a public link. Gradio's own start-up lines (its hint to set
+    share=True among them) are silenced: the CLI prints the address itself."""
     demo = build_demo(classifier, settings)
+    kwargs.setdefault("quiet", True)
     demo.launch(
         server_name=host,
         server_port=port,

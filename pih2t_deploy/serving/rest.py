@@ -295,6 +295,7 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
             input_shape=list(classifier.input_shape),
             preprocessing=info.preprocessing.to_dict(),
             meta={k: v for k, v in info.manifest.items() if k not in ("files",)},
+            pid=os.getpid(),
         )
 
     @app.get("/metrics", include_in_schema=False)

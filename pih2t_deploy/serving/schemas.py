@@ -45,6 +45,7 @@ class ModelCard(BaseModel):
     input_shape: list[int]
     preprocessing: dict
     meta: dict
+    pid: int = Field(description="process id of the serving process (tells two servers on one port apart)")
 
 
 class LiveResponse(BaseModel):

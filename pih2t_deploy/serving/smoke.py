@@ -10,18 +10,19 @@ from pathlib import Path
 
 import httpx
 
-from pih2t_deploy.serving.process import start_rest_server
+from pih2t_deploy.serving.process import free_port, start_rest_server
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=0, help="0 (default): any free port")
     parser.add_argument("images", nargs="+", type=Path)
     args = parser.parse_args()
-    url = f"http://127.0.0.1:{args.port}"
-    print(f"$ pih2t-serve --model {args.model} --port {args.port}", flush=True)
-    server = start_rest_server(args.model, args.port)
+    port = args.port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    print(f"$ pih2t-serve --model {args.model} --port {port}", flush=True)
+    server = start_rest_server(args.model, port)
     try:
         files = [("files", (p.name, p.read_bytes(), "image/png")) for p in args.images]
         print(f"$ curl -F files=@{args.images[0].name} ... '{url}/v1/classify?top_k=3'", flush=True)

@@ -31,7 +31,7 @@ from pih2t_deploy.data.samplers import make_sampler
 from pih2t_deploy.data.sources import DataBundle, build_data
 from pih2t_deploy.errors import ConfigError, DataError
 from pih2t_deploy.fusion import h2t_fuse
-from pih2t_deploy.models import NetworkConfig, PIH2TNet
+from pih2t_deploy.models import NetworkConfig, PIH2TNet, check_input_fits
 from pih2t_deploy.training import distributed as dist_utils
 from pih2t_deploy.training.evaluate import predict, summarize
 from pih2t_deploy.training.losses import build_loss
@@ -51,6 +51,7 @@ class TrainResult:
     model_path: Path
     stage1_path: Path
     metrics: dict[str, Any] = field(default_factory=dict)
+    already_complete: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,6 +97,8 @@ class Trainer:
     # ----------------------------------------------------------------- set-up
     def _network(self, bundle: DataBundle) -> PIH2TNet:
         model = self.recipe.model
+        prep = bundle.preprocessing
+        check_input_fits(model.arch, prep.input_size, prep.channels)
         config = NetworkConfig(
             arch=model.arch,
             num_classes=bundle.train.num_classes,
@@ -333,8 +336,27 @@ class Trainer:
         )
         save_checkpoint(path, net, meta)
 
+    def _finished_run(self) -> TrainResult | None:
+        """With --resume, a run that already finished in the output folder (no train state left, model.pt and
+        metrics.json written): returned as it is, so nothing is retrained."""
+        model_path, metrics_path = self.output / "model.pt", self.output / "metrics.json"
+        if not self.resume or self._state_path().exists() or not (model_path.is_file() and metrics_path.is_file()):
+            return None
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        if metrics.get("recipe") != self.recipe.name:
+            raise ConfigError(
+                f"{self.output} holds a finished run of recipe {metrics.get('recipe')!r}, not {self.recipe.name!r}; "
+                "choose another --output"
+            )
+        self.log(f"{self.output} holds a finished run ({model_path.name}, {metrics_path.name}): nothing to resume")
+        return TrainResult(self.output, model_path, self.output / "stage1.pt", metrics, already_complete=True)
+
     def run(self) -> TrainResult:
-        """Train both stages (or continue them) and write stage1.pt, model.pt and metrics.json."""
+        """Train both stages (or continue them) and write stage1.pt, model.pt and metrics.json; with --resume
+        on a finished run, return it untouched."""
+        finished = self._finished_run()
+        if finished is not None:
+            return finished
         self.output.mkdir(parents=True, exist_ok=True)
         try:
             bundle = build_data(self.recipe.data)

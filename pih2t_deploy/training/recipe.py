@@ -144,7 +144,6 @@ def _read_yaml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {path} must be a mapping of settings")
-    raw.setdefault("name", Path(path.name).stem)
     base = raw.pop("base", None)
     if base is None:
         return raw
@@ -214,5 +213,15 @@ def build_recipe(raw: dict[str, Any]) -> Recipe:
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
-    """Read a shipped recipe by name (or a YAML path), apply overrides, validate."""
-    return build_recipe(apply_overrides(_read_yaml(name_or_path), overrides or []))
+    """Read a shipped recipe by name (or a YAML path), apply overrides, validate.
+
+    The run's (and so the served model's) name is ``name`` when the recipe or an override sets it; otherwise
+    the image folder's name for ``data.source=imagefolder`` (your data set names your model), else the
+    recipe's file name.
+    """
+    raw = apply_overrides(_read_yaml(name_or_path), overrides or [])
+    if raw.get("name") is None:
+        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        root = data.get("root") if data.get("source") == "imagefolder" else None
+        raw["name"] = Path(str(root)).resolve().name if root else Path(name_or_path).stem
+    return build_recipe(raw)
