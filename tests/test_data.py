@@ -9,6 +9,7 @@ from PIL import Image
 from pih2t_deploy.data.longtail import GroupThresholds, longtail_counts
 from pih2t_deploy.data.sources import DataConfig, build_data
 from pih2t_deploy.errors import ConfigError, DataError
+from tests.python2_pickle import dump_python2
 
 
 def test_longtail_profile_matches_the_published_cifar100_lt_size():
@@ -18,6 +19,7 @@ def test_longtail_profile_matches_the_published_cifar100_lt_size():
 
 
 def _write_cifar100(root, per_class=500, test_per_class=2):
+    """The CIFAR-100 python files as Python 2 wrote them (train, test, meta), each image marked with its label."""
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     labels = np.repeat(np.arange(100), per_class)
@@ -27,10 +29,62 @@ def _write_cifar100(root, per_class=500, test_per_class=2):
         ("train", data, labels),
         ("test", data[: 100 * test_per_class], np.repeat(np.arange(100), test_per_class)),
     ):
-        with (folder / name).open("wb") as handle:
-            pickle.dump({b"data": rows, b"fine_labels": fine.tolist()}, handle)
-    with (folder / "meta").open("wb") as handle:
-        pickle.dump({b"fine_label_names": [f"class{i}".encode() for i in range(100)]}, handle)
+        dump_python2(
+            {
+                "filenames": [f"img_{i}.png" for i in range(len(rows))],
+                "batch_label": f"{name}ing batch 1 of 1",
+                "fine_labels": fine.tolist(),
+                "coarse_labels": (fine // 5).tolist(),
+                "data": rows,
+            },
+            folder / name,
+        )
+    dump_python2(
+        {"fine_label_names": [f"class{i}" for i in range(100)], "coarse_label_names": [f"super{i}" for i in range(20)]},
+        folder / "meta",
+    )
+
+
+def _cifar10_image(index: int) -> np.ndarray:
+    """A distinct 32x32 RGB picture for image ``index``: red rises along rows, green along columns, blue is
+    the index."""
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    return np.stack([rows * 8, cols * 8, np.full((32, 32), index % 256)], axis=-1).astype(np.uint8)
+
+
+def _write_cifar10(root, per_class=20):
+    """The CIFAR-10 python files as Python 2 wrote them: data_batch_1..5 and test_batch with the key 'labels'
+    and rows of 3072 bytes in planar order (1024 red, then green, then blue), batches.meta with label_names."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    labels = np.repeat(np.arange(10), per_class)
+    images = np.stack([_cifar10_image(i) for i in range(len(labels))])
+    planar = images.transpose(0, 3, 1, 2).reshape(len(labels), 3072)
+    order = np.random.default_rng(0).permutation(len(labels))
+    for batch, part in enumerate(np.array_split(order, 5), start=1):
+        dump_python2(
+            {"batch_label": f"training batch {batch} of 5", "labels": labels[part].tolist(), "data": planar[part]},
+            folder / f"data_batch_{batch}",
+        )
+    dump_python2(
+        {"batch_label": "testing batch 1 of 1", "labels": labels.tolist(), "data": planar}, folder / "test_batch"
+    )
+    dump_python2({"label_names": names, "num_cases_per_batch": 10000, "num_vis": 3072}, folder / "batches.meta")
+    return images, labels, names
+
+
+def test_cifar10_python2_files_decode_to_the_right_pixels_and_labels(tmp_path):
+    images, labels, names = _write_cifar10(tmp_path)
+    bundle = build_data(DataConfig(source="cifar10-lt", root=str(tmp_path), imbalance_factor=10))
+    assert bundle.test.class_names == names and bundle.test.targets == labels.tolist()
+    for index in (0, 37, 199):
+        np.testing.assert_array_equal(np.asarray(bundle.test.image(index)), images[index])
+    assert bundle.train.class_counts == longtail_counts(20, 10, 10)
+    for position in range(len(bundle.train)):  # every kept training image is the one written with its label
+        blue = int(bundle.train.pixels[position, 0, 0, 2])
+        assert bundle.train.targets[position] == labels[blue]
+        np.testing.assert_array_equal(bundle.train.pixels[position], images[blue])
 
 
 def test_cifar100_lt_if100_from_a_synthetic_folder_has_10847_images(tmp_path):

@@ -72,6 +72,33 @@ def test_unusual_but_valid_images_are_classified(server, name):
     assert len(answer.json()["results"][0]["predictions"]) == 5
 
 
+def _all_scores(server: str, blob: bytes) -> np.ndarray:
+    answer = httpx.post(f"{server}/v1/classify", files={"file": ("x.png", blob)}, params={"top_k": 10})
+    assert answer.status_code == 200, answer.text
+    scores = np.zeros(10)
+    for p in answer.json()["results"][0]["predictions"]:
+        scores[p["index"]] = p["score"]
+    return scores
+
+
+def test_16_bit_and_transparent_images_follow_the_documented_rule(server, classifier):
+    """16-bit images are scaled to 8 bits (not clipped); transparency is composited over white (not black).
+    The pixels after preprocessing, and the served scores, equal those of the 8-bit image the rule gives."""
+    gray = np.asarray(Image.open(io.BytesIO(images.sample(3))))
+    sixteen = Image.fromarray(gray.astype(np.uint16) * 257, "I;16")
+    visible = (np.indices(gray.shape).sum(axis=0) % 2).astype(bool)  # a checkerboard of opaque pixels
+    rgba = np.dstack([np.where(visible, gray, 0)] * 3 + [np.where(visible, 255, 0)]).astype(np.uint8)
+    cases = {
+        "16-bit": (sixteen, gray),
+        "rgba": (Image.fromarray(rgba, "RGBA"), np.where(visible, gray, 255).astype(np.uint8)),
+    }
+    prep = classifier.info.preprocessing
+    for name, (picture, expected) in cases.items():
+        np.testing.assert_array_equal(prep.pixels(picture)[..., 0], expected, err_msg=name)
+        reference = classifier.probabilities(classifier.predict(prep.to_numpy([Image.fromarray(expected, "L")])))[0]
+        np.testing.assert_allclose(_all_scores(server, images.encode(picture)), reference, atol=1e-6, err_msg=name)
+
+
 def test_exif_rotation_is_applied(server, classifier):
     image = Image.open(io.BytesIO(images.sample(7))).convert("RGB").resize((32, 16))
     exif = Image.Exif()

@@ -47,7 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     written = write_digits_folder(args.root, args.imbalance_factor, args.seed)
     for split, counts in written.items():
-        print(f"{args.root / split}: {sum(counts.values())} images, " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        per_class = ", ".join(f"{name} {count}" for name, count in counts.items())
+        print(f"{args.root / split}: {sum(counts.values())} images ({per_class})")
 
 
 if __name__ == "__main__":
