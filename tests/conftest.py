@@ -30,3 +30,11 @@ def digits_artifact(tmp_path_factory):
     result = Trainer(recipe, root / "run", log=lambda _m: None).run()
     export_checkpoint(result.model_path, ExportOptions(output=root / "export"))
     return result.model_path, root / "export"
+
+
+@pytest.fixture(scope="session")
+def digits_eval(digits_artifact, tmp_path_factory) -> dict:
+    """``pih2t-eval``'s summary of the digits checkpoint (its recorded thresholds are 40/10, not 100/20)."""
+    from pih2t_deploy.training.evaluation_run import evaluate_checkpoint
+
+    return evaluate_checkpoint(digits_artifact[0], tmp_path_factory.mktemp("digits-eval"), device="cpu")

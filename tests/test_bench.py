@@ -12,7 +12,7 @@ from pih2t_deploy.errors import ConfigError
 from tests.helpers import run_cli
 
 
-def test_bench_writes_json_markdown_and_a_png(tmp_path, digits_artifact):
+def test_bench_writes_json_markdown_and_a_png(tmp_path, digits_artifact, digits_eval):
     ckpt, _ = digits_artifact
     done = run_cli(
         "bench",
@@ -40,6 +40,8 @@ def test_bench_writes_json_markdown_and_a_png(tmp_path, digits_artifact):
     assert report["formats"]["trt"]["status"] == "skipped" and "TensorRT" in report["formats"]["trt"]["reason"]
     assert report["formats"]["onnx"]["verification"][0]["passed"]
     assert report["accuracy"]["onnx"]["top1"] == pytest.approx(report["accuracy"]["torch"]["top1"])
+    for group in ("many", "medium", "few"):  # the checkpoint's thresholds (40/10), as pih2t-eval uses them
+        assert report["accuracy"]["torch"][group] == pytest.approx(digits_eval[group]), group
     with Image.open(tmp_path / "b" / "bench.png") as image:
         image.verify()
     markdown = (tmp_path / "b" / "bench.md").read_text()

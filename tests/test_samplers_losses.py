@@ -1,5 +1,7 @@
 """Samplers' distributions and every loss against its formula."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -84,3 +86,46 @@ def test_gcl_perturbs_tail_logits_more_and_needs_a_cosine_head():
         build_loss("focal", COUNTS, head="linear", cosine_scale=16)
     with pytest.raises(ConfigError, match="does not take"):
         build_loss("ldam", COUNTS, head="linear", cosine_scale=16, gamma=2.0)
+
+
+def test_ldam_against_hand_computed_numbers():
+    """Two classes with 16 and 1 training images. Margins C / n^(1/4): 16^-1/4 = 0.5 and 1, scaled so the
+    largest is max_margin 0.5 -> 0.25 and 0.5. DRW weights from the effective number (1 - beta^n) / (1 - beta)
+    with beta 0.5: 1.99997 and 1, inverted and normalised to sum to C = 2 -> 0.666673 and 1.333327."""
+    loss = LDAMLoss([16, 1], max_margin=0.5, s=1.0, drw_epoch=3, beta=0.5)
+    assert loss.margins.tolist() == pytest.approx([0.25, 0.5])
+    assert loss.drw_weights.tolist() == pytest.approx([0.666673448, 1.333326552], rel=1e-6)
+    logits, target = torch.tensor([[1.0, 2.0]]), torch.tensor([0])
+    # s (z - m e_y) = [0.75, 2.0]; CE = log(e^0.75 + e^2) - 0.75
+    assert loss(logits, target, epoch=0).item() == pytest.approx(1.5019290813, rel=1e-6)
+    batch, targets = torch.tensor([[1.0, 2.0], [1.0, 2.0]]), torch.tensor([0, 1])
+    # after drw_epoch: a weighted mean, (w0 * 1.50193 + w1 * CE([1, 1.5], 1)) / (w0 + w1)
+    other = math.log(math.exp(1.0) + math.exp(1.5)) - 1.5
+    expected = (0.666673448 * 1.5019290813 + 1.333326552 * other) / 2.0
+    assert loss(batch, targets, epoch=3).item() == pytest.approx(expected, rel=1e-6)
+    assert loss(batch, targets, epoch=2).item() == pytest.approx((1.5019290813 + other) / 2, rel=1e-6)
+
+
+def test_gcl_without_noise_is_cross_entropy_with_the_log_prior_added():
+    """Counts 3 and 1: prior 0.75 / 0.25. With zero logits and target 1, CE(0 + log prior) = -log 0.25 =
+    1.386294 (a flipped sign would give 0.287682). The relative cloud sizes m: 0 for the head, 1 for the tail."""
+    loss = GCLLoss([3, 1], scale=16.0, noise_mul=0.0)
+    assert loss.m.tolist() == [0.0, 1.0]
+    assert loss(torch.zeros(1, 2), torch.tensor([1])).item() == pytest.approx(1.3862944, rel=1e-6)
+
+
+def test_gcl_noise_is_the_absolute_value_of_a_clipped_gaussian_of_variance_one_third():
+    """With logits 0 and the tail class's cloud m = 1, the tail logit is -scale * noise_mul * |eps|: recovered
+    from the loss of a two-class problem, |eps| has the mean of |N(0, 1/3)| clipped to 1 (0.4409)."""
+    loss = GCLLoss([1, 2], scale=1.0, noise_mul=1.0)  # class 0 is the tail (m = 1), class 1 the head (m = 0)
+    torch.manual_seed(0)
+    samples = []
+    for _ in range(4000):
+        value = loss(torch.zeros(1, 2), torch.tensor([1])).item()
+        # CE for the head target: log(1 + exp(t - h)), t = -|eps| + log p0, h = log p1
+        log_p0, log_p1 = math.log(1 / 3), math.log(2 / 3)
+        samples.append(-(math.log(math.expm1(value)) - log_p0 + log_p1))
+    eps = np.array(samples)
+    assert eps.min() >= -1e-6 and eps.max() <= 1 + 1e-6
+    assert eps.mean() == pytest.approx(0.4409, abs=0.015)
+    assert (eps > 0.99).mean() == pytest.approx(0.0833, abs=0.02)  # P(|N(0, 1/3)| > 1) = 2 (1 - Phi(sqrt 3))

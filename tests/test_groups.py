@@ -1,0 +1,88 @@
+"""Many / Medium / Few: membership and accuracies on a hand-made prediction table, and the thresholds a
+checkpoint records being the ones eval, export, bench and the demo use (never the 100/20 defaults)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pih2t_deploy.data.longtail import GroupThresholds
+from pih2t_deploy.training.evaluate import summarize
+from tests.helpers import run_cli
+
+# 7 classes; with thresholds 100/20: 150 and 101 are Many, 100, 50 and 20 Medium, 19 and 5 Few.
+COUNTS = [150, 100, 101, 50, 20, 19, 5]
+# (class, test images, of which correct)
+TABLE = [(0, 4, 3), (1, 2, 1), (2, 2, 2), (3, 2, 0), (4, 2, 2), (5, 2, 0), (6, 4, 1)]
+
+
+def _predictions() -> tuple[np.ndarray, np.ndarray]:
+    """Logits and targets realising TABLE: a correct image scores its class highest, a wrong one class
+    (c + 1) % 7."""
+    logits, targets = [], []
+    for cls, total, correct in TABLE:
+        for i in range(total):
+            row = np.zeros(7, dtype=np.float32)
+            row[cls if i < correct else (cls + 1) % 7] = 5.0
+            logits.append(row)
+            targets.append(cls)
+    return np.stack(logits), np.array(targets)
+
+
+def test_group_membership_and_accuracies_by_hand():
+    logits, targets = _predictions()
+    summary = summarize(logits, targets, COUNTS, GroupThresholds(100, 20))
+    assert summary["groups"] == ["many", "medium", "many", "medium", "medium", "few", "few"]
+    assert summary["many"] == pytest.approx(5 / 6)  # classes 0, 2: 3 + 2 of 4 + 2
+    assert summary["medium"] == pytest.approx(3 / 6)  # classes 1, 3, 4: 1 + 0 + 2 of 2 + 2 + 2
+    assert summary["few"] == pytest.approx(1 / 6)  # classes 5, 6: 0 + 1 of 2 + 4
+    assert summary["top1"] == pytest.approx(9 / 18)
+    assert summary["per_class"] == pytest.approx([0.75, 0.5, 1.0, 0.0, 1.0, 0.0, 0.25])
+    other = summarize(logits, targets, COUNTS, GroupThresholds(40, 10))
+    assert other["groups"] == ["many", "many", "many", "many", "medium", "medium", "few"]
+    assert (other["many"], other["medium"], other["few"]) == pytest.approx((6 / 10, 2 / 4, 1 / 4))
+    assert other["thresholds"] == {"many": 40, "few": 10}
+
+
+def test_thresholds_come_from_the_metadata():
+    assert GroupThresholds.from_meta({"data": {"many_threshold": 40, "few_threshold": 10}}) == GroupThresholds(40, 10)
+    assert GroupThresholds.from_meta({}) == GroupThresholds(100, 20)
+
+
+def _digits_groups(meta: dict) -> list[str]:
+    return GroupThresholds(meta["data"]["many_threshold"], meta["data"]["few_threshold"]).groups(meta["class_counts"])
+
+
+def test_eval_uses_the_checkpoints_thresholds(digits_artifact, tmp_path):
+    """Digits-LT records 40/10; with the defaults (100/20) only one of its classes would be Many."""
+    ckpt, _ = digits_artifact
+    done = run_cli("eval", "--ckpt", str(ckpt), "--output", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert summary["thresholds"] == {"many": 40, "few": 10}
+    per_class, groups = np.array(summary["per_class"]), np.array(summary["groups"])
+    for group in ("many", "medium", "few"):  # 50 test images per class: the group mean is the per-class mean
+        assert summary[group] == pytest.approx(per_class[groups == group].mean())
+    assert (groups == "many").sum() >= 3 and (groups == "few").sum() >= 3
+
+
+def test_export_judges_groups_by_the_checkpoints_thresholds(digits_artifact, digits_eval, tmp_path):
+    from pih2t_deploy.export.exporter import export_checkpoint
+    from pih2t_deploy.export.options import ExportOptions
+
+    result = export_checkpoint(digits_artifact[0], ExportOptions(output=tmp_path / "e", eval_data="recipe"))
+    for group in ("many", "medium", "few"):
+        assert result.manifest["accuracy"]["pytorch"][group] == pytest.approx(digits_eval[group]), group
+
+
+def test_demo_tags_classes_by_the_artifacts_thresholds(digits_artifact):
+    from pih2t_deploy.runtime import load_classifier
+    from pih2t_deploy.serving.demo import LongTailExplainer
+
+    classifier = load_classifier(digits_artifact[1])
+    meta = classifier.info.manifest["meta"]
+    explainer = LongTailExplainer(classifier)
+    assert explainer.groups == _digits_groups(meta)
+    assert explainer.groups != GroupThresholds().groups(meta["class_counts"])
