@@ -236,3 +236,43 @@ def test_authors_checkpoint_exports_through_the_cli(tmp_path):
     assert manifest["meta"]["stage"] is None and manifest["meta"]["imported_from"]["its_ece"] == 21.375
     assert (tmp_path / "out" / "labels.txt").read_text().splitlines()[3] == "class3"
     assert manifest["graph"]["identical"]
+
+
+def test_the_int8_gate_refuses_a_model_that_loses_only_tail_accuracy(tmp_path, digits_artifact, monkeypatch):
+    """An INT8 model that misclassifies 6 tail (Few) test images it used to get right, and nothing else: Few
+    loses 3 points (6 of 200 images) while top-1 loses only 1.2 (6 of 500), under the 2-point limit. The gate
+    must refuse it for Few; a gate that looked at top-1 alone would let it through."""
+    from pih2t_deploy.checkpoint import load_checkpoint
+    from pih2t_deploy.data.longtail import GroupThresholds
+    from pih2t_deploy.export import exporter
+    from pih2t_deploy.export.real_images import load_images
+
+    ckpt_path, artifact = digits_artifact
+    ckpt = load_checkpoint(ckpt_path)
+    found = load_images("recipe", ckpt, split="test")
+    inputs = ckpt.preprocessing.to_numpy(found.images)
+    classifier = load_classifier(artifact)
+    predicted = classifier.predict(inputs).argmax(axis=1)
+    groups = GroupThresholds.from_meta(ckpt.meta).groups(ckpt.class_counts)
+    tail_hits = [i for i, label in enumerate(found.labels) if groups[label] == "few" and predicted[i] == label]
+    spoiled = {inputs[i].tobytes() for i in tail_hits[:6]}
+    assert len(spoiled) == 6
+    real_builder = exporter.BUILDERS["onnx-int8"]
+
+    def tail_losing_builder(ctx, folder):
+        runner = real_builder(ctx, folder)
+
+        def run(x):
+            out = runner(x).copy()
+            for row in range(len(x)):
+                if x[row].tobytes() in spoiled:
+                    out[row] = np.roll(out[row], 1)  # the former top-1 class moves one place on: now wrong
+            return out
+
+        return run
+
+    monkeypatch.setitem(exporter.BUILDERS, "onnx-int8", tail_losing_builder)
+    options = ExportOptions(output=tmp_path / "q", format="onnx-int8", calib_data="recipe", eval_data="recipe")
+    with pytest.raises(VerificationError, match=r"INT8 quantization costs [3-9]\.\d points of accuracy on few"):
+        export_checkpoint(ckpt_path, options)
+    assert not (tmp_path / "q").exists()
