@@ -343,3 +343,60 @@ def test_torch_backend_serves_a_checkpoint_with_the_same_answers(digits_artifact
     batch = classifier.info.preprocessing.to_numpy([Image.open(io.BytesIO(images.sample(i))) for i in range(10)])
     np.testing.assert_allclose(torch_classifier.predict(batch), classifier.predict(batch), atol=1e-4)
     assert torch_classifier.info.labels == classifier.info.labels
+
+
+def test_concurrent_multi_image_requests_get_their_own_rows(server, classifier):
+    """Requests of 1 to 7 images each, sent at once, share micro-batches (max 16 images, so some requests
+    straddle two batches): every row of every answer equals the single-image answer for that image."""
+    digits = [images.sample(i) for i in range(10)]
+    reference = {i: _all_scores(server, digits[i]) for i in range(10)}
+    plans = [[(start + k) % 10 for k in range(size)] for start, size in enumerate([1, 7, 3, 5, 2, 6, 4, 7, 1, 5, 3, 6])]
+
+    def ask(plan):
+        files = [("files", (f"{i}.png", digits[i], "image/png")) for i in plan]
+        return httpx.post(f"{server}/v1/classify", files=files, params={"top_k": 10}, timeout=60)
+
+    for _ in range(3):
+        with concurrent.futures.ThreadPoolExecutor(len(plans)) as pool:
+            answers = list(pool.map(ask, plans))
+        for plan, answer in zip(plans, answers, strict=True):
+            assert answer.status_code == 200, answer.text
+            results = answer.json()["results"]
+            assert [r["filename"] for r in results] == [f"{i}.png" for i in plan]
+            for digit, result in zip(plan, results, strict=True):
+                scores = np.zeros(10)
+                for p in result["predictions"]:
+                    scores[p["index"]] = p["score"]
+                np.testing.assert_allclose(scores, reference[digit], atol=1e-6, err_msg=f"image {digit} of {plan}")
+
+
+def test_v2_json_and_binary_tensors_agree_element_by_element(server, classifier):
+    """The same request through the JSON and the binary tensor encodings, both ways, and the classification
+    extension in JSON and binary: element by element equal to onnxruntime and to each other."""
+    client = triton_http.InferenceServerClient(server.removeprefix("http://"))
+    try:
+        blobs = [images.sample(i) for i in (3, 1, 4, 1, 5)]
+        tensor = classifier.info.preprocessing.to_numpy([Image.open(io.BytesIO(b)) for b in blobs])
+        expected = classifier.predict(tensor)
+        outputs = {}
+        for inp_binary in (True, False):
+            raw = triton_http.InferInput("input", list(tensor.shape), "FP32")
+            raw.set_data_from_numpy(tensor, binary_data=inp_binary)
+            for out_binary in (True, False):
+                wanted = [triton_http.InferRequestedOutput("logits", binary_data=out_binary)]
+                outputs[inp_binary, out_binary] = client.infer("digits-lt", [raw], outputs=wanted).as_numpy("logits")
+        for key, logits in outputs.items():
+            np.testing.assert_allclose(logits, expected, rtol=1e-6, atol=1e-6, err_msg=str(key))
+        raw = triton_http.InferInput("input", list(tensor.shape), "FP32")
+        raw.set_data_from_numpy(tensor, binary_data=False)
+        tops = {}
+        for out_binary in (True, False):
+            wanted = [triton_http.InferRequestedOutput("logits", class_count=4, binary_data=out_binary)]
+            top = client.infer("digits-lt", [raw], outputs=wanted).as_numpy("logits")
+            tops[out_binary] = [[(v.decode() if isinstance(v, bytes) else v) for v in row] for row in top]
+        assert tops[True] == tops[False]
+        for row, logit_row in zip(tops[False], expected, strict=True):
+            assert [int(item.split(":")[1]) for item in row] == list(np.argsort(-logit_row, kind="stable")[:4])
+            assert [float(item.split(":")[0]) for item in row] == pytest.approx(sorted(logit_row)[::-1][:4], abs=1e-5)
+    finally:
+        client.close()
