@@ -92,6 +92,14 @@ def test_build_refuses_a_repository_folder_that_holds_other_models(tmp_path, dig
         ("pih2t_onnx", 'name: "pih2t_onnx"', 'name: "other"', "differs from its folder name"),
         ("pih2t", 'model_name: "pih2t_onnx"', 'model_name: "pih2t_onxx"', "not in the repository"),
         ("pih2t", 'key: "image"', 'key: "picture"', "not an input of pih2t_preprocess"),
+        ("pih2t_onnx", "data_type: TYPE_FP32\n  dims: 1", "data_type: TYPE_FP16\n  dims: 1", "is TYPE_FP16, ONNX has"),
+        (
+            "pih2t",
+            'input_map {\n      key: "input"\n      value: "preprocessed"',
+            'input_map {\n      key: "input"\n      value: "x"',
+            "reads 'x'",
+        ),
+        ("pih2t", 'value: "logits"', 'value: "scores"', "output 'logits' is produced by no step"),
     ],
 )
 def test_validate_catches_what_breaks_deployments(tmp_path, digits_artifact, model, find, replace, message):
@@ -102,6 +110,22 @@ def test_validate_catches_what_breaks_deployments(tmp_path, digits_artifact, mod
     config.write_text(config.read_text().replace(find, replace, 1))
     report = validate_repository(tmp_path / "repo")
     assert any(message in problem for problem in report.problems), report.problems
+
+
+def test_validate_catches_a_fixed_batch_axis_and_a_missing_version_folder(tmp_path, digits_artifact):
+    import onnx
+
+    _, artifact = digits_artifact
+    build_repository(artifact, tmp_path / "repo", RepositorySettings())
+    path = tmp_path / "repo" / "pih2t_onnx" / "1" / "model.onnx"
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4  # a graph exported with --static-batch 4
+    onnx.save(model, str(path))
+    problems = validate_repository(tmp_path / "repo").problems
+    assert problems == ["pih2t_onnx: input 'input' has a fixed first dim 4 but batching is on"], problems
+    (tmp_path / "repo" / "pih2t_preprocess" / "1").rename(tmp_path / "repo" / "pih2t_preprocess" / "latest")
+    problems = validate_repository(tmp_path / "repo").problems
+    assert "pih2t_preprocess: no version folder (e.g. pih2t_preprocess/1/)" in problems, problems
 
 
 def test_validate_catches_labels_and_missing_files(tmp_path, digits_artifact):
