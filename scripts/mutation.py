@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,19 @@ def _config(module: str, tests: list[str]) -> str:
     )
 
 
+def _prebuilt_digits(folder: Path) -> Path:
+    """The tests' Digits-LT artifact, trained and exported once by unmutated code (conftest reuses it)."""
+    from pih2t_deploy.export.exporter import export_checkpoint
+    from pih2t_deploy.export.options import ExportOptions
+    from pih2t_deploy.training.engine import Trainer
+    from pih2t_deploy.training.recipe import load_recipe
+
+    recipe = load_recipe("digits-lt", ["stage1.epochs=30", "stage2.epochs=5", "runtime.progress=false"])
+    result = Trainer(recipe, folder / "run", log=lambda _m: None).run()
+    export_checkpoint(result.model_path, ExportOptions(output=folder / "export"))
+    return folder
+
+
 def run_target(name: str, output: Path) -> dict[str, int]:
     """Run mutmut on one target in a scratch copy; returns counts per mutant status."""
     module, tests = TARGETS[name]
@@ -67,7 +81,8 @@ def run_target(name: str, output: Path) -> dict[str, int]:
         shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "mutants", "__pycache__"))
         pyproject = work / "pyproject.toml"
         pyproject.write_text(pyproject.read_text() + "\n" + _config(module, tests))
-        subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=work, check=False)
+        env = {**os.environ, "PIH2T_TEST_DIGITS": str(_prebuilt_digits(Path(scratch) / "digits"))}
+        subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=work, check=False, env=env)
         listing = subprocess.run(
             [sys.executable, "-m", "mutmut", "results", "--all", "true"],
             cwd=work,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -19,12 +20,19 @@ def digits_net() -> PIH2TNet:
 
 @pytest.fixture(scope="session")
 def digits_artifact(tmp_path_factory):
-    """Digits-LT PI-H2T trained briefly (30+5 epochs, well above chance), exported to ONNX: (checkpoint, folder)."""
+    """Digits-LT PI-H2T trained briefly (30+5 epochs, well above chance), exported to ONNX: (checkpoint, folder).
+
+    ``PIH2T_TEST_DIGITS=DIR`` reuses ``DIR/run/model.pt`` and ``DIR/export`` made this way (scripts/mutation.py
+    builds them once instead of once per mutant); CI never sets it.
+    """
     from pih2t_deploy.export.exporter import export_checkpoint
     from pih2t_deploy.export.options import ExportOptions
     from pih2t_deploy.training.engine import Trainer
     from pih2t_deploy.training.recipe import load_recipe
 
+    prebuilt = os.environ.get("PIH2T_TEST_DIGITS")
+    if prebuilt:
+        return Path(prebuilt) / "run" / "model.pt", Path(prebuilt) / "export"
     root = tmp_path_factory.mktemp("digits")
     recipe = load_recipe("digits-lt", ["stage1.epochs=30", "stage2.epochs=5", "runtime.progress=false"])
     result = Trainer(recipe, root / "run", log=lambda _m: None).run()
