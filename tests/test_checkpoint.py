@@ -222,3 +222,19 @@ def test_bad_metadata_is_exit_2_with_one_line_from_the_cli(tmp_path, digits_net)
 def test_parameter_count_of_resnet32_is_about_0_46m():
     net = PIH2TNet(NetworkConfig(arch="resnet32", num_classes=10, method="ce"))
     assert 0.45e6 < sum(p.numel() for p in net.parameters()) < 0.48e6
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "resnext50_32x4d"])
+def test_authors_imagenet_checkpoints_find_their_backbone(tmp_path, arch):
+    """ImageNet-LT / iNaturalist files of the authors' code: a torchvision-layout feature extractor and a
+    2048-wide classifier; ResNet-50 and ResNeXt-50 share key names and differ in shapes."""
+    net = PIH2TNet(NetworkConfig(arch=arch, num_classes=5, method="ce")).eval()
+    backbone = {f"module.{k.removeprefix('backbone.')}": v for k, v in net.state_dict().items() if "backbone." in k}
+    classifier = {"module.fc.weight": net.head.fc.weight.detach(), "module.fc.bias": net.head.fc.bias.detach()}
+    payload = {"epoch": 3, "state_dict_model": backbone, "state_dict_classifier": classifier}
+    torch.save({**payload, "best_acc1": torch.tensor(51.2), "its_ece": np.float64(3.5)}, tmp_path / "inet.pth.tar")
+    ckpt = load_checkpoint(tmp_path / "inet.pth.tar")
+    assert ckpt.meta["arch"] == arch and ckpt.preprocessing.input_size == 224
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt.net(x), net(x), rtol=1e-5, atol=1e-5)
