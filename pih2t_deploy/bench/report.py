@@ -22,6 +22,7 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
         "",
         f"Command: `{command}`  ",
         f"Machine: {report['machine']}, device {report['device']}, {report['threads']} threads; date {report['date']}",
+        f"CPU: {report['cpu']['model']}; flags: {', '.join(report['cpu']['flags']) or 'none of AMX/AVX-512/AVX2'}",
         "",
         "| format | batch | p50 ms | p90 ms | p99 ms | images/s | x PyTorch eager |",
         "|---|---|---|---|---|---|---|",
@@ -39,6 +40,21 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
         lines += ["", "| format | top-1 | Many | Medium | Few |", "|---|---|---|---|---|"]
         for name, acc in report["accuracy"].items():
             lines.append(f"| {name} | " + " | ".join(_pct(acc[k]) for k in GROUPS) + " |")
+    by_batch = report.get("recommended", {}).get("by_batch")
+    if by_batch:
+        gate = report["recommended"]["max_group_drop"]
+        lines += [
+            "",
+            f"Recommended on this machine (fastest within {gate:g} points of PyTorch on top-1 and every group):",
+        ]
+        lines += [
+            f"- batch {b}: **{r['format']}** ({r['speedup_vs_torch']:.2f}x PyTorch eager)" for b, r in by_batch.items()
+        ]
+        failed = report["recommended"]["failed_accuracy_gate"]
+        if failed:
+            lines.append(f"- failed the accuracy gate: {', '.join(failed)}")
+    elif report.get("recommended"):
+        lines += ["", f"Nothing recommended: {report['recommended']['reason']}"]
     if report.get("serve"):
         lines += ["", "| server | concurrency | requests/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
         servers = {name: rows for name, rows in report["serve"].items() if name != "skipped"}

@@ -17,19 +17,30 @@ from typing import Any
 import numpy as np
 import torch
 
+from pih2t_deploy.bench.machine import cpu_info
 from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint, versions
 from pih2t_deploy.data.longtail import GroupThresholds
 from pih2t_deploy.errors import ConfigError, UserError, VerificationError
 from pih2t_deploy.export.exporter import export_checkpoint
-from pih2t_deploy.export.options import ExportOptions
+from pih2t_deploy.export.options import FORMATS, ExportOptions
 from pih2t_deploy.export.real_images import load_images
 from pih2t_deploy.export.verify import run_chunked
 from pih2t_deploy.runtime import load_classifier
 from pih2t_deploy.timing import time_interleaved
 from pih2t_deploy.training.evaluate import summarize
 
-BENCH_FORMATS = {"torch": None, "onnx": "onnx", "onnx-int8": "onnx-int8", "trt": "trt", "torch-export": "torch"}
-BACKENDS = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime", "trt": "tensorrt", "torch-export": "torch"}
+# bench name -> (export format, export options beyond the defaults, runtime backend)
+BENCH_FORMATS: dict[str, tuple[str | None, dict[str, Any], str | None]] = {
+    "torch": (None, {}, None),
+    "onnx": ("onnx", {}, "onnxruntime"),
+    "onnx-int8": ("onnx-int8", {}, "onnxruntime"),
+    "openvino": ("openvino", {}, "openvino"),
+    "openvino-bf16": ("openvino", {"bf16": True}, "openvino"),
+    "openvino-int8": ("openvino-int8", {}, "openvino"),
+    "trt": ("trt", {}, "tensorrt"),
+    "torch-export": ("torch", {}, "torch"),
+}
+NEEDS_CALIBRATION = ("onnx-int8", "openvino-int8")
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -41,6 +52,7 @@ class BenchOptions:
     ckpt: Path
     output: Path
     formats: list[str] = field(default_factory=lambda: ["torch", "onnx", "onnx-int8", "trt", "torch-export"])
+    max_group_drop: float = 2.0
     batches: list[int] = field(default_factory=lambda: [1, 8, 32])
     eval_data: str | None = None
     calib_data: str | None = None
@@ -80,21 +92,26 @@ def _eager(ckpt: Checkpoint, device: str) -> Runner:
 def _prepare_format(
     name: str, options: BenchOptions, ckpt: Checkpoint, log: Callable[[str], None]
 ) -> tuple[Runner, dict]:
-    export_format = BENCH_FORMATS[name]
+    export_format, extra, backend = BENCH_FORMATS[name]
     calib = options.calib_data or ("recipe" if "data" in ckpt.meta else None)
-    if export_format == "onnx-int8" and calib is None:
+    if export_format in NEEDS_CALIBRATION and calib is None:
         raise UserError("INT8 needs calibration images: pass --calib-data FOLDER")
+    if extra.get("bf16") and options.eval_data is None:
+        raise UserError("bf16 is judged on labelled images: pass --eval-data")
     export_options = ExportOptions(
         output=options.output / "artifacts" / name,
         format=export_format,
         force=True,
         max_batch=max(options.batches),
-        calib_data=calib if export_format == "onnx-int8" else None,
+        calib_data=calib if export_format in NEEDS_CALIBRATION else None,
+        eval_data=options.eval_data if extra.get("bf16") else None,
+        **extra,
+        **({"max_group_drop": options.max_group_drop} if "max_group_drop" in FORMATS[export_format].options else {}),
     )
     log(f"exporting {name}")
     manifest = export_checkpoint(options.ckpt, export_options).manifest
     classifier = load_classifier(
-        options.output / "artifacts" / name, BACKENDS[name], device=options.device, threads=options.threads
+        options.output / "artifacts" / name, backend, device=options.device, threads=options.threads
     )
     return classifier.predict, {
         "verification": manifest["verification"],
@@ -107,6 +124,30 @@ def _repeats(runner: Runner, x: np.ndarray, min_seconds: float) -> int:
     runner(x)
     once = max(time.perf_counter() - started, 1e-6)
     return max(2, min(50, int(min_seconds / once)))
+
+
+def passes_accuracy_gate(accuracy: dict[str, Any], name: str, max_group_drop: float) -> bool:
+    """``name`` loses at most ``max_group_drop`` points against the PyTorch baseline on top-1 and on every
+    Many/Medium/Few group that has test images."""
+    base, own = accuracy["torch"], accuracy[name]
+    groups = [k for k in ("top1", "many", "medium", "few") if base.get(k) is not None]
+    return all(100 * (base[k] - own[k]) <= max_group_drop for k in groups)
+
+
+def recommend(
+    timings: dict[str, Any], accuracy: dict[str, Any], batches: list[int], max_group_drop: float
+) -> dict[str, Any]:
+    """Per batch size, the fastest measured format that passes the accuracy gate (without accuracy numbers,
+    none is recommended: speed alone never decides)."""
+    if not accuracy:
+        return {"reason": "no --eval-data: accuracy was not measured, so nothing is recommended"}
+    eligible = [n for n in timings if n in accuracy and passes_accuracy_gate(accuracy, n, max_group_drop)]
+    chosen = {}
+    for batch in batches:
+        best = max(eligible, key=lambda n: timings[n][str(batch)]["images_per_s"])
+        chosen[str(batch)] = {"format": best, "speedup_vs_torch": timings[best][str(batch)]["speedup_vs_torch"]}
+    rejected = sorted(n for n in timings if n in accuracy and n not in eligible)
+    return {"by_batch": chosen, "max_group_drop": max_group_drop, "failed_accuracy_gate": rejected}
 
 
 def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
@@ -168,6 +209,8 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda _m: Non
         "input_shape": list(shape),
         "device": options.device if options.device == "cpu" else torch.cuda.get_device_name(0),
         "machine": platform.processor() or platform.machine(),
+        "cpu": cpu_info(),
+        "recommended": recommend(timings, accuracy, options.batches, options.max_group_drop),
         "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"),
         "batches": options.batches,

@@ -18,7 +18,8 @@ Opt = typer.Option
 def bench(
     ckpt: Annotated[Path, Opt("--ckpt", help="model.pt to benchmark")],
     formats: Annotated[
-        str, Opt(help="comma-separated: torch,onnx,onnx-int8,trt,torch-export")
+        str,
+        Opt(help="comma-separated: torch,onnx,onnx-int8,openvino,openvino-bf16,openvino-int8,trt,torch-export"),
     ] = "torch,onnx,onnx-int8,trt,torch-export",
     batch: Annotated[str, Opt(help="comma-separated batch sizes")] = "1,8,32",
     eval_data: Annotated[str | None, Opt(help="accuracy per format: a folder (class sub-folders) or 'recipe'")] = None,
@@ -26,6 +27,9 @@ def bench(
     device: Annotated[str, Opt(help="cpu or cuda")] = "cpu",
     threads: Annotated[int | None, Opt(help="inference threads (torch and onnxruntime)")] = None,
     rounds: Annotated[int, Opt(help="interleaved timing rounds")] = 5,
+    max_group_drop: Annotated[
+        float, Opt(help="accuracy gate of the recommendation and of INT8/bf16 exports, in points", min=0)
+    ] = 2.0,
     serve: Annotated[
         bool, Opt("--serve", help="also load-test pih2t-serve (and local Triton) on the ONNX artifact")
     ] = False,
@@ -50,6 +54,7 @@ def bench(
         device=device,
         threads=threads,
         rounds=rounds,
+        max_group_drop=max_group_drop,
     )
     report = run_bench(options, log)
     if serve:
@@ -82,4 +87,7 @@ def bench(
     for name, info in report["formats"].items():
         if info["status"] == "skipped":
             console.print(f"skipped {name}: {info['reason']}", markup=False)
+    for size, pick in report["recommended"].get("by_batch", {}).items():
+        console.print(f"recommended at batch {size}: {pick['format']} ({pick['speedup_vs_torch']:.2f}x PyTorch eager)")
+    console.print(f"CPU: {report['cpu']['model']} ({', '.join(report['cpu']['flags'])})", markup=False)
     console.print(f"wrote {', '.join(str(p) for p in written)}")

@@ -15,7 +15,7 @@ Opt = typer.Option
 
 def demo(
     model: Annotated[Path, Opt("--model", help="artifact folder from pih2t-export")],
-    backend: Annotated[str, Opt(help="onnxruntime or torch")] = "onnxruntime",
+    backend: Annotated[str, Opt(help="onnxruntime, openvino or torch")] = "onnxruntime",
     host: Annotated[str, Opt(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, Opt(help="TCP port")] = 7860,
     share: Annotated[

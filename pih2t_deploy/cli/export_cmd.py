@@ -27,13 +27,16 @@ def graph_summary(graph: dict, arch: str) -> str:
 def export(
     ckpt: Annotated[Path, Opt("--ckpt", help="model.pt (pih2t/1), or a file saved by the authors' H2T code")],
     output: Annotated[Path, Opt("--output", "-o", help="artifact folder to write")] = Path("exports/model"),
-    format: Annotated[str, Opt("--format", help="onnx, onnx-int8, trt or torch")] = "onnx",
+    format: Annotated[str, Opt("--format", help="onnx, onnx-int8, openvino, openvino-int8, trt or torch")] = "onnx",
     opset: Annotated[int, Opt(help="ONNX opset (onnx, onnx-int8, trt)")] = 18,
     static_batch: Annotated[int | None, Opt(help="fix the batch axis to N (default: dynamic)")] = None,
     max_batch: Annotated[int, Opt(help="largest verified batch; TensorRT profile maximum")] = 8,
     opt_batch: Annotated[int | None, Opt(help="TensorRT profile optimum (default: --max-batch)")] = None,
     half: Annotated[bool, Opt("--half", help="fp16 compute (onnx, trt)")] = False,
     int8: Annotated[bool, Opt("--int8", help="INT8 TensorRT plan (needs --calib-data)")] = False,
+    bf16: Annotated[
+        bool, Opt("--bf16", help="run the OpenVINO IR in bfloat16 (openvino; needs --eval-data for the accuracy gate)")
+    ] = False,
     simplify: Annotated[bool, Opt("--simplify", help="run onnxsim on the graph (onnx)")] = False,
     embed_preprocessing: Annotated[
         bool, Opt("--embed-preprocessing", help="graph takes uint8 NHWC pixels (onnx)")
@@ -72,6 +75,7 @@ def export(
         opt_batch=opt_batch,
         half=half,
         int8=int8,
+        bf16=bf16,
         simplify=simplify,
         embed_preprocessing=embed_preprocessing,
         probs=probs,

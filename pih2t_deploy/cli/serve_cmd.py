@@ -15,7 +15,7 @@ def serve(
     model: Annotated[
         Path, typer.Option("--model", help="artifact folder from pih2t-export (or a model.pt with --backend torch)")
     ],
-    backend: Annotated[str, typer.Option(help="onnxruntime, torch or tensorrt")] = "onnxruntime",
+    backend: Annotated[str, typer.Option(help="onnxruntime, openvino, torch or tensorrt")] = "onnxruntime",
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,

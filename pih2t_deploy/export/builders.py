@@ -99,25 +99,59 @@ def build_onnx(ctx: BuildContext, folder: Path) -> Runner:
     return onnx_runner(path)
 
 
-def build_onnx_int8(ctx: BuildContext, folder: Path) -> Runner:
-    """``model.int8.onnx``: the fp32 export statically quantized with the calibration images. The operator
+def _quantized_graph(ctx: BuildContext, work: Path) -> Path:
+    """The fp32 export statically quantized with the calibration images, written under ``work``. The operator
     comparison with the vanilla backbone is made on the fp32 graphs (quantization adds the same Q/DQ pairs to
-    both); the INT8 graph's own counts are reported beside it."""
-    path = folder / "model.int8.onnx"
+    both); the INT8 graph's own counts are reported beside it; the fp32 graph's runner stays as the reference
+    of the accuracy drop."""
     calibration = ctx.calibration()
     ctx.log(f"calibrating INT8 on {len(calibration)} images")
+    fp32, vanilla, qdq = work / "fp32.onnx", work / "vanilla.onnx", work / "qdq.onnx"
+    fp32_model = _export_graph(ctx, ctx.folded, fp32, half=False)
+    vanilla_model = _export_graph(ctx, ctx.vanilla, vanilla, half=False)
+    quantize_int8(fp32, qdq, calibration)
+    ctx.report["graph"] = compare_counts(op_counts(fp32_model), op_counts(vanilla_model))
+    ctx.report["graph"]["int8"] = op_counts(onnx.load(str(qdq)))
+    ctx.fp32_runner = onnx_runner(fp32)  # the session keeps the model after the file is gone
+    return qdq
+
+
+def build_onnx_int8(ctx: BuildContext, folder: Path) -> Runner:
+    """``model.int8.onnx``: the QDQ INT8 graph (``_quantized_graph``) with this export's metadata."""
+    path = folder / "model.int8.onnx"
     with tempfile.TemporaryDirectory() as work:
-        fp32, vanilla = Path(work) / "fp32.onnx", Path(work) / "vanilla.onnx"
-        fp32_model = _export_graph(ctx, ctx.folded, fp32, half=False)
-        vanilla_model = _export_graph(ctx, ctx.vanilla, vanilla, half=False)
-        quantize_int8(fp32, path, calibration)
-        ctx.report["graph"] = compare_counts(op_counts(fp32_model), op_counts(vanilla_model))
-        ctx.report["graph"]["int8"] = op_counts(onnx.load(str(path)))
-        ctx.fp32_runner = onnx_runner(fp32)  # the session keeps the model after the file is gone
-    model = onnx.load(str(path))
+        model = onnx.load(str(_quantized_graph(ctx, Path(work))))
     set_metadata(model, ctx.metadata)
     onnx.save(model, str(path))
     return onnx_runner(path)
+
+
+def build_openvino(ctx: BuildContext, folder: Path) -> Runner:
+    """``model.xml`` + ``model.bin``: OpenVINO IR of the fp32 export (weights kept in fp32), run in the
+    precision the export asks for (f32, or bf16 with --bf16; refused on a CPU without bf16)."""
+    from pih2t_deploy.export.openvino_ir import save_ir
+    from pih2t_deploy.runtime.openvino_backend import cpu_description, ir_runner
+
+    precision = "bf16" if ctx.options.bf16 else "f32"
+    with tempfile.TemporaryDirectory() as work:
+        onnx_path = Path(work) / "model.onnx"
+        model = _export_graph(ctx, ctx.folded, onnx_path, half=False)
+        vanilla = _export_graph(ctx, ctx.vanilla, Path(work) / "vanilla.onnx", half=False)
+        ctx.report["graph"] = compare_counts(op_counts(model), op_counts(vanilla))
+        save_ir(onnx_path, folder / "model.xml")
+    ctx.report["openvino"] = {**cpu_description(), "inference_precision": precision}
+    return ir_runner(folder / "model.xml", precision)
+
+
+def build_openvino_int8(ctx: BuildContext, folder: Path) -> Runner:
+    """``model.xml`` + ``model.bin``: OpenVINO IR of the QDQ INT8 graph; OpenVINO runs its convolutions in INT8."""
+    from pih2t_deploy.export.openvino_ir import save_ir
+    from pih2t_deploy.runtime.openvino_backend import cpu_description, ir_runner
+
+    with tempfile.TemporaryDirectory() as work:
+        save_ir(_quantized_graph(ctx, Path(work)), folder / "model.xml")
+    ctx.report["openvino"] = {**cpu_description(), "inference_precision": "f32"}
+    return ir_runner(folder / "model.xml", "f32")
 
 
 def build_torch(ctx: BuildContext, folder: Path) -> Runner:
@@ -194,4 +228,6 @@ BUILDERS: dict[str, Callable[[BuildContext, Path], Runner]] = {
     "onnx-int8": build_onnx_int8,
     "torch": build_torch,
     "trt": build_tensorrt,
+    "openvino": build_openvino,
+    "openvino-int8": build_openvino_int8,
 }

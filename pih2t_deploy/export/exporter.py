@@ -210,13 +210,16 @@ def _verify(ckpt, options, ctx, reference, runner, eval_images, log) -> tuple[li
             f"the {options.format} export differs from the PyTorch model by "
             f"{failed[0].max_abs_diff:.3g} (tolerance {failed[0].tolerance:.3g}); no artifact was written"
         )
-    if options.quantized:
-        _check_int8(reports, accuracy, options)
+    if options.reduced_precision:
+        _check_reduced_precision(reports, accuracy, options)
     return reports, accuracy
 
 
-def _check_int8(reports: list[VerificationReport], accuracy: dict[str, Any], options: ExportOptions) -> None:
-    """INT8 is judged on real images: accuracy per group with labels, top-1 agreement without them."""
+def _check_reduced_precision(
+    reports: list[VerificationReport], accuracy: dict[str, Any], options: ExportOptions
+) -> None:
+    """INT8 and bf16 are judged on real images: accuracy per group with labels, top-1 agreement without them."""
+    label = "INT8 quantization" if options.quantized else "bf16 inference"
     agreement = min(r.top1_agreement for report in reports[1:] for r in report.results)
     if not accuracy and agreement < INT8_MIN_AGREEMENT:
         raise VerificationError(
@@ -227,7 +230,7 @@ def _check_int8(reports: list[VerificationReport], accuracy: dict[str, Any], opt
     if worst:
         group, drop = max(worst.items(), key=lambda item: item[1])
         raise VerificationError(
-            f"INT8 quantization costs {drop:.1f} points of accuracy on {group} "
+            f"{label} costs {drop:.1f} points of accuracy on {group} "
             f"(limit --max-group-drop {options.max_group_drop:g}); no artifact was written"
         )
 

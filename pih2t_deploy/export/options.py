@@ -9,6 +9,8 @@ from pih2t_deploy.errors import ConfigError
 
 ONNX_TOLERANCE = 1e-3
 HALF_TOLERANCE = 5e-2
+# bfloat16 keeps 8 significant bits: logits through a whole network move by a few percent of their scale.
+BF16_TOLERANCE = 1e-1
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,16 @@ FORMATS: dict[str, FormatSpec] = {
         "TensorRT plan (needs TensorRT and an NVIDIA GPU)",
     ),
     "torch": FormatSpec("model.pt2", frozenset({"static_batch"}), "torch.export program of the folded model"),
+    "openvino": FormatSpec(
+        "model.xml",
+        frozenset({"opset", "bf16", "max_group_drop"}),
+        "OpenVINO IR with fp32 weights; --bf16 runs it in bfloat16 (AVX512-BF16 / AMX CPUs)",
+    ),
+    "openvino-int8": FormatSpec(
+        "model.xml",
+        frozenset({"opset", "calib_data", "calib_count", "max_group_drop"}),
+        "OpenVINO IR of the statically quantized INT8 (QDQ) model",
+    ),
 }
 
 
@@ -67,6 +79,7 @@ class ExportOptions:
     opt_batch: int | None = None
     half: bool = False
     int8: bool = False
+    bf16: bool = False
     simplify: bool = False
     embed_preprocessing: bool = False
     probs: bool = False
@@ -91,15 +104,22 @@ class ExportOptions:
 
     @property
     def quantized(self) -> bool:
-        """INT8 output (onnx-int8, or trt --int8): judged on real-image accuracy, not on logit parity."""
-        return self.format == "onnx-int8" or self.int8
+        """INT8 output (onnx-int8, openvino-int8, or trt --int8): judged on real-image accuracy, not on logit
+        parity."""
+        return self.format in ("onnx-int8", "openvino-int8") or self.int8
+
+    @property
+    def reduced_precision(self) -> str | None:
+        """'int8' or 'bf16' when the artifact computes in reduced precision (then the Many/Medium/Few accuracy
+        gate applies), else None."""
+        return "int8" if self.quantized else "bf16" if self.bf16 else None
 
     @property
     def parity_tolerance(self) -> float:
         """Largest allowed max-abs logit difference (given, or by precision)."""
         if self.tolerance is not None:
             return self.tolerance
-        return HALF_TOLERANCE if self.half else ONNX_TOLERANCE
+        return BF16_TOLERANCE if self.bf16 else HALF_TOLERANCE if self.half else ONNX_TOLERANCE
 
     def validate(self) -> None:
         """Raise ConfigError naming the first problem, before any work starts."""
@@ -125,9 +145,13 @@ class ExportOptions:
             raise ConfigError("--tolerance must be positive")
         if self.half and self.int8:
             raise ConfigError("choose one of --half and --int8")
-        if self.format == "onnx-int8" and not self.calib_data:
+        if self.format in ("onnx-int8", "openvino-int8") and not self.calib_data:
             raise ConfigError(
-                "--format onnx-int8 needs --calib-data (an image folder, or 'recipe' for the training set)"
+                f"--format {self.format} needs --calib-data (an image folder, or 'recipe' for the training set)"
+            )
+        if self.bf16 and not self.eval_data:
+            raise ConfigError(
+                "--bf16 needs --eval-data (labelled images, or 'recipe' for the test set) for its accuracy gate"
             )
         if self.int8 and not self.calib_data:
             raise ConfigError("--int8 needs --calib-data (an image folder, or 'recipe' for the training set)")

@@ -1,4 +1,4 @@
-"""Runtime: one Classifier interface over onnxruntime, TensorRT and torch, loaded from an artifact."""
+"""Runtime: one Classifier interface over onnxruntime, OpenVINO, TensorRT and torch, loaded from an artifact."""
 
 from pih2t_deploy.runtime.classifier import BACKENDS, Classifier, load_classifier
 

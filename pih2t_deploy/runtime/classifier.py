@@ -18,8 +18,13 @@ import numpy as np
 from pih2t_deploy.data.preprocessing import Preprocessing
 from pih2t_deploy.errors import ConfigError, UserError
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
-MODEL_FILES = {"onnxruntime": ("model.onnx", "model.int8.onnx"), "torch": ("model.pt2",), "tensorrt": ("model.plan",)}
+BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
+MODEL_FILES = {
+    "onnxruntime": ("model.onnx", "model.int8.onnx"),
+    "openvino": ("model.xml",),
+    "torch": ("model.pt2",),
+    "tensorrt": ("model.plan",),
+}
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,10 @@ def load_classifier(
         from pih2t_deploy.runtime.onnx_backend import OnnxClassifier
 
         return OnnxClassifier(model_file, info, device=device, threads=threads)
+    if backend == "openvino":
+        from pih2t_deploy.runtime.openvino_backend import OpenVINOClassifier
+
+        return OpenVINOClassifier(model_file, info, device=device, threads=threads)
     if backend == "torch":
         from pih2t_deploy.runtime.torch_backend import TorchClassifier
 

@@ -114,6 +114,15 @@ def backend_config(
     return config
 
 
+def openvino_config(name: str, info: ModelInfo, settings: RepositorySettings, shape: list[int], dtype: str):
+    """ModelConfig of the OpenVINO-backend model (NVIDIA's container runs it on the CPU): the IR in the version
+    folder, bfloat16 asked for (HINT_BF16) when the artifact was exported and verified with --bf16."""
+    config = backend_config(name, info, settings, shape, dtype, backend="openvino", kind="cpu")
+    if info.manifest.get("openvino", {}).get("inference_precision") == "bf16":
+        config.parameters["HINT_BF16"].string_value = "YES"
+    return config
+
+
 def preprocess_config(name: str, info: ModelInfo, settings: RepositorySettings, shape: list[int], dtype: str):
     """ModelConfig of the Python-backend preprocess model: BYTES ``image`` -> ``input``."""
     mc = model_config_pb2()
@@ -148,8 +157,16 @@ def build_repository(artifact: Path, repo: Path, settings: RepositorySettings) -
     settings.validate()
     artifact = Path(artifact)
     info = read_artifact_info(artifact)
-    if not (artifact / "model.onnx").is_file():
-        raise UserError(f"{artifact} has no model.onnx: build the repository from an --format onnx artifact")
+    has_ir = (artifact / "model.xml").is_file()
+    if not (artifact / "model.onnx").is_file() and not has_ir:
+        raise UserError(
+            f"{artifact} has no model.onnx or model.xml: build the repository from an --format onnx or "
+            "--format openvino / openvino-int8 artifact"
+        )
+    if has_ir and settings.cpu_python:
+        raise ConfigError(
+            "--cpu-python runs onnxruntime in the Python backend: build it from an --format onnx artifact"
+        )
     input_spec = info.manifest["input"]
     dtype = TYPES[input_spec["dtype"]]
     shape = [int(d) for d in input_spec["shape"][1:]]
@@ -157,7 +174,15 @@ def build_repository(artifact: Path, repo: Path, settings: RepositorySettings) -
         raise UserError(f"{artifact} was exported with a fixed batch size; re-export without --static-batch")
     name, version = settings.name, str(settings.version)
     has_plan = (artifact / "model.plan").is_file()
-    target = f"{name}_onnx_py" if settings.cpu_python else f"{name}_trt" if has_plan else f"{name}_onnx"
+    target = (
+        f"{name}_openvino"
+        if has_ir
+        else f"{name}_onnx_py"
+        if settings.cpu_python
+        else f"{name}_trt"
+        if has_plan
+        else f"{name}_onnx"
+    )
     models: dict[str, tuple[object, dict[str, Path | str]]] = {
         f"{name}_preprocess": (
             preprocess_config(f"{name}_preprocess", info, settings, shape, dtype),
@@ -165,7 +190,12 @@ def build_repository(artifact: Path, repo: Path, settings: RepositorySettings) -
         ),
         name: (ensemble_config(name, target, info, settings), {}),
     }
-    if settings.cpu_python:
+    if has_ir:
+        models[f"{name}_openvino"] = (
+            openvino_config(f"{name}_openvino", info, settings, shape, dtype),
+            {"model.xml": artifact / "model.xml", "model.bin": artifact / "model.bin"},
+        )
+    elif settings.cpu_python:
         models[f"{name}_onnx_py"] = (
             backend_config(f"{name}_onnx_py", info, settings, shape, dtype, backend="python", kind="cpu"),
             {"model.py": _backend_file("onnx_model"), "model.onnx": artifact / "model.onnx"},

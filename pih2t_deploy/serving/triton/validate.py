@@ -17,7 +17,12 @@ from google.protobuf import text_format
 from pih2t_deploy.errors import UserError
 from pih2t_deploy.serving.triton.repository import model_config_pb2
 
-MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan", "python": "model.py"}
+MODEL_FILES = {
+    "onnxruntime_onnx": "model.onnx",
+    "tensorrt_plan": "model.plan",
+    "python": "model.py",
+    "openvino": "model.xml",
+}
 ONNX_TYPES = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",
     onnx.TensorProto.UINT8: "TYPE_UINT8",
@@ -93,6 +98,8 @@ def _check_model(folder: Path, config, report: ValidationReport) -> None:
     for version in versions:
         if wanted and not (version / wanted).is_file():
             report.problems.append(f"{name}: version {version.name} has no {wanted} for {_kind(config)}")
+        elif wanted == "model.xml" and not (version / "model.bin").is_file():
+            report.problems.append(f"{name}: version {version.name} has model.xml but no model.bin (the weights)")
         elif wanted == "model.onnx" or (version / "model.onnx").is_file():
             _check_onnx(name, config, version / "model.onnx", report)
     for output in config.output:

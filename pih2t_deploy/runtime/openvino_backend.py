@@ -1,0 +1,94 @@
+"""OpenVINO backend (CPU): runs an IR (``model.xml`` + ``model.bin``) in the precision its artifact records.
+
+fp32 and INT8 IRs run with the ``f32`` inference precision; an artifact exported with ``--bf16`` runs with
+``bf16`` (AVX512-BF16 or AMX), and loading it on a CPU that OpenVINO says cannot do bf16 is refused with one
+line rather than silently falling back. Torch-free.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pih2t_deploy.errors import UserError
+from pih2t_deploy.runtime.classifier import Classifier, ModelInfo
+
+PRECISIONS = {"f32": "FP32", "bf16": "BF16"}  # inference precision hint -> OPTIMIZATION_CAPABILITIES entry
+
+
+def import_openvino() -> Any:
+    """The ``openvino`` module, or a UserError naming the extra to install."""
+    try:
+        import openvino
+    except ImportError:
+        raise UserError("the OpenVINO backend needs openvino: pip install 'pih2t-deploy[openvino]'") from None
+    return openvino
+
+
+def cpu_description() -> dict[str, Any]:
+    """OpenVINO's name and precision capabilities of this machine's CPU, with OpenVINO's version."""
+    ov = import_openvino()
+    core = ov.Core()
+    return {
+        "openvino": ov.__version__,
+        "cpu": str(core.get_property("CPU", "FULL_DEVICE_NAME")),
+        "capabilities": [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")],
+    }
+
+
+def compile_ir(path: Path, precision: str = "f32", threads: int | None = None) -> Any:
+    """The IR at ``path`` compiled for the CPU with inference precision ``precision`` (f32 or bf16) and
+    ``threads`` inference threads; a UserError when the CPU cannot run that precision or the IR is unreadable."""
+    ov = import_openvino()
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown OpenVINO inference precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    core = ov.Core()
+    capabilities = [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    if PRECISIONS[precision] not in capabilities:
+        raise UserError(
+            f"this CPU cannot run OpenVINO in {precision} (it offers {', '.join(capabilities)}); use an fp32 or INT8 "
+            "artifact here, or a CPU with AVX512-BF16 or AMX"
+        )
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    try:
+        return core.compile_model(str(path), "CPU", config)
+    except RuntimeError as exc:
+        raise UserError(f"OpenVINO cannot load {path}: {str(exc).strip().splitlines()[0]}") from None
+
+
+def ir_runner(path: Path, precision: str = "f32", threads: int | None = None) -> Any:
+    """A thread-safe ``batch -> outputs`` function over the compiled IR."""
+    compiled = compile_ir(path, precision, threads)
+    output = compiled.output(0)
+    lock = threading.Lock()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with lock:  # one infer request: calls from several threads take turns
+            return np.asarray(compiled({0: np.ascontiguousarray(batch)})[output])
+
+    return run
+
+
+class OpenVINOClassifier(Classifier):
+    """An OpenVINO compiled model over the artifact's ``model.xml``."""
+
+    backend = "openvino"
+
+    def __init__(self, path: Path, info: ModelInfo, *, device: str = "cpu", threads: int | None = None) -> None:
+        super().__init__(info)
+        if device != "cpu":
+            raise UserError("the OpenVINO backend runs on --device cpu")
+        self.precision = info.manifest.get("openvino", {}).get("inference_precision", "f32")
+        self.run = ir_runner(path, self.precision, threads)
+        self.path = path
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(np.asarray(batch, self.input_dtype))
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "precision": self.precision, "file": self.path.name}
