@@ -1,0 +1,74 @@
+"""pih2t-serve on an OpenVINO INT8 artifact against the raw OpenVINO runtime at batch 32, in one run.
+
+    python benchmarks/serve_openvino.py [--seconds 20] [--threads 2]
+
+Exports the folded ResNet-50 (random weights, 224, 100 classes) as openvino-int8, measures the compiled IR's
+images/s at batch 32 with ``--threads`` threads, then starts pih2t-serve --backend openvino (micro-batches up
+to 32, same threads) and drives it from a separate client process at concurrency 32 with one 256x256 JPEG per
+request. Prints served/raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from bench_common import jpeg_bytes
+from openvino_cpu import build_artifacts
+
+from pih2t_deploy.bench.load import run_load
+from pih2t_deploy.runtime.openvino_backend import ir_runner
+from pih2t_deploy.serving.process import free_port, start_rest_server
+
+
+def raw_images_per_s(xml: Path, threads: int, seconds: float, batch: int = 32) -> float:
+    run = ir_runner(xml, "f32", threads)
+    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    run(x)
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        run(x)
+        count += batch
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pih2t-serve-openvino-") as work:
+        artifact = build_artifacts(Path(work), only=("openvino-int8",))["openvino-int8"]
+        image = Path(work) / "image.jpg"
+        image.write_bytes(jpeg_bytes())
+        raw = raw_images_per_s(artifact / "model.xml", args.threads, args.seconds)
+        port = free_port()
+        server = start_rest_server(
+            artifact,
+            port,
+            "--backend",
+            "openvino",
+            "--threads",
+            str(args.threads),
+            "--max-batch",
+            "32",
+            "--max-queue",
+            "1024",
+        )
+        try:
+            served = run_load(f"http://127.0.0.1:{port}", 32, args.seconds, image)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    print(
+        f"raw OpenVINO INT8 batch 32: {raw:.1f} images/s; pih2t-serve at concurrency 32: "
+        f"{served['throughput']:.1f} requests/s (p50 {served['p50_ms']:.0f} ms, p99 {served['p99_ms']:.0f} ms, "
+        f"errors {served['errors']}); served/raw {served['throughput'] / raw:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
