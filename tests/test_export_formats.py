@@ -132,7 +132,7 @@ def test_trt_without_tensorrt_exits_2_before_any_work(tmp_path, digits_artifact)
 def test_options_that_do_not_apply_are_refused_up_front(tmp_path, options, message):
     with pytest.raises(ConfigError, match=message):
         ExportOptions(output=tmp_path / "x", **options).validate()
-    assert set(FORMATS) == {"onnx", "onnx-int8", "trt", "torch"}
+    assert set(FORMATS) == {"onnx", "onnx-int8", "trt", "torch", "openvino", "openvino-int8"}
 
 
 def test_existing_artifacts_need_force_and_unwritable_output_is_clear(tmp_path, digits_artifact):
