@@ -57,6 +57,7 @@ def _config(module: str, tests: list[str]) -> str:
         f'only_mutate = ["pih2t_deploy/{module}"]\n'
         f"pytest_add_cli_args_test_selection = [{selection}]\n"
         "timeout_multiplier = 10.0\n"  # a mutant that makes the tests 20x slower counts as caught (a hang)
+        'process_isolation = "forkserver"\n'  # torch's thread pool is not fork-safe: plain fork hangs workers
         'also_copy = ["training", "serving", "benchmarks", "scripts", "README.md"]\n'
     )
 

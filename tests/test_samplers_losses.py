@@ -129,3 +129,30 @@ def test_gcl_noise_is_the_absolute_value_of_a_clipped_gaussian_of_variance_one_t
     assert eps.min() >= -1e-6 and eps.max() <= 1 + 1e-6
     assert eps.mean() == pytest.approx(0.4409, abs=0.015)
     assert (eps > 0.99).mean() == pytest.approx(0.0833, abs=0.02)  # P(|N(0, 1/3)| > 1) = 2 (1 - Phi(sqrt 3))
+
+
+def test_published_defaults_of_ldam_drw():
+    """LDAM-DRW as published: largest margin 0.5, scale 30, DRW from epoch 160 with beta 0.9999."""
+    loss = LDAMLoss([100, 10])
+    assert (loss.margins.max().item(), loss.s, loss.drw_epoch) == (pytest.approx(0.5), 30.0, 160)
+    effective = [(1 - 0.9999**n) / (1 - 0.9999) for n in (100, 10)]
+    weights = [1 / e for e in effective]
+    assert loss.drw_weights.tolist() == pytest.approx([2 * w / sum(weights) for w in weights], rel=1e-6)
+
+
+def test_build_loss_hands_counts_head_and_parameters_to_the_named_loss():
+    counts = [40, 10]
+    ce = build_loss("ce", counts, head="linear", cosine_scale=16)
+    assert type(ce).__name__ == "CrossEntropy"
+    ldam = build_loss("ldam", counts, head="linear", cosine_scale=16, max_margin=0.4, s=10.0)
+    assert isinstance(ldam, LDAMLoss) and ldam.s == 10.0
+    assert ldam.margins.tolist() == pytest.approx([0.4 * (10 / 40) ** 0.25, 0.4])
+    balanced = build_loss("balanced_softmax", counts, head="linear", cosine_scale=16, tau=2.0)
+    assert balanced.adjust.tolist() == pytest.approx([2 * math.log(0.8), 2 * math.log(0.2)], rel=1e-6)
+    gcl = build_loss("gcl", counts, head="cosine", cosine_scale=16, noise_mul=0.25)
+    assert isinstance(gcl, GCLLoss) and (gcl.scale, gcl.noise_mul) == (16, 0.25)
+    assert gcl.m.tolist() == [0.0, 1.0]
+    with pytest.raises(ConfigError, match=r"^loss gcl needs model.head=cosine$"):
+        build_loss("gcl", counts, head="linear", cosine_scale=16)
+    with pytest.raises(ConfigError, match=r"choose one of: ce, ldam, balanced_softmax, gcl$"):
+        build_loss("focal", counts, head="linear", cosine_scale=16)
