@@ -173,3 +173,23 @@ def test_unknown_source_and_groups():
     with pytest.raises(ConfigError, match="unknown data source"):
         DataConfig(source="mnist")
     assert GroupThresholds(100, 20).groups([500, 101, 100, 20, 19]) == ["many", "many", "medium", "medium", "few"]
+
+
+def test_longtail_profile_and_selection_edge_cases():
+    from pih2t_deploy.data.longtail import select_longtail
+
+    assert longtail_counts(100, 2, 10) == [100, 10]
+    assert longtail_counts(50, 3, 1) == [50, 50, 50], "imbalance factor 1 is a balanced set"
+    assert longtail_counts(7, 1, 10) == [7]
+    with pytest.raises(ValueError, match=r"^imbalance factor must be >= 1, got 0.5$"):
+        longtail_counts(100, 3, 0.5)
+    labels = np.repeat(np.arange(3), 20)
+    chosen = select_longtail(labels, [20, 9, 3], seed=5)
+    assert len(set(chosen.tolist())) == len(chosen) == 32, "without replacement"
+    assert np.bincount(labels[chosen]).tolist() == [20, 9, 3] and (np.diff(chosen) > 0).all()
+    assert select_longtail(labels, [20, 9, 3], seed=5).tolist() == chosen.tolist()
+    assert select_longtail(labels, [20, 9, 3], seed=6).tolist() != chosen.tolist()
+    with pytest.raises(ValueError, match=r"^class 1 has 20 images, the profile asks for 21$"):
+        select_longtail(labels, [20, 21, 3], seed=0)
+    empty = select_longtail(np.array([], dtype=np.int64), [], seed=0)
+    assert empty.shape == (0,) and empty.dtype == np.int64

@@ -45,6 +45,8 @@ def test_shape_mismatch_and_bad_ratio_are_rejected():
         h2t_fuse(torch.zeros(2, 4, 2, 2), torch.zeros(3, 4, 2, 2), 0.5)
     with pytest.raises(ValueError, match="ratio"):
         h2t_fuse(torch.zeros(2, 4, 2, 2), torch.zeros(2, 4, 2, 2), 1.5)
+    with pytest.raises(ValueError, match=r"expected \[B, C, H, W\] feature maps, got 2 dimensions"):
+        h2t_fuse(torch.zeros(2, 4), torch.zeros(2, 4), 0.5)
 
 
 def test_network_fuses_in_feature_space_and_keeps_receiver_batch():
