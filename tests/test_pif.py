@@ -1,5 +1,7 @@
 """PIF: permutation equivariance, its affine form, parameter count, and the activation option."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -66,3 +68,25 @@ def test_affine_fast_path_equals_the_pointwise_network_with_the_same_gradients()
     slow_grads = torch.autograd.grad((reference * weights).sum(), [x, *pif.parameters()])
     for fast, slow in zip(fast_grads, slow_grads, strict=True):
         torch.testing.assert_close(fast, slow)
+
+
+def test_pif_with_an_activation_matches_the_formula_position_by_position():
+    """phi(u_c) with u_c = [x_c, x_c - m] and the activation after the first two of the three layers,
+    written out with plain matrix products for every channel and position."""
+    torch.manual_seed(0)
+    pif = PIF("tanh").eval()
+    x = torch.randn(2, 5, 3, 4)
+    layers = [(layer.weight[:, :, 0].detach(), layer.bias.detach()) for layer in pif.phi]
+    expected = torch.empty_like(x)
+    mean = x.mean(dim=1)
+    for b, c, h, w in itertools.product(range(2), range(5), range(3), range(4)):
+        u = torch.stack([x[b, c, h, w], x[b, c, h, w] - mean[b, h, w]])
+        for index, (weight, bias) in enumerate(layers):
+            u = weight @ u + bias
+            if index < 2:
+                u = torch.tanh(u)
+        expected[b, c, h, w] = u[0]
+    with torch.no_grad():
+        torch.testing.assert_close(pif(x), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"choose none or one of: relu, gelu, silu, tanh$"):
+        PIF("swish")
