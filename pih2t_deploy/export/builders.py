@@ -89,13 +89,18 @@ def _simplify(path: Path) -> onnx.ModelProto:
     return simplified
 
 
+def _export_counted(ctx: BuildContext, path: Path, *, half: bool | None = None, simplify: bool = False) -> None:
+    """Export the folded model to ``path`` and report its operator counts beside a vanilla export's."""
+    model = _export_graph(ctx, ctx.folded, path, half=half, simplify=simplify)
+    with tempfile.TemporaryDirectory() as work:
+        vanilla = _export_graph(ctx, ctx.vanilla, Path(work) / "vanilla.onnx", half=half, simplify=simplify)
+    ctx.report["graph"] = compare_counts(op_counts(model), op_counts(vanilla))
+
+
 def build_onnx(ctx: BuildContext, folder: Path) -> Runner:
     """``model.onnx`` (fp32 or fp16 compute), plus operator counts beside a vanilla export."""
     path = folder / "model.onnx"
-    model = _export_graph(ctx, ctx.folded, path, simplify=ctx.options.simplify)
-    with tempfile.TemporaryDirectory() as work:
-        vanilla = _export_graph(ctx, ctx.vanilla, Path(work) / "vanilla.onnx", simplify=ctx.options.simplify)
-    ctx.report["graph"] = compare_counts(op_counts(model), op_counts(vanilla))
+    _export_counted(ctx, path, simplify=ctx.options.simplify)
     return onnx_runner(path)
 
 
@@ -135,9 +140,7 @@ def build_openvino(ctx: BuildContext, folder: Path) -> Runner:
     precision = "bf16" if ctx.options.bf16 else "f32"
     with tempfile.TemporaryDirectory() as work:
         onnx_path = Path(work) / "model.onnx"
-        model = _export_graph(ctx, ctx.folded, onnx_path, half=False)
-        vanilla = _export_graph(ctx, ctx.vanilla, Path(work) / "vanilla.onnx", half=False)
-        ctx.report["graph"] = compare_counts(op_counts(model), op_counts(vanilla))
+        _export_counted(ctx, onnx_path, half=False)
         save_ir(onnx_path, folder / "model.xml")
     ctx.report["openvino"] = {**cpu_description(), "inference_precision": precision}
     return ir_runner(folder / "model.xml", precision)
