@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tests.helpers import make_net
 
@@ -66,3 +67,30 @@ def authors_cifar_checkpoint(
     with storages_recorded_as_cuda():
         torch.save(payload, path, _use_new_zipfile_serialization=not legacy_format)
     return backbone, weight, bias
+
+
+def independent_resnet32(state, fc_weight, fc_bias, x):
+    """A functional ResNet-32 forward written from the layer definition, sharing no code with the package."""
+
+    def bn(t, prefix):
+        return F.batch_norm(
+            t,
+            state[f"{prefix}.running_mean"],
+            state[f"{prefix}.running_var"],
+            state[f"{prefix}.weight"],
+            state[f"{prefix}.bias"],
+            False,
+            0.0,
+            1e-5,
+        )
+
+    out = F.relu(bn(F.conv2d(x, state["conv1.weight"], padding=1), "bn1"))
+    for stage, planes in ((1, 16), (2, 32), (3, 64)):
+        for block in range(5):
+            p = f"layer{stage}.{block}"
+            stride = 2 if stage > 1 and block == 0 else 1
+            y = F.relu(bn(F.conv2d(out, state[f"{p}.conv1.weight"], stride=stride, padding=1), f"{p}.bn1"))
+            y = bn(F.conv2d(y, state[f"{p}.conv2.weight"], padding=1), f"{p}.bn2")
+            short = F.pad(out[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4)) if stride == 2 else out
+            out = F.relu(y + short)
+    return F.linear(out.mean(dim=(2, 3)), fc_weight, fc_bias)

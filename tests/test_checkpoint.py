@@ -6,12 +6,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pih2t_deploy.checkpoint import build_meta, load_checkpoint, save_checkpoint
 from pih2t_deploy.errors import CheckpointError
 from pih2t_deploy.models import NetworkConfig, PIH2TNet
-from tests.authors_files import authors_cifar_checkpoint
+from tests.authors_files import authors_cifar_checkpoint, independent_resnet32
 from tests.helpers import run_cli
 
 
@@ -90,33 +89,6 @@ def test_weights_that_do_not_match_the_arch(tmp_path, digits_net):
         load_checkpoint(tmp_path / "m.pt")
 
 
-def _independent_resnet32(state, fc_weight, fc_bias, x):
-    """A functional ResNet-32 forward written from the layer definition, sharing no code with the package."""
-
-    def bn(t, prefix):
-        return F.batch_norm(
-            t,
-            state[f"{prefix}.running_mean"],
-            state[f"{prefix}.running_var"],
-            state[f"{prefix}.weight"],
-            state[f"{prefix}.bias"],
-            False,
-            0.0,
-            1e-5,
-        )
-
-    out = F.relu(bn(F.conv2d(x, state["conv1.weight"], padding=1), "bn1"))
-    for stage, planes in ((1, 16), (2, 32), (3, 64)):
-        for block in range(5):
-            p = f"layer{stage}.{block}"
-            stride = 2 if stage > 1 and block == 0 else 1
-            y = F.relu(bn(F.conv2d(out, state[f"{p}.conv1.weight"], stride=stride, padding=1), f"{p}.bn1"))
-            y = bn(F.conv2d(y, state[f"{p}.conv2.weight"], padding=1), f"{p}.bn2")
-            short = F.pad(out[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4)) if stride == 2 else out
-            out = F.relu(y + short)
-    return F.linear(out.mean(dim=(2, 3)), fc_weight, fc_bias)
-
-
 @pytest.mark.parametrize(("prefixed", "with_pif", "legacy"), [(True, True, False), (False, False, True)])
 def test_authors_checkpoint_loads_and_computes_the_authors_logits(tmp_path, prefixed, with_pif, legacy):
     """A file as the authors' scripts save it (GPU tensor best_acc1, numpy float64 its_ece, module. prefixes,
@@ -144,7 +116,7 @@ def test_authors_checkpoint_loads_and_computes_the_authors_logits(tmp_path, pref
         assert notes == [] and record["ignored_pif_weights"] == []
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(ckpt.net(x), _independent_resnet32(state, weight, bias, x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ckpt.net(x), independent_resnet32(state, weight, bias, x), rtol=1e-5, atol=1e-5)
 
 
 def test_numpy_2_spelling_of_the_scalar_reconstructor_loads_too(tmp_path):

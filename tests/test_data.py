@@ -1,5 +1,6 @@
 """Long-tailed data: the exponential profile, CIFAR folders, split files, ImageFolder trees, bad input."""
 
+import json
 import pickle
 
 import numpy as np
@@ -18,12 +19,18 @@ def test_longtail_profile_matches_the_published_cifar100_lt_size():
     assert counts[0] == 5000 and counts[-1] == 50 and counts == sorted(counts, reverse=True)
 
 
-def _write_cifar100(root, per_class=500, test_per_class=2):
-    """The CIFAR-100 python files as Python 2 wrote them (train, test, meta), each image marked with its label."""
+def _write_cifar100(root, per_class=500, test_per_class=2, random_pixels=False):
+    """The CIFAR-100 python files as Python 2 wrote them (train, test, meta), each image marked with its label
+    (its first byte); the other bytes are zero or, with ``random_pixels``, seeded noise."""
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     labels = np.repeat(np.arange(100), per_class)
-    data = np.zeros((len(labels), 3072), dtype=np.uint8)
+    if random_pixels:  # a random colour per image and channel (varied network outputs), plus noise
+        rng = np.random.default_rng(3)
+        colours = np.repeat(rng.integers(0, 200, (len(labels), 3)), 1024, axis=1)
+        data = (colours + rng.integers(0, 56, (len(labels), 3072))).astype(np.uint8)
+    else:
+        data = np.zeros((len(labels), 3072), dtype=np.uint8)
     data[:, 0] = labels  # mark each image with its label to check the selection
     for name, rows, fine in (
         ("train", data, labels),
@@ -172,6 +179,10 @@ def test_imagefolder_tree_and_empty_class(tmp_path):
 def test_unknown_source_and_groups():
     with pytest.raises(ConfigError, match="unknown data source"):
         DataConfig(source="mnist")
+    with pytest.raises(ConfigError, match=r"^setting data.source='mnist' is not allowed: Input should be 'digits-lt'"):
+        DataConfig.from_dict({"source": "mnist"})
+    with pytest.raises(ConfigError, match=r"^data.index_groups must be two class indices 0 < a < b, got \[71, 36\]$"):
+        DataConfig.from_dict({"index_groups": [71, 36]})
     assert GroupThresholds(100, 20).groups([500, 101, 100, 20, 19]) == ["many", "many", "medium", "medium", "few"]
 
 
@@ -193,3 +204,73 @@ def test_longtail_profile_and_selection_edge_cases():
         select_longtail(labels, [20, 21, 3], seed=0)
     empty = select_longtail(np.array([], dtype=np.int64), [], seed=0)
     assert empty.shape == (0,) and empty.dtype == np.int64
+
+
+def test_the_authors_selection_keeps_the_images_their_cifar_code_keeps(tmp_path):
+    """Their IMBALANCECIFAR: np.random.seed(0), then per class in order np.random.shuffle(np.where(labels ==
+    c)[0]) and the first n kept. Written here against numpy's global generator, as their code calls it."""
+    _images, labels, _names = _write_cifar10(tmp_path, per_class=20)
+    config = DataConfig(source="cifar10-lt", root=str(tmp_path), imbalance_factor=10, longtail_selection="authors")
+    bundle = build_data(config)
+    order = np.random.default_rng(0).permutation(len(labels))  # the training batches' order, as written
+    train_labels = labels[np.concatenate(np.array_split(order, 5))]
+    np.random.seed(0)
+    expected = []
+    for cls, count in enumerate(longtail_counts(20, 10, 10)):
+        idx = np.where(train_labels == cls)[0]
+        np.random.shuffle(idx)
+        expected += idx[:count].tolist()
+    image_ids = np.concatenate(np.array_split(order, 5))[expected]  # blue channel = the written image's index
+    assert sorted(bundle.train.pixels[:, 0, 0, 2].tolist()) == sorted(image_ids.tolist())
+    ours = build_data(DataConfig(source="cifar10-lt", root=str(tmp_path), imbalance_factor=10))
+    assert sorted(ours.train.pixels[:, 0, 0, 2].tolist()) != sorted(image_ids.tolist()), "the two rules differ"
+
+
+def test_eval_of_an_authors_checkpoint_with_a_recipe_uses_their_test_preprocessing(tmp_path):
+    """pih2t-eval --ckpt (a file saved by the authors' code) --recipe cifar100-lt-if100 --data ROOT scores it on
+    the CIFAR-100 test set exactly as their code does: ToTensor + Normalize with their constants, then their
+    network (an independent forward pass). The confusion matrix (every prediction) and the recorded best_acc1
+    are compared; the authors' index split is reported beside ours."""
+    import torch
+    from torchvision import transforms
+
+    from tests.authors_files import authors_cifar_checkpoint, independent_resnet32
+    from tests.helpers import run_cli
+
+    _write_cifar100(tmp_path / "data", per_class=100, test_per_class=3, random_pixels=True)
+    ckpt = tmp_path / "model_best.pth.tar"
+    state, weight, bias = authors_cifar_checkpoint(ckpt, num_classes=100)
+    done = run_cli(
+        "eval", "--ckpt", str(ckpt), "--recipe", "cifar100-lt-if100", "--data", str(tmp_path / "data"),
+        "--output", str(tmp_path / "ev"), "--device", "cpu",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+
+    theirs = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))]
+    )
+    bundle = build_data(DataConfig(source="cifar100-lt", root=str(tmp_path / "data"), imbalance_factor=100))
+    batch = torch.stack([theirs(bundle.test.image(i)) for i in range(len(bundle.test))])
+    with torch.no_grad():
+        predicted = independent_resnet32(state, weight, bias, batch).argmax(1).numpy()
+    targets = np.asarray(bundle.test.targets)
+    confusion = np.zeros((100, 100), dtype=np.int64)
+    np.add.at(confusion, (targets, predicted), 1)
+    assert len(set(predicted.tolist())) > 3, "the check needs a network whose predictions vary"
+    assert report["confusion"] == confusion.tolist()
+    assert report["top1"] == pytest.approx(float((predicted == targets).mean()))
+    assert report["imported_from"]["best_acc1"] == pytest.approx(48.61, abs=1e-4)
+    assert report["by_class_index"]["bounds"] == [36, 71]
+    per_class = (confusion.diagonal() / confusion.sum(axis=1)).tolist()
+    assert report["by_class_index"]["few"] == pytest.approx(float(np.mean(per_class[71:])))
+    assert "best_acc1 48.61%" in done.stdout
+
+
+def test_eval_of_a_file_without_data_record_asks_for_a_recipe(tmp_path):
+    from tests.authors_files import authors_cifar_checkpoint
+    from tests.helpers import run_cli
+
+    authors_cifar_checkpoint(tmp_path / "current.pth.tar", num_classes=10)
+    done = run_cli("eval", "--ckpt", str(tmp_path / "current.pth.tar"))
+    assert done.returncode == 2 and "pass --recipe NAME" in done.stderr and "Traceback" not in done.stderr

@@ -46,6 +46,18 @@ def test_group_membership_and_accuracies_by_hand():
     assert other["thresholds"] == {"many": 40, "few": 10}
 
 
+def test_the_authors_split_by_class_index_is_the_mean_per_class_accuracy_of_index_ranges():
+    """Their validate(): acc_classes[a:b].mean() over classes [0, 2), [2, 5), [5, 7) for bounds (2, 5): a mean of
+    per-class accuracies (not of images): (0.75 + 0.5) / 2, (1 + 0 + 1) / 3, (0 + 0.25) / 2."""
+    logits, targets = _predictions()
+    summary = summarize(logits, targets, COUNTS, GroupThresholds(100, 20), index_groups=(2, 5))
+    split = summary["by_class_index"]
+    assert split["bounds"] == [2, 5]
+    assert (split["many"], split["medium"], split["few"]) == pytest.approx((0.625, 2 / 3, 0.125))
+    assert summary["many"] == pytest.approx(5 / 6), "the split by training count is unchanged beside it"
+    assert "by_class_index" not in summarize(logits, targets, COUNTS, GroupThresholds(100, 20))
+
+
 def test_thresholds_come_from_the_metadata():
     assert GroupThresholds.from_meta({"data": {"many_threshold": 40, "few_threshold": 10}}) == GroupThresholds(40, 10)
     assert GroupThresholds.from_meta({}) == GroupThresholds(100, 20)

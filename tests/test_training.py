@@ -54,6 +54,101 @@ def test_stage2_changes_only_the_head_and_bn_statistics(tmp_path):
     assert torch.equal(b["head.lws"], torch.ones_like(b["head.lws"])), "LWS is learned in stage 2 only"
 
 
+def test_shift_bn_passes_receivers_and_donors_separately_as_the_authors_do(tmp_path, monkeypatch):
+    """Their train_stage2.py calls model(images) and model(images2): every stage-2 step updates each BatchNorm
+    layer's statistics twice (one concatenated batch would update them once, with mixed statistics)."""
+    steps: list[int] = []
+    original = Trainer._network
+
+    def counting(self, bundle):
+        net = original(self, bundle)
+        net.head.register_forward_pre_hook(lambda module, _args: steps.append(1) if module.training else None)
+        return net
+
+    monkeypatch.setattr(Trainer, "_network", counting)
+    result = _train(tmp_path)
+    # stage 1 runs one training forward per step, so the stage-1 file's counter is its number of steps
+    before = load_checkpoint(result.stage1_path).net.state_dict()["backbone.features.0.bn.num_batches_tracked"].item()
+    after = load_checkpoint(result.model_path).net.state_dict()["backbone.features.0.bn.num_batches_tracked"].item()
+    stage2_steps = len(steps) - before
+    assert stage2_steps > 0 and after - before == 2 * stage2_steps
+
+
+def test_metrics_report_the_best_stage2_epoch_on_the_test_set_beside_the_final_one(tmp_path):
+    result = _train(tmp_path, "stage2.epochs=3")
+    lines = [json.loads(x) for x in (result.output / "metrics.jsonl").read_text().splitlines()]
+    scored = [line for line in lines if line["stage"] == 2]
+    assert [line["epoch"] for line in scored] == [1, 2, 3] and all("test" not in x for x in lines if x["stage"] == 1)
+    metrics = result.metrics
+    best = max(scored, key=lambda line: (line["test"]["top1"], -line["epoch"]))
+    reported = metrics["best_stage2_epoch_on_test"]
+    assert (reported["epoch"], reported["top1"], reported["few"]) == (
+        best["epoch"],
+        best["test"]["top1"],
+        best["test"]["few"],
+    )
+    assert "chosen on the test set" in reported["note"] and metrics["final_epoch"] == 3
+    assert metrics["top1"] == scored[-1]["test"]["top1"], "the final epoch's score is the saved model's"
+    quiet = _train(tmp_path, "runtime.test_each_stage2_epoch=false", name="quiet")
+    assert "best_stage2_epoch_on_test" not in quiet.metrics
+
+
+def test_show_prints_the_resolved_recipe_with_the_authors_stage2_values():
+    """--show exits 0 although no CIFAR data exists here: it reads none."""
+    import yaml
+
+    done = run_cli("train", "--recipe", "cifar100-lt-if100", "--show", "stage2.fusion_ratio=0.3")
+    assert done.returncode == 0, done.stderr
+    shown = yaml.safe_load(done.stdout)
+    assert {k: shown["stage2"][k] for k in ("lr", "weight_decay", "schedule", "epochs", "batch_size")} == {
+        "lr": 0.02,
+        "weight_decay": 5e-4,
+        "schedule": "cosine_epoch",
+        "epochs": 10,
+        "batch_size": 128,
+    }
+    assert shown["stage2"]["fusion_ratio"] == 0.3 and shown["stage2"]["shift_bn"] is True
+    assert (shown["stage2"]["sampler"], shown["stage2"]["donor_sampler"]) == ("class", "instance")
+    assert shown["data"]["longtail_selection"] == "authors" and shown["data"]["index_groups"] == [36, 71]
+
+
+def test_each_stage_builds_its_loss_with_its_own_parameters(tmp_path, monkeypatch):
+    """GCL as published: stage 1 with m 0, s 30; the classifier's re-training with m 0.1, s 20 and the focal
+    term (loss.stage2_params replaces those of loss.params in stage 2)."""
+    from pih2t_deploy.training import engine
+
+    built = []
+    original = engine.build_loss
+
+    def recording(name, counts, **kwargs):
+        loss = original(name, counts, **kwargs)
+        built.append((type(loss).__name__, loss.m, loss.s, loss.gamma, loss.noise_mul))
+        return loss
+
+    monkeypatch.setattr(engine, "build_loss", recording)
+    _train(
+        tmp_path,
+        "model.head=cosine",
+        "loss.name=gcl",
+        "loss.params={m: 0.0, s: 30.0, noise_mul: 0.5}",
+        "loss.stage2_params={m: 0.1, s: 20.0, gamma: 1.0}",
+    )
+    assert built == [("GCLLoss", 0.0, 30.0, 0.0, 0.5), ("GCLLoss", 0.1, 20.0, 1.0, 0.5)]
+
+
+def test_cosine_epoch_schedule_holds_each_epoch_at_the_authors_rate():
+    """Their adjust_learning_rate: lr_e = lr * 0.5 * (1 + cos(pi * e / epochs)) for the whole epoch e (0-based)."""
+    from pih2t_deploy.training.recipe import StageSettings
+    from pih2t_deploy.training.schedule import lr_factor
+
+    factor = lr_factor(StageSettings(epochs=10, schedule="cosine_epoch"), steps_per_epoch=3)
+    assert [factor(step) for step in range(3)] == [1.0, 1.0, 1.0]
+    assert [factor(step) for step in (3, 5)] == pytest.approx([0.9755282581, 0.9755282581])
+    assert factor(29) == pytest.approx(0.0244717419)
+    per_step = lr_factor(StageSettings(epochs=10, schedule="cosine"), steps_per_epoch=3)
+    assert per_step(1) < 1.0, "the per-step cosine decays within the first epoch"
+
+
 def test_without_shift_bn_the_backbone_is_untouched(tmp_path):
     result = _train(tmp_path, "stage2.shift_bn=false")
     b, a = load_checkpoint(result.stage1_path).net.state_dict(), load_checkpoint(result.model_path).net.state_dict()
@@ -109,12 +204,18 @@ def test_torchrun_with_two_cpu_processes(tmp_path):
     ("args", "message"),
     [
         (["--recipe", "imagenet-1k"], "unknown recipe 'imagenet-1k'"),
-        (["stage1.epoch=3"], "unknown setting stage1.epoch"),
-        (["optimizer=adam"], "unknown recipe key 'optimizer'"),
-        (["--method", "focal"], "unknown method 'focal'"),
+        (["stage1.epoch=3"], "unknown setting stage1.epoch; known: accumulate, batch_size, donor_sampler,"),
+        (["optimizer=adam"], "unknown setting optimizer; known: data, loss, method, model, name, runtime,"),
+        (["--method", "focal"], "setting method='focal' is not allowed: Input should be 'ce', 'h2t' or 'pih2t'"),
         (["data.source=imagefolder", "data.root=/nonexistent"], "image folder /nonexistent/train does not exist"),
-        (["stage1.lr=-1"], "lr must be positive"),
+        (["stage1.lr=-1"], "setting stage1.lr=-1 is not allowed: Input should be greater than 0"),
         (["banana"], "must look like key=value"),
+        (["runtime.amp=maybe"], "setting runtime.amp='maybe' is not allowed: Input should be a valid boolean"),
+        (["model.cosine_scale=abc"], "setting model.cosine_scale='abc' is not allowed: Input should be a valid number"),
+        (["runtime.workers=two"], "setting runtime.workers='two' is not allowed: Input should be a valid integer"),
+        (["runtime.device=gpu"], "setting runtime.device='gpu' is not allowed: choose auto, cpu, cuda or cuda:N"),
+        (["stage2.schedule=linear"], "Input should be 'cosine', 'cosine_epoch' or 'step'"),
+        (["loss.name=gcl"], "loss gcl works on cosine similarities: set model.head=cosine"),
     ],
 )
 def test_bad_training_input_gets_one_line(tmp_path, args, message):
@@ -172,20 +273,20 @@ def test_stage2_feeds_the_head_features_with_donor_channels_fused_in(tmp_path, m
 
     def network_with_probes(self, bundle):
         net = original(self, bundle)
-        last: dict[str, torch.Tensor] = {}
+        last: list[torch.Tensor] = []
         features = net.features
 
         def recording_features(x):
             out = features(x)
-            last["maps"] = out.detach().clone()
+            last.append(out.detach().clone())
             return out
 
-        def check_head_input(_module, args):
+        def check_head_input(module, args):
             (pooled,) = args
-            maps = last.pop("maps", None)
-            if maps is None or len(maps) != 2 * len(pooled):
+            maps, _ = last[-2:], last.clear()
+            if not module.training or len(maps) != 2:  # evaluation, or a stage without fusion
                 return
-            receiver, donor = (torch.flatten(F.adaptive_avg_pool2d(m, 1), 1) for m in maps.split(len(pooled)))
+            receiver, donor = (torch.flatten(F.adaptive_avg_pool2d(m, 1), 1) for m in maps)
             from_donor = (pooled == donor).all(dim=0) & ~(pooled == receiver).all(dim=0)
             from_receiver = (pooled == receiver).all(dim=0)
             assert bool((from_donor | from_receiver).all()), "every channel comes from the receiver or the donor"

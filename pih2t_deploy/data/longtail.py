@@ -19,16 +19,25 @@ def longtail_counts(n_max: int, num_classes: int, imbalance_factor: float) -> li
     return [math.floor(n_max * imbalance_factor ** (-i / (num_classes - 1)) + 1e-9) for i in range(num_classes)]
 
 
-def select_longtail(labels: Sequence[int], counts: Sequence[int], seed: int) -> np.ndarray:
-    """Indices keeping ``counts[c]`` images of each class c, chosen at random with ``seed``, in index order."""
+def select_longtail(labels: Sequence[int], counts: Sequence[int], seed: int, method: str = "generator") -> np.ndarray:
+    """Indices keeping ``counts[c]`` images of each class c, in index order.
+
+    ``generator``: chosen at random by numpy's default generator seeded with ``seed``. ``authors``: each class's
+    indices shuffled in class order by the legacy global generator after ``np.random.seed(seed)``, the first
+    ``counts[c]`` kept, which is how the H2T / LDAM-DRW CIFAR code selects them (so the same images).
+    """
     labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
+    generator, legacy = np.random.default_rng(seed), np.random.RandomState(seed)
     keep = []
     for cls, count in enumerate(counts):
         members = np.flatnonzero(labels == cls)
         if len(members) < count:
             raise ValueError(f"class {cls} has {len(members)} images, the profile asks for {count}")
-        keep.append(rng.choice(members, size=count, replace=False))
+        if method == "authors":
+            legacy.shuffle(members)
+            keep.append(members[:count])
+        else:
+            keep.append(generator.choice(members, size=count, replace=False))
     return np.sort(np.concatenate(keep)) if keep else np.empty(0, dtype=np.int64)
 
 

@@ -10,6 +10,7 @@ of processes.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -17,7 +18,8 @@ from torch.utils.data import Sampler
 
 from pih2t_deploy.errors import ConfigError
 
-POWERS = {"instance": 1.0, "sqrt": 0.5, "class": 0.0}
+SamplerKind = Literal["instance", "sqrt", "class"]
+POWERS: dict[str, float] = {"instance": 1.0, "sqrt": 0.5, "class": 0.0}
 
 
 class ClassPowerSampler(Sampler[int]):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
@@ -19,17 +19,29 @@ from pih2t_deploy.data.datasets import ArrayImages, FileImages, LabelledImages, 
 from pih2t_deploy.data.longtail import GroupThresholds, longtail_counts, select_longtail
 from pih2t_deploy.data.preprocessing import CIFAR_MEAN, CIFAR_STD, MODES, Preprocessing, to_mode
 from pih2t_deploy.errors import ConfigError, DataError
-from pih2t_deploy.settings import reject_unknown
+from pih2t_deploy.settings import FORBID_UNKNOWN_KEYS, validate_settings
 
-SOURCES = ("digits-lt", "cifar10-lt", "cifar100-lt", "split-file", "imagefolder")
+SourceName = Literal["digits-lt", "cifar10-lt", "cifar100-lt", "split-file", "imagefolder"]
+AugmentName = Literal["none", "digits", "cifar", "imagenet"]
+SOURCES: tuple[str, ...] = get_args(SourceName)
+AUGMENTATIONS: tuple[str, ...] = get_args(AugmentName)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """One data set definition (a recipe's ``data`` section)."""
+    """One data set definition (a recipe's ``data`` section).
 
-    source: str = "digits-lt"
+    ``longtail_selection`` picks which images a long-tailed CIFAR keeps of each class: ``generator`` draws them
+    with numpy's default generator seeded by ``seed``; ``authors`` shuffles each class's indices with the legacy
+    ``np.random.seed(seed)`` / ``np.random.shuffle`` and keeps the first ones, as the H2T and LDAM-DRW code do
+    (the same images as theirs). ``index_groups`` ``[a, b]`` adds the authors' Many/Medium/Few split by class
+    index (classes ``< a`` / ``a..b-1`` / ``>= b``; CIFAR-100: ``[36, 71]``) beside the split by training count.
+    """
+
+    __pydantic_config__ = FORBID_UNKNOWN_KEYS
+
+    source: SourceName = "digits-lt"
     root: str | None = None
     imbalance_factor: float = 50.0
     seed: int = 0
@@ -37,10 +49,12 @@ class DataConfig:
     test_split: str | None = None
     many_threshold: int = 100
     few_threshold: int = 20
-    augment: str = "none"
+    augment: AugmentName = "none"
     input_size: int | None = None
     resize: int | None = None
-    mode: str = "RGB"
+    mode: Literal["RGB", "L"] = "RGB"
+    longtail_selection: Literal["generator", "authors"] = "generator"
+    index_groups: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -51,6 +65,8 @@ class DataConfig:
             raise ConfigError(f"imbalance_factor must be >= 1, got {self.imbalance_factor}")
         if self.mode not in MODES:
             raise ConfigError(f"unknown data.mode {self.mode!r}; choose RGB (colour) or L (grayscale)")
+        if self.index_groups is not None and not 0 < self.index_groups[0] < self.index_groups[1]:
+            raise ConfigError(f"data.index_groups must be two class indices 0 < a < b, got {list(self.index_groups)}")
 
     @property
     def thresholds(self) -> GroupThresholds:
@@ -63,9 +79,9 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
-        """From a dict; unknown keys are an error naming them."""
-        reject_unknown(cls, data, "data.")
-        return cls(**data)
+        """From a dict (a checkpoint's record of its data set), validated by type; one ConfigError line naming
+        the key otherwise."""
+        return validate_settings(cls, data, "data.")
 
 
 @dataclass
@@ -91,9 +107,6 @@ def _augmentation(name: str, prep: Preprocessing) -> list:
             T.ColorJitter(0.4, 0.4, 0.4),
         ]
     return [T.Resize(prep.resize, interpolation=interp, antialias=True), T.CenterCrop(size)]
-
-
-AUGMENTATIONS = ("none", "digits", "cifar", "imagenet")
 
 
 def train_transform(augment: str, prep: Preprocessing) -> T.Compose:
@@ -185,7 +198,7 @@ def _cifar(config: DataConfig, num_classes: int) -> tuple[ArrayImages, ArrayImag
     n_max = int(np.bincount(train_labels, minlength=num_classes).max())
     counts = longtail_counts(n_max, num_classes, config.imbalance_factor)
     try:
-        keep = select_longtail(train_labels, counts, config.seed)
+        keep = select_longtail(train_labels, counts, config.seed, config.longtail_selection)
     except ValueError as exc:
         raise DataError(f"{folder}: {exc}") from None
     train = ArrayImages(train_pixels, train_labels, names).subset(keep)

@@ -1,7 +1,7 @@
 """Architectures (registry), PIF, heads and the PI-H2T network."""
 
 from pih2t_deploy.models.digits_net import digits_net
-from pih2t_deploy.models.network import HEADS, METHODS, NetworkConfig, PIH2TNet
+from pih2t_deploy.models.network import HEADS, METHODS, HeadName, MethodName, NetworkConfig, PIH2TNet
 from pih2t_deploy.models.registry import (
     ArchSpec,
     arch_names,
@@ -34,6 +34,8 @@ __all__ = [
     "HEADS",
     "METHODS",
     "ArchSpec",
+    "HeadName",
+    "MethodName",
     "NetworkConfig",
     "PIH2TNet",
     "arch_names",

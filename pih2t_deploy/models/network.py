@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +16,10 @@ from pih2t_deploy.models.pif import PIF
 from pih2t_deploy.models.registry import create_arch
 from pih2t_deploy.settings import reject_unknown
 
-METHODS = ("ce", "h2t", "pih2t")
-HEADS = ("linear", "cosine")
+MethodName = Literal["ce", "h2t", "pih2t"]
+HeadName = Literal["linear", "cosine"]
+METHODS: tuple[str, ...] = get_args(MethodName)
+HEADS: tuple[str, ...] = get_args(HeadName)
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,17 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int
 
 
 def summarize(
-    logits: np.ndarray, targets: np.ndarray, class_counts: Sequence[int], thresholds: GroupThresholds
+    logits: np.ndarray,
+    targets: np.ndarray,
+    class_counts: Sequence[int],
+    thresholds: GroupThresholds,
+    index_groups: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy metrics as fractions in [0, 1]; group accuracy is over the test images of that group's classes."""
+    """Accuracy metrics as fractions in [0, 1]; group accuracy is over the test images of that group's classes.
+
+    With ``index_groups`` ``(a, b)``, ``by_class_index`` adds the authors' split: the mean per-class accuracy of
+    classes ``[0, a)``, ``[a, b)`` and ``[b, K)`` (as their code reports Many/Medium/Few for CIFAR-100).
+    """
     num_classes = logits.shape[1]
     shifted = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
@@ -57,6 +65,7 @@ def summarize(
     for group in ("many", "medium", "few"):
         members = np.isin(targets, [c for c, g in enumerate(groups) if g == group])
         group_acc[group] = float(correct[members].mean()) if members.any() else None
+    extra = {} if index_groups is None else {"by_class_index": _by_class_index(per_class, index_groups)}
     return {
         "top1": float(correct.mean()),
         "top5": float((top5 == targets[:, None]).any(axis=1).mean()),
@@ -67,7 +76,18 @@ def summarize(
         "groups": groups,
         "per_class": per_class,
         "confusion": confusion.tolist(),
+        **extra,
     }
+
+
+def _by_class_index(per_class: Sequence[float | None], bounds: Sequence[int]) -> dict[str, Any]:
+    first, second = int(bounds[0]), int(bounds[1])
+    ranges = {"many": (0, first), "medium": (first, second), "few": (second, len(per_class))}
+    out: dict[str, Any] = {"bounds": [first, second]}
+    for group, (low, high) in ranges.items():
+        values = [v for v in per_class[low:high] if v is not None]
+        out[group] = float(np.mean(values)) if values else None
+    return out
 
 
 def plot_summary(summary: dict[str, Any], class_names: Sequence[str], class_counts: Sequence[int], path: Path) -> Path:
