@@ -15,6 +15,7 @@ from pih2t_deploy.cli.bench_cmd import bench
 from pih2t_deploy.cli.common import err_console
 from pih2t_deploy.cli.demo_cmd import demo
 from pih2t_deploy.cli.export_cmd import export
+from pih2t_deploy.cli.predict_cmd import predict
 from pih2t_deploy.cli.serve_cmd import serve
 from pih2t_deploy.cli.train_cmd import evaluate, train
 from pih2t_deploy.cli.triton_cmd import triton_app
@@ -40,6 +41,8 @@ EXTRA_OF_PACKAGE = {
     "tritonclient": "triton",
     "pytriton": "triton",
     "google": "triton",
+    "ray": "ray",
+    "pyarrow": "ray",
 }
 
 COMMANDS: dict[str, Callable[..., None]] = {
@@ -47,6 +50,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "eval": evaluate,
     "export": export,
     "serve": serve,
+    "predict": predict,
     "demo": demo,
     "bench": bench,
 }
@@ -125,6 +129,7 @@ train_main = _alias("train")
 eval_main = _alias("eval")
 export_main = _alias("export")
 serve_main = _alias("serve")
+predict_main = _alias("predict")
 demo_main = _alias("demo")
 bench_main = _alias("bench")
 

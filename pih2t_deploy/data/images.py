@@ -10,6 +10,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pih2t_deploy.errors import DataError
 
 MAX_PIXELS = 40_000_000
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 

@@ -16,6 +16,7 @@ import torch
 from torchvision.transforms import v2 as T
 
 from pih2t_deploy.data.datasets import ArrayImages, FileImages, LabelledImages, require_every_class
+from pih2t_deploy.data.images import IMAGE_SUFFIXES
 from pih2t_deploy.data.longtail import GroupThresholds, longtail_counts, select_longtail
 from pih2t_deploy.data.preprocessing import CIFAR_MEAN, CIFAR_STD, MODES, Preprocessing, to_mode
 from pih2t_deploy.errors import ConfigError, DataError
@@ -25,7 +26,6 @@ SourceName = Literal["digits-lt", "cifar10-lt", "cifar100-lt", "split-file", "im
 AugmentName = Literal["none", "digits", "cifar", "imagenet"]
 SOURCES: tuple[str, ...] = get_args(SourceName)
 AUGMENTATIONS: tuple[str, ...] = get_args(AugmentName)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)

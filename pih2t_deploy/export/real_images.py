@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 
 from pih2t_deploy.checkpoint import Checkpoint
-from pih2t_deploy.data.images import open_image
-from pih2t_deploy.data.sources import IMAGE_SUFFIXES, DataConfig, build_data
+from pih2t_deploy.data.images import IMAGE_SUFFIXES, open_image
+from pih2t_deploy.data.sources import DataConfig, build_data
 from pih2t_deploy.errors import DataError
 
 
