@@ -1,0 +1,79 @@
+"""``pih2t-predict``: classify a folder, a glob, a list of paths or an ImageFolder tree into a result file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pih2t_deploy.cli.common import console, log
+from pih2t_deploy.errors import ConfigError
+
+ENGINES = ("local", "ray")
+
+
+def predict(
+    model: Annotated[Path, typer.Option("--model", help="artifact folder from pih2t-export")],
+    input_source: Annotated[
+        str,
+        typer.Option(
+            "--input",
+            help="a folder (recursive; an ImageFolder tree gives accuracies), a glob in quotes, "
+            "a text file with one path per line, or one image",
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="result file: .jsonl, .csv or .parquet (with --engine ray: a folder of shards)"
+        ),
+    ],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="classes per image")] = 5,
+    batch: Annotated[int, typer.Option(min=1, help="images per model call")] = 64,
+    backend: Annotated[str, typer.Option(help="onnxruntime, openvino, torch or tensorrt")] = "onnxruntime",
+    threads: Annotated[int | None, typer.Option(min=1, help="inference threads (default: the runtime's)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="image decoding threads (default: CPU count)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="skip the images OUTPUT already holds")] = False,
+    engine: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster)")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster: auto or HOST:PORT (default: start a local Ray)")
+    ] = None,
+    num_workers: Annotated[int, typer.Option(min=1, help="Ray classifier actors")] = 2,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
+) -> None:
+    """Classify every image; one row per image (top-k labels, indices, scores, group; the error for a bad file).
+
+    Exit status 0 when every image was classified, 3 when some rows are errors, 2 on bad arguments.
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown --engine {engine!r}; choose local or ray")
+    if engine == "ray":
+        from pih2t_deploy.predict.ray_engine import run_on_ray
+
+        result = run_on_ray(
+            model, input_source, output, address=address, num_workers=num_workers, top_k=top_k, batch_size=batch,
+            backend=backend, threads=threads, resume=resume, progress=progress, log=log,
+        )  # fmt: skip
+    else:
+        from pih2t_deploy.predict.job import run_local
+
+        result = run_local(
+            model, input_source, output, top_k=top_k, batch_size=batch, backend=backend, threads=threads,
+            workers=workers, resume=resume, progress=progress, log=log,
+        )  # fmt: skip
+    summary = result.summary
+    console.print(
+        f"{summary['images']} rows in {output} ({result.written} new, {result.skipped} already there; "
+        f"{summary['errors']} errors); summary in {result.summary_path}"
+    )
+    if "top1" in summary:
+        groups = [g for g in ("many", "medium", "few") if summary.get(g) is not None]
+        console.print(
+            f"accuracy on {summary['labelled_images']} labelled images: top-1 {100 * summary['top1']:.1f}%  "
+            + "  ".join(f"{g} {100 * summary[g]:.1f}%" for g in groups)
+        )
+    if result.exit_code:
+        console.print(f"{summary['errors']} images could not be classified: their rows carry the error")
+        sys.exit(result.exit_code)

@@ -1,0 +1,143 @@
+"""A prediction run into a result file on this machine: resume, progress, interruption, final report.
+
+Rows are written after every batch; Ctrl-C or an exception keeps every row already computed (a Parquet run
+keeps them in its journal), and the same command with ``--resume`` skips the images the output holds. At the
+end the whole output is summarised into ``<output stem>.summary.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.progress import Progress, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from pih2t_deploy.atomic import write_text_atomic
+from pih2t_deploy.predict.inputs import InputItem, Inputs, resolve_inputs
+from pih2t_deploy.predict.local import stream_rows
+from pih2t_deploy.predict.report import summarize_rows
+from pih2t_deploy.predict.rows import PredictionRow
+from pih2t_deploy.predict.writers import open_writer
+from pih2t_deploy.runtime.classifier import ModelInfo, load_classifier
+
+EXIT_SOME_ERRORS = 3
+
+
+@dataclass
+class PredictResult:
+    """What a run did: rows written now, images skipped as already done, and the whole output's summary."""
+
+    output: Path
+    summary_path: Path
+    written: int
+    skipped: int
+    seconds: float
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every image of the output was classified, 3 when some rows are errors."""
+        return EXIT_SOME_ERRORS if self.summary.get("errors") else 0
+
+
+class RateColumn(ProgressColumn):
+    """Images per second of the task."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0.0:.1f} images/s")
+
+
+def progress_bar(enabled: bool) -> Progress:
+    """A progress display for an unknown number of images: count, rate, elapsed time."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed} images"),
+        RateColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+    )
+
+
+def summary_path(output: Path) -> Path:
+    """``preds.jsonl`` -> ``preds.summary.json`` (a Ray output folder ``preds`` -> ``preds.summary.json``)."""
+    return output.with_name(output.stem + ".summary.json")
+
+
+def write_summary(output: Path, rows: Iterable[PredictionRow], info: ModelInfo, extra: dict[str, Any]) -> dict:
+    """Summarise ``rows`` (the whole output) and write it atomically beside the output."""
+    summary = {**extra, **summarize_rows(rows, info)}
+    write_text_atomic(summary_path(output), json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+class _Skipping:
+    """Items of an input that the output does not hold yet, counting the ones it does."""
+
+    def __init__(self, items: Iterable[InputItem], done: set[str]) -> None:
+        self.items, self.done, self.skipped = items, done, 0
+
+    def __iter__(self) -> Iterator[InputItem]:
+        for item in self.items:
+            if item.path in self.done:
+                self.skipped += 1
+            else:
+                yield item
+
+
+def run_local(
+    model: str | Path,
+    source: str | Inputs,
+    output: Path,
+    *,
+    top_k: int = 5,
+    batch_size: int = 64,
+    backend: str = "onnxruntime",
+    threads: int | None = None,
+    workers: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda _m: None,
+) -> PredictResult:
+    """Classify every image of ``source`` into ``output`` (.jsonl, .csv or .parquet) and summarise it."""
+    classifier = load_classifier(model, backend, threads=threads)
+    inputs = resolve_inputs(source, classifier.info.labels) if isinstance(source, str) else source
+    writer = open_writer(output, resume=resume)
+    pending = _Skipping(inputs, writer.done)
+    started, written, buffer = time.perf_counter(), 0, []
+    try:
+        with progress_bar(progress) as bar:
+            task = bar.add_task(f"{inputs.kind} {inputs.source}", total=None)
+            for row in stream_rows(classifier, pending, top_k=top_k, batch_size=batch_size, workers=workers):
+                buffer.append(row)
+                if len(buffer) == batch_size:
+                    writer.write(buffer)
+                    written, buffer = written + len(buffer), []
+                    bar.update(task, completed=written)
+            writer.write(buffer)
+            written, buffer = written + len(buffer), []
+            bar.update(task, completed=written)
+    except BaseException:
+        writer.write(buffer)
+        writer.close()
+        log(f"stopped: {written + len(buffer)} new rows are kept; run the same command with --resume to continue")
+        raise
+    writer.finish()
+    seconds = time.perf_counter() - started
+    extra = {
+        "model": str(model),
+        "backend": classifier.backend,
+        "input": {"kind": inputs.kind, "source": inputs.source, "labelled": inputs.labelled},
+        "output": str(output),
+        "written_now": written,
+        "skipped_already_done": pending.skipped,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(written / seconds, 2) if seconds > 0 else None,
+    }
+    summary = write_summary(output, writer.rows(), classifier.info, extra)
+    return PredictResult(output, summary_path(output), written, pending.skipped, seconds, summary)

@@ -1,0 +1,107 @@
+"""One result row per image, and the per-batch step that makes them: decode, run the model, take the top k.
+
+The same ``decode`` and ``classify_chunk`` run in the single-machine pipeline and in each Ray actor, so both
+engines give the same rows for the same images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pih2t_deploy.data.images import open_image
+from pih2t_deploy.data.longtail import GroupThresholds
+from pih2t_deploy.errors import DataError
+from pih2t_deploy.predict.inputs import InputItem
+from pih2t_deploy.runtime.classifier import Classifier
+
+MAX_FILE_BYTES = 256 * 1024 * 1024  # larger "images" are refused before reading (the pixel limit follows)
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """The result for one image: the top-k class names, indices and probabilities (best first), the
+    Many/Medium/Few group of the top-1 class, the true label when the input gives one, or, for a file that
+    could not be classified, ``error`` (one line) and empty predictions."""
+
+    path: str
+    labels: list[str] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    group: str | None = None
+    true_label: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (the JSONL / Parquet record)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PredictionRow:
+        """From a record written by ``to_dict`` (JSONL, CSV after decoding, Parquet)."""
+        return cls(
+            path=str(data["path"]),
+            labels=[str(x) for x in data.get("labels") or []],
+            indices=[int(x) for x in data.get("indices") or []],
+            scores=[float(x) for x in data.get("scores") or []],
+            group=data.get("group") or None,
+            true_label=data.get("true_label") or None,
+            error=data.get("error") or None,
+        )
+
+
+Decoded = np.ndarray | str  # the model input for one image, or the reason it has none
+
+
+def decode(classifier: Classifier, path: str) -> Decoded:
+    """The model input for the image at ``path`` (its artifact's preprocessing), or a one-line error."""
+    try:
+        size = os.stat(path).st_size
+        if size > MAX_FILE_BYTES:
+            return f"the file is {size:,} bytes; the limit is {MAX_FILE_BYTES:,}"
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        return f"cannot read the file: {exc.strerror or exc}"
+    try:
+        return classifier.prepare([open_image(data, name=os.path.basename(path))])[0]
+    except DataError as exc:
+        return str(exc)
+
+
+class RowMaker:
+    """Turns a classifier's outputs into PredictionRows (top-k, group of the top-1 class)."""
+
+    def __init__(self, classifier: Classifier, top_k: int) -> None:
+        info = classifier.info
+        self.classifier, self.labels = classifier, info.labels
+        self.top_k = max(1, min(top_k, info.num_classes))
+        thresholds = GroupThresholds.from_meta(info.manifest.get("meta", {}))
+        counts = info.class_counts
+        self.groups = thresholds.groups(counts) if counts and len(counts) == info.num_classes else None
+
+    def classify_chunk(self, items: list[InputItem], decoded: list[Decoded]) -> list[PredictionRow]:
+        """Rows for ``items`` in order: one model call for every decoded image, an error row for the others."""
+        good = [i for i, value in enumerate(decoded) if not isinstance(value, str)]
+        rows: dict[int, PredictionRow] = {}
+        if good:
+            batch = np.stack([decoded[i] for i in good])
+            probabilities = self.classifier.probabilities(self.classifier.predict(batch))
+            order = np.argsort(-probabilities, axis=1, kind="stable")[:, : self.top_k]
+            for row_index, item_index in enumerate(good):
+                indices = [int(c) for c in order[row_index]]
+                rows[item_index] = PredictionRow(
+                    path=items[item_index].path,
+                    labels=[self.labels[c] for c in indices],
+                    indices=indices,
+                    scores=[float(probabilities[row_index, c]) for c in indices],
+                    group=self.groups[indices[0]] if self.groups else None,
+                    true_label=items[item_index].true_label,
+                )
+        return [
+            rows.get(i) or PredictionRow(path=item.path, true_label=item.true_label, error=str(decoded[i]))
+            for i, item in enumerate(items)
+        ]

@@ -1,0 +1,230 @@
+"""Result files that survive an interruption: JSONL, CSV and Parquet, each resumable.
+
+JSONL and CSV are appended and flushed after every batch, so a crash or Ctrl-C loses only the batch in flight
+(a half-written last line is cut off on resume). Parquet cannot be appended to, so rows go to a JSONL journal
+beside it (``OUT.parquet.partial.jsonl``) and become the Parquet file, written to a temporary name and
+renamed, when the run completes. An existing output is never overwritten: without ``resume`` it is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pih2t_deploy.atomic import atomic_file
+from pih2t_deploy.errors import ConfigError
+from pih2t_deploy.predict.rows import PredictionRow
+
+SUFFIXES = (".jsonl", ".csv", ".parquet")
+CSV_COLUMNS = ("path", "top1", "top1_score", "group", "true_label", "labels", "indices", "scores", "error")
+PARQUET_CHUNK_ROWS = 4096
+
+
+def parquet_schema() -> Any:
+    """The Arrow schema of a Parquet result (single-machine and Ray outputs alike)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("labels", pa.list_(pa.string())),
+            ("indices", pa.list_(pa.int64())),
+            ("scores", pa.list_(pa.float64())),
+            ("group", pa.string()),
+            ("true_label", pa.string()),
+            ("error", pa.string()),
+        ]
+    )
+
+
+class RowWriter(ABC):
+    """Appends rows durably; knows which paths an earlier run already wrote (``done``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done: set[str] = set()
+
+    @abstractmethod
+    def write(self, rows: list[PredictionRow]) -> None:
+        """Append ``rows`` and flush them to the file."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close after an interruption: what was written stays, ``--resume`` continues from it."""
+
+    def finish(self) -> None:
+        """Close after every input was processed (Parquet: write the final file)."""
+        self.close()
+
+    @abstractmethod
+    def rows(self) -> Iterator[PredictionRow]:
+        """Every row of the finished output, streamed from disk."""
+
+
+def _cut_partial_last_line(path: Path) -> None:
+    """Drop a last line without its newline (a write interrupted half-way)."""
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
+class JsonlWriter(RowWriter):
+    """One JSON object per line."""
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        super().__init__(path)
+        if path.exists():
+            _cut_partial_last_line(path)
+            self.done = {row.path for row in self.rows()}
+        self.handle = path.open("a", encoding="utf-8")
+
+    def write(self, rows: list[PredictionRow]) -> None:
+        self.handle.write("".join(json.dumps(row.to_dict()) + "\n" for row in rows))
+        self.handle.flush()
+
+    def close(self) -> None:
+        if not self.handle.closed:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+
+    def rows(self) -> Iterator[PredictionRow]:
+        return _jsonl_rows(self.path)
+
+
+class CsvWriter(RowWriter):
+    """A header, then one row per image; list columns hold JSON arrays, ``top1`` / ``top1_score`` the best."""
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        super().__init__(path)
+        fresh = not path.exists() or path.stat().st_size == 0
+        if not fresh:
+            _cut_partial_last_line(path)
+            self.done = {row.path for row in self.rows()}
+        self.handle = path.open("a", encoding="utf-8", newline="")
+        self.writer = csv.writer(self.handle)
+        if fresh:
+            self.writer.writerow(CSV_COLUMNS)
+
+    def write(self, rows: list[PredictionRow]) -> None:
+        for row in rows:
+            self.writer.writerow(
+                [
+                    row.path,
+                    row.labels[0] if row.labels else "",
+                    row.scores[0] if row.scores else "",
+                    row.group or "",
+                    row.true_label or "",
+                    json.dumps(row.labels),
+                    json.dumps(row.indices),
+                    json.dumps(row.scores),
+                    row.error or "",
+                ]
+            )
+        self.handle.flush()
+
+    def close(self) -> None:
+        if not self.handle.closed:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+
+    def rows(self) -> Iterator[PredictionRow]:
+        return _csv_rows(self.path)
+
+
+class ParquetWriter(RowWriter):
+    """Rows journaled to ``OUT.partial.jsonl``; ``finish`` writes OUT (earlier rows first) and drops the journal."""
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        super().__init__(path)
+        self.journal = JsonlWriter(journal_path(path), resume)
+        self.done = set(self.journal.done)
+        if path.exists():
+            self.done |= {row.path for row in _parquet_rows(path)}
+
+    def write(self, rows: list[PredictionRow]) -> None:
+        self.journal.write(rows)
+
+    def close(self) -> None:
+        self.journal.close()
+
+    def finish(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.journal.close()
+        schema = parquet_schema()
+        with atomic_file(self.path) as tmp, pq.ParquetWriter(tmp, schema) as out:
+            if self.path.exists():
+                for batch in pq.ParquetFile(self.path).iter_batches(batch_size=PARQUET_CHUNK_ROWS):
+                    out.write_batch(batch)
+            chunk: list[dict[str, Any]] = []
+            for row in self.journal.rows():
+                chunk.append(row.to_dict())
+                if len(chunk) == PARQUET_CHUNK_ROWS:
+                    out.write_table(pa.Table.from_pylist(chunk, schema=schema))
+                    chunk = []
+            if chunk:
+                out.write_table(pa.Table.from_pylist(chunk, schema=schema))
+        self.journal.path.unlink()
+
+    def rows(self) -> Iterator[PredictionRow]:
+        return _parquet_rows(self.path)
+
+
+def _parquet_rows(path: Path) -> Iterator[PredictionRow]:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_CHUNK_ROWS):
+        yield from (PredictionRow.from_dict(record) for record in batch.to_pylist())
+
+
+def journal_path(path: Path) -> Path:
+    """Where a Parquet output's rows wait until the run completes."""
+    return path.with_name(path.name + ".partial.jsonl")
+
+
+def open_writer(path: Path, *, resume: bool) -> RowWriter:
+    """The writer for ``path`` by its suffix; an existing output without ``resume`` is a ConfigError (never
+    overwritten), a missing folder is created."""
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ConfigError(f"--output {path}: the file name must end in {', '.join(SUFFIXES)} (the format)")
+    started = path.exists() or (suffix == ".parquet" and journal_path(path).exists())
+    if started and not resume:
+        raise ConfigError(f"--output {path} exists: pass --resume to continue it, or choose another --output")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kind = {".jsonl": JsonlWriter, ".csv": CsvWriter, ".parquet": ParquetWriter}[suffix]
+    return kind(path, resume)
+
+
+def read_rows(path: Path) -> Iterator[PredictionRow]:
+    """The rows of a result file (any of the three formats), streamed from disk."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _parquet_rows(path)
+    return _csv_rows(path) if suffix == ".csv" else _jsonl_rows(path)
+
+
+def _jsonl_rows(path: Path) -> Iterator[PredictionRow]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    yield PredictionRow.from_dict(json.loads(line))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ConfigError(f"{path}:{number} is not a prediction row ({exc})") from None
+
+
+def _csv_rows(path: Path) -> Iterator[PredictionRow]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        for record in csv.DictReader(handle):
+            lists = {key: json.loads(record.get(key) or "[]") for key in ("labels", "indices", "scores")}
+            yield PredictionRow.from_dict({**record, **lists})
