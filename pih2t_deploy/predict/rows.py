@@ -1,6 +1,6 @@
 """One result row per image, and the per-batch step that makes them: decode, run the model, take the top k.
 
-The same ``decode`` and ``classify_chunk`` run in the single-machine pipeline and in each Ray actor, so both
+The same ``decode_many`` and ``classify_chunk`` run in the single-machine pipeline and in each Ray actor, so both
 engines give the same rows for the same images.
 """
 
@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from pih2t_deploy.data.images import open_image
 from pih2t_deploy.data.longtail import GroupThresholds
@@ -56,8 +57,7 @@ class PredictionRow:
 Decoded = np.ndarray | str  # the model input for one image, or the reason it has none
 
 
-def decode(classifier: Classifier, path: str) -> Decoded:
-    """The model input for the image at ``path`` (its artifact's preprocessing), or a one-line error."""
+def _open(path: str) -> Image.Image | str:
     try:
         size = os.stat(path).st_size
         if size > MAX_FILE_BYTES:
@@ -67,9 +67,22 @@ def decode(classifier: Classifier, path: str) -> Decoded:
     except OSError as exc:
         return f"cannot read the file: {exc.strerror or exc}"
     try:
-        return classifier.prepare([open_image(data, name=os.path.basename(path))])[0]
+        return open_image(data, name=os.path.basename(path))
     except DataError as exc:
         return str(exc)
+
+
+def decode_many(classifier: Classifier, paths: list[str]) -> list[Decoded]:
+    """The model input for each image (its artifact's preprocessing, applied to the decodable ones together),
+    or a one-line error for each file that cannot be read or decoded."""
+    opened = [_open(path) for path in paths]
+    good = [i for i, value in enumerate(opened) if not isinstance(value, str)]
+    out: list[Decoded] = list(opened)  # type: ignore[arg-type]
+    if good:
+        prepared = classifier.prepare([opened[i] for i in good])
+        for row, index in enumerate(good):
+            out[index] = prepared[row]
+    return out
 
 
 class RowMaker:
