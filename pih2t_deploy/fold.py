@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from pih2t_deploy.data.longtail import log_prior
 from pih2t_deploy.errors import ConfigError, VerificationError
 from pih2t_deploy.models import PIH2TNet, create_arch
 from pih2t_deploy.models.heads import CosineClassifier, CosineHead, LinearHead
@@ -61,12 +62,13 @@ class PIFClassifier(nn.Module):
         return self.model.fc(torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1))
 
 
-def log_prior(class_counts: Sequence[int]) -> torch.Tensor:
-    """log(n_k / sum n) in float64; every class needs at least one training image."""
-    counts = torch.tensor(list(class_counts), dtype=torch.float64)
-    if (counts <= 0).any():
-        raise ConfigError("logit adjustment needs a positive training count for every class")
-    return torch.log(counts / counts.sum())
+def log_prior_tensor(class_counts: Sequence[int]) -> torch.Tensor:
+    """The class log prior (``data.longtail.log_prior``) as a float64 tensor; a ConfigError naming the class
+    when one has no training image (logit adjustment needs every count positive)."""
+    try:
+        return torch.from_numpy(log_prior(class_counts))
+    except ValueError as exc:
+        raise ConfigError(f"logit adjustment: {exc}") from None
 
 
 def _pif_matrix(pif: PIF | None, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +169,7 @@ def fold(
     net = copy.deepcopy(net).eval()
     config = net.config
     adjustment = (
-        logit_adjust_tau * log_prior(class_counts)
+        logit_adjust_tau * log_prior_tensor(class_counts)
         if logit_adjust_tau
         else torch.zeros(config.num_classes, dtype=torch.float64)
     )

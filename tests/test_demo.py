@@ -91,6 +91,26 @@ def test_tau_reranks_as_the_math_says(demo_url, digits_artifact, tmp_path):
     assert tail_share(at1) >= tail_share(at0)
 
 
+def test_the_tau_slider_gives_the_numbers_of_an_export_with_logit_adjust(digits_artifact, tmp_path):
+    """The demo adjusts the unadjusted model's log-probabilities by tau * log prior at run time; pih2t-export
+    --logit-adjust folds the same term into the bias. Both go through one long-tail module, so the
+    probabilities agree for every class."""
+    from pih2t_deploy.export.exporter import export_checkpoint
+    from pih2t_deploy.export.options import ExportOptions
+
+    export_checkpoint(digits_artifact[0], ExportOptions(output=tmp_path / "adjusted", logit_adjust_tau=0.7))
+    explainer = LongTailExplainer(load_classifier(digits_artifact[1]))
+    adjusted = load_classifier(tmp_path / "adjusted")
+    labels = adjusted.info.labels
+    for digit in (1, 5, 9):
+        path = tmp_path / f"d{digit}.png"
+        path.write_bytes(images.sample(digit))
+        shown = explainer.ranked(explainer.scores(path), tau=0.7, k=10)
+        exported = adjusted.probabilities(adjusted.predict(adjusted.prepare([Image.open(path)])))[0]
+        by_label = {key.split(" (")[0]: value for key, value in shown.items()}
+        assert [by_label[label] for label in labels] == pytest.approx(exported.tolist(), abs=1e-5)
+
+
 def test_corrupt_and_oversize_files_get_a_clean_error(demo_url, tmp_path):
     from gradio_client import handle_file
 

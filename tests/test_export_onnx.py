@@ -13,7 +13,6 @@ from pih2t_deploy.export.artifact import sha256_file
 from pih2t_deploy.export.exporter import export_checkpoint
 from pih2t_deploy.export.onnx_export import read_metadata
 from pih2t_deploy.export.options import ExportOptions
-from pih2t_deploy.fold import log_prior
 from tests.helpers import make_net, run_cli
 
 COUNTS = [90, 50, 30, 15, 8, 4, 2]
@@ -44,7 +43,7 @@ def test_export_round_trip_with_dynamic_batch_and_metadata(tmp_path, ckpt):
         x = np.random.default_rng(batch).standard_normal((batch, 1, 8, 8)).astype(np.float32)
         (logits,) = session.run(None, {"input": x})
         with torch.no_grad():
-            expected = net(torch.from_numpy(x)).double() - log_prior(COUNTS)
+            expected = net(torch.from_numpy(x)).double() - torch.log(torch.tensor(COUNTS, dtype=torch.float64) / 199)
         assert logits.shape == (batch, 7)
         np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
     assert not list(tmp_path.glob(".*partial*"))
@@ -78,7 +77,8 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, ckpt):
     for bad, message in (
         (["--ckpt", str(tmp_path / "missing.pt")], "does not exist"),
         (["--ckpt", str(tmp_path / "garbage.pt")], "not a"),
-        (["--ckpt", str(path), "--format", "tflite"], "unknown format"),
+        (["--ckpt", str(path), "--format", "tflite"], "'tflite' is not one of 'onnx', 'onnx-int8', 'trt', 'torch',"),
+        (["--ckpt", str(path), "--max-batch", "0"], "Invalid value for '--max-batch'"),
     ):
         result = run_cli("export", *bad, "--output", str(tmp_path / "x"))
         assert result.returncode == 2, result.stderr

@@ -58,6 +58,20 @@ def test_the_authors_split_by_class_index_is_the_mean_per_class_accuracy_of_inde
     assert "by_class_index" not in summarize(logits, targets, COUNTS, GroupThresholds(100, 20))
 
 
+def test_prior_softmax_and_top_k_of_the_long_tail_module():
+    from pih2t_deploy.data.longtail import log_prior, logit_adjusted, softmax, top_k
+
+    assert log_prior([3, 1]).tolist() == pytest.approx([np.log(0.75), np.log(0.25)])
+    with pytest.raises(ValueError, match=r"^class 1 has 0 training images: the class prior needs a positive"):
+        log_prior([5, 0, 2])
+    # z - tau log prior with tau 1 and prior (0.75, 0.25): equal logits -> the tail class gains log 3
+    assert logit_adjusted(np.zeros(2), [3, 1], 1.0).tolist() == pytest.approx([-np.log(0.75), -np.log(0.25)])
+    probabilities = softmax(np.array([[0.0, np.log(3.0)], [1000.0, 1000.0]]))
+    np.testing.assert_allclose(probabilities, [[0.25, 0.75], [0.5, 0.5]], rtol=1e-12)
+    assert top_k(np.array([[0.1, 0.5, 0.5, 0.2]]), 3).tolist() == [[1, 2, 3]], "ties: the lower index first"
+    assert top_k(np.array([2.0, 1.0]), 5).tolist() == [0, 1]
+
+
 def test_thresholds_come_from_the_metadata():
     assert GroupThresholds.from_meta({"data": {"many_threshold": 40, "few_threshold": 10}}) == GroupThresholds(40, 10)
     assert GroupThresholds.from_meta({}) == GroupThresholds(100, 20)

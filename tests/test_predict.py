@@ -209,13 +209,15 @@ def test_ctrl_c_keeps_a_parquet_runs_rows_in_its_journal_and_resume_finishes_the
     [
         (["-o", "OUT/x.txt"], "the file name must end in .jsonl, .csv, .parquet"),
         (["-o", "OUT/x.jsonl", "--engine", "ray"], "--engine ray writes Parquet shards into a folder"),
-        (["-o", "OUT/x.jsonl", "--engine", "spark"], "unknown --engine 'spark'; choose local or ray"),
+        (["-o", "OUT/x.jsonl", "--engine", "spark"], "Invalid value for '--engine': Value error, 'spark' is not"),
+        (["-o", "OUT/x.jsonl", "--top-k", "0"], "Invalid value for '--top-k': Input should be greater than or"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(digits_artifact, digits_tree, tmp_path, extra, message):
     extra = [part.replace("OUT", str(tmp_path)) for part in extra]
     done = run_cli("predict", "--model", str(digits_artifact[1]), "--input", str(digits_tree), *extra)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: ")
     missing = run_cli("predict", "--model", str(digits_artifact[1]), "--input", str(tmp_path / "nope"), "-o", "x.csv")
     assert missing.returncode == 2 and "--input" in missing.stderr and "does not exist" in missing.stderr
 
@@ -225,17 +227,24 @@ def test_a_type_error_in_user_input_is_a_row_never_a_crash():
 
 
 @pytest.fixture
-def local_ray():
+def local_ray(monkeypatch):
     """A Ray head started on 127.0.0.1 with 2 CPUs for the test (its own short temp folder: Ray's socket paths
-    must stay under 108 bytes); stopped and removed afterwards."""
+    must stay under 108 bytes), with its own authentication token given to the head and to every process the
+    test starts (Ray 2.60 authenticates local clusters; a token file left in ~/.ray by another run must not
+    count); stopped and removed afterwards."""
+    import secrets
     import shutil
     import socket
     import tempfile
 
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = dict(os.environ)
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     ray = [os.path.join(os.path.dirname(sys.executable), "ray")]
     start = [*ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]

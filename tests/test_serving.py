@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
+import json
 import threading
 import time
 
@@ -201,6 +202,71 @@ def test_v2_infer_rejects_bad_tensors_with_400(server, payload, message):
     answer = httpx.post(f"{server}/v2/models/digits-lt/infer", json=payload)
     assert answer.status_code in (400, 415), answer.text
     assert message in answer.json()["error"]
+
+
+def _tensor(**changes):
+    entry = {"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.0] * 64}
+    return {"inputs": [{**entry, **changes}]}
+
+
+MALFORMED_V2 = {
+    "nested 1,000 deep": (b"[" * 1000 + b"]" * 1000, {}, "nested too deeply"),
+    "a 5,000-digit integer": (b'{"inputs": [], "id": ' + b"9" * 5000 + b"}", {}, "not valid JSON"),
+    "shape of 2**32 x 2**32": (json.dumps(_tensor(shape=[2**32, 2**32, 1, 1], data=[])).encode(), {}, "0 values for"),
+    "a boolean in the shape": (json.dumps(_tensor(shape=[True, 1, 8, 8])).encode(), {}, "shape must be a list of"),
+    "parameters as a list": (json.dumps({**_tensor(), "parameters": [1]}).encode(), {}, "'parameters' must be"),
+    "input parameters as a string": (json.dumps(_tensor(parameters="x")).encode(), {}, "'parameters' must be"),
+    "outputs not a list": (json.dumps({**_tensor(), "outputs": 5}).encode(), {}, "'outputs' must be a list"),
+    "output parameters as a list": (
+        json.dumps({**_tensor(), "outputs": [{"name": "logits", "parameters": []}]}).encode(),
+        {},
+        "'parameters' must be",
+    ),
+    "classification true": (
+        json.dumps({**_tensor(), "outputs": [{"name": "logits", "parameters": {"classification": True}}]}).encode(),
+        {},
+        "classification must be an integer",
+    ),
+    "non-numeric header length": (json.dumps(_tensor()).encode(), {"Inference-Header-Content-Length": "abc"}, "does"),
+    "NaN in the data": (json.dumps(_tensor()).replace("0.0,", "NaN,", 1).encode(), {}, "non-finite number NaN"),
+    "Infinity in the data": (json.dumps(_tensor()).replace("0.0,", "-Infinity,", 1).encode(), {}, "non-finite"),
+    "1e39 as FP32": (json.dumps(_tensor(data=[1e39] + [0.0] * 63)).encode(), {}, "finite FP32"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_V2))
+def test_malformed_v2_bodies_get_400_with_a_reason_never_500(server, case):
+    body, headers, message = MALFORMED_V2[case]
+    answer = httpx.post(
+        f"{server}/v2/models/digits-lt/infer", content=body, headers={"content-type": "application/json", **headers}
+    )
+    assert answer.status_code == 400, (case, answer.status_code, answer.text[:300])
+    assert message in answer.json()["error"], answer.json()
+    assert httpx.get(f"{server}/v2/health/ready").status_code == 200
+
+
+def test_malformed_v1_json_gets_400(server):
+    for body in (b"[" * 1000 + b"]" * 1000, b'{"images": [' + b"1" * 5000 + b"]}", b'{"images": [NaN]}'):
+        answer = httpx.post(f"{server}/v1/classify", content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 400, answer.text[:300]
+        json.loads(answer.text)  # a JSON reason, never a bare NaN token
+
+
+def test_binary_fp32_data_that_is_not_finite_gets_400(server):
+    data = np.zeros((1, 1, 8, 8), dtype=np.float32)
+    data[0, 0, 0, 0] = np.nan
+    header = json.dumps(
+        {"inputs": [{**_tensor()["inputs"][0], "parameters": {"binary_data_size": data.nbytes}}]}
+    ).encode()
+    del_data = json.loads(header)
+    del del_data["inputs"][0]["data"]
+    header = json.dumps(del_data).encode()
+    answer = httpx.post(
+        f"{server}/v2/models/digits-lt/infer",
+        content=header + data.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header)), "content-type": "application/octet-stream"},
+    )
+    assert answer.status_code == 400 and "finite FP32" in answer.json()["error"], answer.text[:300]
 
 
 def test_v2_unknown_model_is_404(server):

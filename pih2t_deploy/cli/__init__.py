@@ -1,16 +1,19 @@
 """The ``pih2t`` command and its ``pih2t-<verb>`` aliases.
 
-Every command turns a UserError into one line on stderr and exit status 2, and a failed numerical check
-(VerificationError) into one line and exit status 1; neither prints a traceback.
+Every command turns a UserError, or an option value its type or range does not allow, into one line on stderr
+and exit status 2, and a failed numerical check (VerificationError) into one line and exit status 1; neither
+prints a traceback. ``pih2t --version`` prints the package version.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Annotated
 
 import typer
 
+from pih2t_deploy import __version__
 from pih2t_deploy.cli.bench_cmd import bench
 from pih2t_deploy.cli.common import err_console
 from pih2t_deploy.cli.demo_cmd import demo
@@ -65,7 +68,17 @@ def _typer_app(commands: dict[str, Callable[..., None]]) -> typer.Typer:
     return app
 
 
-def _group() -> None:
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"pih2t-deploy {__version__}")
+        raise typer.Exit()
+
+
+def _group(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
     """Train, fold, export and serve PI-H2T long-tailed image classifiers."""
 
 
@@ -77,9 +90,17 @@ def _one_line(message: str) -> str:
     return " ".join(lines)
 
 
+def _is_usage_error(exc: Exception) -> bool:
+    """A command-line usage error of click (vendored by typer): an unknown option, a value outside its choices
+    or range. Recognised by what it offers (a message and exit status 2), not by the vendored class."""
+    return callable(getattr(exc, "format_message", None)) and getattr(exc, "exit_code", None) == 2
+
+
 def _run(app: typer.Typer) -> None:
     try:
-        app()
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as exc:
         err_console.print(f"error: {_one_line(str(exc))}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
@@ -108,6 +129,15 @@ def _run(app: typer.Typer) -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted", markup=False)
         sys.exit(130)
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        message = exc.format_message()  # type: ignore[attr-defined]
+        if "\n" in message:  # the help text, shown when a command is called without arguments
+            err_console.print(message, markup=False, highlight=False)
+        else:
+            err_console.print(f"error: {message} (see --help)", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 def main() -> None:

@@ -9,13 +9,14 @@ import typer
 
 from pih2t_deploy.cli.common import err_console
 from pih2t_deploy.errors import ConfigError, DataError
+from pih2t_deploy.runtime.classifier import BackendName
 
 Opt = typer.Option
 
 
 def demo(
     model: Annotated[Path, Opt("--model", help="artifact folder from pih2t-export")],
-    backend: Annotated[str, Opt(help="onnxruntime, openvino or torch")] = "onnxruntime",
+    backend: Annotated[BackendName, Opt(help="the runtime that runs the model")] = "onnxruntime",
     host: Annotated[str, Opt(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, Opt(help="TCP port")] = 7860,
     share: Annotated[

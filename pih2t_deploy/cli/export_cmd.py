@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from pih2t_deploy.cli.common import console, log, parse_int_list, parse_str_list
+from pih2t_deploy.export.options import DEFAULT_OPSET, FormatName, formats_help
 
 Opt = typer.Option
 
@@ -27,10 +28,10 @@ def graph_summary(graph: dict, arch: str) -> str:
 def export(
     ckpt: Annotated[Path, Opt("--ckpt", help="model.pt (pih2t/1), or a file saved by the authors' H2T code")],
     output: Annotated[Path, Opt("--output", "-o", help="artifact folder to write")] = Path("exports/model"),
-    format: Annotated[str, Opt("--format", help="onnx, onnx-int8, openvino, openvino-int8, trt or torch")] = "onnx",
-    opset: Annotated[int, Opt(help="ONNX opset (onnx, onnx-int8, trt)")] = 18,
+    format: Annotated[FormatName, Opt("--format", help=formats_help())] = "onnx",
+    opset: Annotated[int, Opt(help="ONNX opset (onnx, onnx-int8, trt, openvino)")] = DEFAULT_OPSET,
     static_batch: Annotated[int | None, Opt(help="fix the batch axis to N (default: dynamic)")] = None,
-    max_batch: Annotated[int, Opt(help="largest verified batch; TensorRT profile maximum")] = 8,
+    max_batch: Annotated[int, Opt(min=1, help="largest verified batch; TensorRT profile maximum")] = 8,
     opt_batch: Annotated[int | None, Opt(help="TensorRT profile optimum (default: --max-batch)")] = None,
     half: Annotated[bool, Opt("--half", help="fp16 compute (onnx, trt)")] = False,
     int8: Annotated[bool, Opt("--int8", help="INT8 TensorRT plan (needs --calib-data)")] = False,
@@ -48,7 +49,7 @@ def export(
         float | None, Opt(help="largest allowed abs output difference (default 1e-3, 5e-2 fp16)")
     ] = None,
     calib_data: Annotated[str | None, Opt(help="calibration images: a folder, or 'recipe' (training set)")] = None,
-    calib_count: Annotated[int, Opt(help="calibration images to use")] = 256,
+    calib_count: Annotated[int, Opt(min=1, help="calibration images to use")] = 256,
     eval_data: Annotated[
         str | None, Opt(help="real images to verify on: a folder (class sub-folders) or 'recipe'")
     ] = None,

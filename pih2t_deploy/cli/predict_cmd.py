@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from pih2t_deploy.cli.common import console, log
-from pih2t_deploy.errors import ConfigError
-
-ENGINES = ("local", "ray")
+from pih2t_deploy.runtime.classifier import BackendName
 
 
 def predict(
@@ -32,11 +30,13 @@ def predict(
     ],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="classes per image")] = 5,
     batch: Annotated[int, typer.Option(min=1, help="images per model call")] = 64,
-    backend: Annotated[str, typer.Option(help="onnxruntime, openvino, torch or tensorrt")] = "onnxruntime",
+    backend: Annotated[BackendName, typer.Option(help="the runtime that runs the model")] = "onnxruntime",
     threads: Annotated[int | None, typer.Option(min=1, help="inference threads (default: the runtime's)")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="image decoding threads (default: CPU count)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="skip the images OUTPUT already holds")] = False,
-    engine: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster)")] = "local",
+    engine: Annotated[
+        Literal["local", "ray"], typer.Option(help="local (this machine) or ray (a Ray cluster)")
+    ] = "local",
     address: Annotated[
         str | None, typer.Option(help="Ray cluster: auto or HOST:PORT (default: start a local Ray)")
     ] = None,
@@ -47,8 +47,6 @@ def predict(
 
     Exit status 0 when every image was classified, 3 when some rows are errors, 2 on bad arguments.
     """
-    if engine not in ENGINES:
-        raise ConfigError(f"unknown --engine {engine!r}; choose local or ray")
     if engine == "ray":
         from pih2t_deploy.predict.ray_engine import run_on_ray
 

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from pih2t_deploy.cli.common import err_console
 from pih2t_deploy.errors import ConfigError
+from pih2t_deploy.runtime.classifier import BackendName
 
 
 def serve(
     model: Annotated[
         Path, typer.Option("--model", help="artifact folder from pih2t-export (or a model.pt with --backend torch)")
     ],
-    backend: Annotated[str, typer.Option(help="onnxruntime, openvino, torch or tensorrt")] = "onnxruntime",
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    backend: Annotated[BackendName, typer.Option(help="the runtime that runs the model")] = "onnxruntime",
+    device: Annotated[Literal["cpu", "cuda"], typer.Option(help="where the model runs")] = "cpu",
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     name: Annotated[str | None, typer.Option(help="model name in URLs (default: the recipe name)")] = None,

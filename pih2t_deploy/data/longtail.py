@@ -65,3 +65,39 @@ class GroupThresholds:
         """The thresholds a checkpoint's (or artifact's) metadata records for its data set; 100/20 if none."""
         data = meta.get("data") or {}
         return cls(data.get("many_threshold", cls.many), data.get("few_threshold", cls.few))
+
+
+# The long-tail arithmetic every part of the package uses (training losses, the fold, export checks, serving,
+# the demo, offline prediction), in float64 numpy so the torch-free serving path shares it.
+
+
+def log_prior(class_counts: Sequence[int]) -> np.ndarray:
+    """log(n_k / sum n) in float64. Every class needs at least one training image: a count of 0 (or below)
+    is a ValueError naming the class, because its prior, and any logit adjustment by it, would be infinite."""
+    counts = np.asarray(list(class_counts), dtype=np.float64)
+    empty = np.flatnonzero(counts <= 0)
+    if len(empty):
+        raise ValueError(
+            f"class {int(empty[0])} has {counts[empty[0]]:g} training images: the class prior needs a positive "
+            "count for every class"
+        )
+    return np.log(counts / counts.sum())
+
+
+def logit_adjusted(scores: np.ndarray, class_counts: Sequence[int], tau: float) -> np.ndarray:
+    """Post-hoc logit adjustment z - tau * log prior (Menon et al.): larger tau favours the tail."""
+    return np.asarray(scores, dtype=np.float64) - tau * log_prior(class_counts)
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis in float64, stable for any finite scores."""
+    shifted = np.asarray(scores, dtype=np.float64)
+    shifted = shifted - shifted.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores along the last axis, best first; equal scores keep the lower index first.
+    ``k`` larger than the number of classes gives them all."""
+    return np.argsort(-np.asarray(scores), axis=-1, kind="stable")[..., : max(0, k)]

@@ -30,7 +30,7 @@ from pih2t_deploy.export.options import ExportOptions
 from pih2t_deploy.export.real_images import ImageSet, load_images
 from pih2t_deploy.export.verify import VerificationReport, compare, run_chunked, verify
 from pih2t_deploy.export.wrappers import ExportModule, example_input
-from pih2t_deploy.fold import FoldReport, fold, log_prior
+from pih2t_deploy.fold import FoldReport, fold, log_prior_tensor
 from pih2t_deploy.models import create_arch
 from pih2t_deploy.training.evaluate import summarize
 
@@ -134,7 +134,9 @@ def export_checkpoint(
         f"folded: float64 max abs logit difference {fold_report.max_abs_diff:.2e}; PIF "
         + ("kept in the graph (it has an activation)" if fold_report.pif_kept_in_graph else "folded away")
     )
-    adjustment = options.logit_adjust_tau * log_prior(ckpt.class_counts) if options.logit_adjust_tau else torch.zeros(1)
+    adjustment = (
+        options.logit_adjust_tau * log_prior_tensor(ckpt.class_counts) if options.logit_adjust_tau else torch.zeros(1)
+    )
     wrap = dict(embed_preprocessing=options.embed_preprocessing, probs=options.probs)
     reference = _numpy_runner(ExportModule(Adjusted(ckpt.net, adjustment), prep, **wrap))
 

@@ -14,9 +14,10 @@ import onnx
 import torch
 from torch import nn
 
+from pih2t_deploy.export.options import DEFAULT_OPSET
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-DEFAULT_OPSET = 18
 MAX_DYNAMIC_BATCH = 4096
 
 

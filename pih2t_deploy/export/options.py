@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 from pih2t_deploy.errors import ConfigError
 
+FormatName = Literal["onnx", "onnx-int8", "trt", "torch", "openvino", "openvino-int8"]
+DEFAULT_OPSET = 18  # the ONNX opset every ONNX-based format is exported at unless --opset says otherwise
 ONNX_TOLERANCE = 1e-3
 HALF_TOLERANCE = 5e-2
 # bfloat16 keeps 8 significant bits: logits through a whole network move by a few percent of their scale.
@@ -15,7 +18,8 @@ BF16_TOLERANCE = 1e-1
 
 @dataclass(frozen=True)
 class FormatSpec:
-    """A format: the file it writes and the options (beyond the common ones) that apply to it."""
+    """A format: the file it writes, the options (beyond the common ones) that apply to it, and the one-line
+    description ``pih2t-export --help`` shows."""
 
     model_file: str
     options: frozenset[str]
@@ -73,7 +77,7 @@ class ExportOptions:
 
     output: Path
     format: str = "onnx"
-    opset: int = 18
+    opset: int = DEFAULT_OPSET
     static_batch: int | None = None
     max_batch: int = 8
     opt_batch: int | None = None
@@ -159,3 +163,8 @@ class ExportOptions:
             raise ConfigError(f"--calib-count must be at least 16, got {self.calib_count}")
         if self.max_group_drop < 0 or self.workspace_gb <= 0:
             raise ConfigError("--max-group-drop must be >= 0 and --workspace-gb > 0")
+
+
+def formats_help() -> str:
+    """The ``--format`` help text: every format with its description."""
+    return "; ".join(f"{name}: {spec.description}" for name, spec in FORMATS.items())

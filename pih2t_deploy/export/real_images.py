@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ class ImageSet:
 def _from_recipe(ckpt: Checkpoint, split: str, limit: int | None, seed: int) -> ImageSet:
     if "data" not in ckpt.meta:
         raise DataError("this checkpoint records no data set; pass an image folder instead of 'recipe'")
-    bundle = build_data(dataclasses.replace(DataConfig.from_dict(ckpt.meta["data"])))
+    bundle = build_data(DataConfig.from_dict(ckpt.meta["data"]))
     data = bundle.train if split == "train" else bundle.test
     indices = np.arange(len(data))
     if limit is not None and limit < len(data):

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from pih2t_deploy.data.longtail import top_k
+
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -55,8 +57,7 @@ class VerificationReport:
 
 def _topk_agreement(expected: np.ndarray, actual: np.ndarray, k: int) -> float:
     k = min(k, expected.shape[1])
-    top_expected = np.argsort(-expected, axis=1, kind="stable")[:, :k]
-    top_actual = np.argsort(-actual, axis=1, kind="stable")[:, :k]
+    top_expected, top_actual = top_k(expected, k), top_k(actual, k)
     if k == 1:
         return float(np.mean(top_expected[:, 0] == top_actual[:, 0]))
     return float(np.mean([set(a) == set(b) for a, b in zip(top_expected, top_actual, strict=True)]))

@@ -26,7 +26,6 @@ for _name, _width in (("resnet18", 512), ("resnet50", 2048), ("resnext50_32x4d",
             224,
             (3,),
             (64, 1024),
-            torchvision_name=_name,
         )
     )
 

@@ -26,7 +26,6 @@ class ArchSpec:
     default_input_size: int
     in_channels: tuple[int, ...]
     input_sizes: tuple[int, int]
-    torchvision_name: str | None = None
 
 
 _REGISTRY: dict[str, ArchSpec] = {}

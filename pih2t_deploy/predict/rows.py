@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from pih2t_deploy.data.images import open_image
-from pih2t_deploy.data.longtail import GroupThresholds
+from pih2t_deploy.data.longtail import GroupThresholds, top_k
 from pih2t_deploy.errors import DataError
 from pih2t_deploy.predict.inputs import InputItem
 from pih2t_deploy.runtime.classifier import Classifier
@@ -103,7 +103,7 @@ class RowMaker:
         if good:
             batch = np.stack([decoded[i] for i in good])
             probabilities = self.classifier.probabilities(self.classifier.predict(batch))
-            order = np.argsort(-probabilities, axis=1, kind="stable")[:, : self.top_k]
+            order = top_k(probabilities, self.top_k)
             for row_index, item_index in enumerate(good):
                 indices = [int(c) for c in order[row_index]]
                 rows[item_index] = PredictionRow(

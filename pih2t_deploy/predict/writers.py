@@ -74,19 +74,17 @@ def _cut_partial_last_line(path: Path) -> None:
             handle.truncate(data.rfind(b"\n") + 1)
 
 
-class JsonlWriter(RowWriter):
-    """One JSON object per line."""
+class _AppendedFile(RowWriter):
+    """A text file appended to: on resume its half-written last line is cut and its rows read; ``close``
+    flushes and syncs it. Subclasses format the rows."""
 
-    def __init__(self, path: Path, resume: bool) -> None:
+    def __init__(self, path: Path) -> None:
         super().__init__(path)
-        if path.exists():
+        self.fresh = not path.exists() or path.stat().st_size == 0
+        if not self.fresh:
             _cut_partial_last_line(path)
             self.done = {row.path for row in self.rows()}
-        self.handle = path.open("a", encoding="utf-8")
-
-    def write(self, rows: list[PredictionRow]) -> None:
-        self.handle.write("".join(json.dumps(row.to_dict()) + "\n" for row in rows))
-        self.handle.flush()
+        self.handle = path.open("a", encoding="utf-8", newline="")
 
     def close(self) -> None:
         if not self.handle.closed:
@@ -94,22 +92,25 @@ class JsonlWriter(RowWriter):
             os.fsync(self.handle.fileno())
             self.handle.close()
 
+
+class JsonlWriter(_AppendedFile):
+    """One JSON object per line."""
+
+    def write(self, rows: list[PredictionRow]) -> None:
+        self.handle.write("".join(json.dumps(row.to_dict()) + "\n" for row in rows))
+        self.handle.flush()
+
     def rows(self) -> Iterator[PredictionRow]:
         return _jsonl_rows(self.path)
 
 
-class CsvWriter(RowWriter):
+class CsvWriter(_AppendedFile):
     """A header, then one row per image; list columns hold JSON arrays, ``top1`` / ``top1_score`` the best."""
 
-    def __init__(self, path: Path, resume: bool) -> None:
+    def __init__(self, path: Path) -> None:
         super().__init__(path)
-        fresh = not path.exists() or path.stat().st_size == 0
-        if not fresh:
-            _cut_partial_last_line(path)
-            self.done = {row.path for row in self.rows()}
-        self.handle = path.open("a", encoding="utf-8", newline="")
         self.writer = csv.writer(self.handle)
-        if fresh:
+        if self.fresh:
             self.writer.writerow(CSV_COLUMNS)
 
     def write(self, rows: list[PredictionRow]) -> None:
@@ -129,12 +130,6 @@ class CsvWriter(RowWriter):
             )
         self.handle.flush()
 
-    def close(self) -> None:
-        if not self.handle.closed:
-            self.handle.flush()
-            os.fsync(self.handle.fileno())
-            self.handle.close()
-
     def rows(self) -> Iterator[PredictionRow]:
         return _csv_rows(self.path)
 
@@ -142,9 +137,9 @@ class CsvWriter(RowWriter):
 class ParquetWriter(RowWriter):
     """Rows journaled to ``OUT.partial.jsonl``; ``finish`` writes OUT (earlier rows first) and drops the journal."""
 
-    def __init__(self, path: Path, resume: bool) -> None:
+    def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.journal = JsonlWriter(journal_path(path), resume)
+        self.journal = JsonlWriter(journal_path(path))
         self.done = set(self.journal.done)
         if path.exists():
             self.done |= {row.path for row in _parquet_rows(path)}
@@ -202,7 +197,7 @@ def open_writer(path: Path, *, resume: bool) -> RowWriter:
         raise ConfigError(f"--output {path} exists: pass --resume to continue it, or choose another --output")
     path.parent.mkdir(parents=True, exist_ok=True)
     kind = {".jsonl": JsonlWriter, ".csv": CsvWriter, ".parquet": ParquetWriter}[suffix]
-    return kind(path, resume)
+    return kind(path)
 
 
 def read_rows(path: Path) -> Iterator[PredictionRow]:

@@ -11,14 +11,16 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
+from pih2t_deploy.data.longtail import softmax
 from pih2t_deploy.data.preprocessing import Preprocessing
 from pih2t_deploy.errors import ConfigError, UserError
 
-BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
+BackendName = Literal["onnxruntime", "openvino", "torch", "tensorrt"]
+BACKENDS: tuple[str, ...] = get_args(BackendName)
 MODEL_FILES = {
     "onnxruntime": ("model.onnx", "model.int8.onnx"),
     "openvino": ("model.xml",),
@@ -72,11 +74,7 @@ class Classifier(ABC):
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """Class probabilities: the outputs themselves if the graph ends in softmax, else their softmax."""
-        if self.info.probabilities:
-            return outputs.astype(np.float64)
-        shifted = outputs.astype(np.float64) - outputs.max(axis=1, keepdims=True)
-        exp = np.exp(shifted)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return outputs.astype(np.float64) if self.info.probabilities else softmax(outputs)
 
     @abstractmethod
     def predict(self, batch: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pih2t_deploy.data.images import open_image
-from pih2t_deploy.data.longtail import GroupThresholds
+from pih2t_deploy.data.longtail import GroupThresholds, log_prior, logit_adjusted, softmax, top_k
 from pih2t_deploy.errors import DataError
 from pih2t_deploy.runtime import Classifier
 
@@ -46,7 +46,7 @@ class LongTailExplainer:
         self.counts = np.asarray(info.class_counts or [1] * info.num_classes, dtype=np.float64)
         thresholds = GroupThresholds.from_meta(info.manifest.get("meta", {}))
         self.groups = thresholds.groups(self.counts.astype(int).tolist())
-        self.log_prior = np.log(np.clip(self.counts, 1, None) / np.clip(self.counts, 1, None).sum())
+        self.log_prior = log_prior(self.counts)
 
     def scores(self, path: str | Path) -> np.ndarray:
         """Log-probabilities of one image file (DataError for an unreadable or oversized file)."""
@@ -56,10 +56,8 @@ class LongTailExplainer:
 
     def ranked(self, log_probs: np.ndarray, tau: float, k: int) -> dict[str, float]:
         """Top-k ``"label (Group)": probability`` after logit adjustment z - tau * log prior."""
-        adjusted = log_probs - tau * self.log_prior
-        probs = np.exp(adjusted - adjusted.max())
-        probs /= probs.sum()
-        order = np.argsort(-probs, kind="stable")[:k]
+        probs = softmax(logit_adjusted(log_probs, self.counts, tau))
+        order = top_k(probs, k)
         labels = self.classifier.info.labels
         return {f"{labels[i]} ({GROUP_NAMES[self.groups[i]]})": float(probs[i]) for i in order}
 
@@ -67,7 +65,7 @@ class LongTailExplainer:
         """Training images per class (head first) with their group, as a DataFrame."""
         import pandas as pd
 
-        order = np.argsort(-self.counts, kind="stable")
+        order = top_k(self.counts, len(self.counts))
         labels = self.classifier.info.labels
         return pd.DataFrame(
             {
@@ -139,7 +137,7 @@ def build_demo(classifier: Classifier, settings: DemoSettings | None = None):
             log_probs = explainer.scores(path)
         except DataError as exc:
             raise gr.Error(str(exc)) from None
-        predicted = int(np.argmax(log_probs - tau * explainer.log_prior))
+        predicted = int(top_k(logit_adjusted(log_probs, explainer.counts, tau), 1)[0])
         return explainer.ranked(log_probs, float(tau), k), gr.BarPlot(label=explainer.distribution_title(predicted))
 
     examples = [str(p) for p in settings.examples] or [str(p) for p in sorted(SAMPLES.glob("*.png"))]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +27,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pih2t_deploy import __version__
+from pih2t_deploy.data import longtail
 from pih2t_deploy.data.images import MAX_PIXELS
 from pih2t_deploy.runtime import Classifier
 from pih2t_deploy.serving import schemas
@@ -36,6 +36,7 @@ from pih2t_deploy.serving.body_limit import BodyLimitMiddleware
 from pih2t_deploy.serving.images import BadImageError, decode_batch
 from pih2t_deploy.serving.metrics import ServiceMetrics
 from pih2t_deploy.serving.v2 import register_v2_routes
+from pih2t_deploy.serving.v2_codec import ProtocolError, load_json
 
 
 @dataclass
@@ -106,7 +107,7 @@ class ServiceState:
 
 def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[list[schemas.Prediction]]:
     """The k most probable classes of every row of ``probs``, best first (ties by lower index)."""
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    order = longtail.top_k(probs, k)
     return [
         [schemas.Prediction(label=labels[i], index=int(i), score=float(row[i])) for i in idx]
         for row, idx in zip(probs, order, strict=True)
@@ -141,9 +142,9 @@ async def read_uploads(request: Request, max_images: int) -> tuple[list[tuple[st
         return blobs, form.get("top_k", request.query_params.get("top_k"))
     if content_type.startswith("application/json"):
         try:
-            body = json.loads(await request.body() or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "the JSON body is not valid JSON") from None
+            body = load_json(await request.body())
+        except ProtocolError as exc:
+            raise ApiError(400, str(exc)) from None
         images = body.get("images") if isinstance(body, dict) else None
         if not isinstance(images, list) or not images or not all(isinstance(i, str) for i in images):
             raise ApiError(422, 'JSON body must be {"images": [base64 string, ...], "top_k": k}')

@@ -15,15 +15,23 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from pih2t_deploy import __version__
+from pih2t_deploy.data.longtail import top_k
 from pih2t_deploy.serving import schemas
-from pih2t_deploy.serving.v2_codec import HEADER, ProtocolError, Tensor, encode_response, parse_request
+from pih2t_deploy.serving.v2_codec import (
+    HEADER,
+    ProtocolError,
+    Tensor,
+    encode_response,
+    parameters_of,
+    parse_request,
+)
 
 OUTPUT = "logits"
 TENSOR_INPUT, IMAGE_INPUT = "input", "image"
 
 
 def _classification(logits: np.ndarray, labels: list[str], k: int) -> list[bytes]:
-    order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    order = top_k(logits, k)
     return [f"{row[i]:f}:{i}:{labels[i]}".encode() for row, idx in zip(logits, order, strict=True) for i in idx]
 
 
@@ -117,13 +125,22 @@ def register_v2_routes(app: FastAPI, state: Any, api_error: type[Exception]) -> 
             raise api_error(400, str(exc)) from None
         if len(tensors) != 1:
             raise api_error(400, f"send exactly one input ('input' or 'image'), got {len(tensors)}")
+        try:
+            binary_all = bool(parameters_of(body, "the request").get("binary_data_output"))
+            requested = body.get("outputs") or [{"name": OUTPUT}]
+            if not isinstance(requested, list):
+                raise ProtocolError('\'outputs\' must be a list of objects such as {"name": "logits"}')
+            for item in requested:
+                if not isinstance(item, dict) or item.get("name") != OUTPUT:
+                    raise ProtocolError(f"unknown output {item!r}; this model has one output, {OUTPUT!r}")
+                parameters_of(item, f"output {OUTPUT!r}")
+        except ProtocolError as exc:
+            raise api_error(400, str(exc)) from None
         logits = await state.infer(await batch_from(tensors[0], classifier))
-        binary_all = bool((body.get("parameters") or {}).get("binary_data_output"))
-        requested = body.get("outputs") or [{"name": OUTPUT}]
+        if not np.isfinite(logits).all():
+            raise api_error(400, "the model's outputs for this input are not finite numbers; check the input's range")
         outputs, binary = [], set()
         for item in requested:
-            if not isinstance(item, dict) or item.get("name") != OUTPUT:
-                raise api_error(400, f"unknown output {item!r}; this model has one output, {OUTPUT!r}")
             params = item.get("parameters") or {}
             if params.get("binary_data", binary_all):
                 binary.add(OUTPUT)
@@ -138,7 +155,7 @@ def register_v2_routes(app: FastAPI, state: Any, api_error: type[Exception]) -> 
                     }
                 )
                 continue
-            if not isinstance(k, int) or not 1 <= k <= classifier.info.num_classes:
+            if type(k) is not int or not 1 <= k <= classifier.info.num_classes:
                 raise api_error(400, f"classification must be an integer between 1 and {classifier.info.num_classes}")
             values = _classification(logits, classifier.info.labels, k)
             outputs.append({"name": OUTPUT, "datatype": "BYTES", "shape": [len(logits), k], "values": values})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,38 @@ class ProtocolError(ValueError):
     """A malformed inference request (HTTP 400)."""
 
 
+def _refuse_constant(token: str) -> float:
+    raise ProtocolError(f"the JSON body holds the non-finite number {token}; send finite numbers only")
+
+
+def load_json(raw: bytes) -> Any:
+    """Parse a JSON request body; ProtocolError (never another exception) for text that is not JSON, nesting
+    deeper than the parser allows, integers beyond Python's 4,300-digit limit, and NaN / Infinity tokens."""
+    try:
+        return json.loads(raw or b"null", parse_constant=_refuse_constant)
+    except ProtocolError:
+        raise
+    except RecursionError:
+        raise ProtocolError("the JSON body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer with too many digits
+        raise ProtocolError(f"the request body is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+
+
+def parameters_of(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``parameters`` object of a request, input or output (empty when absent); ProtocolError otherwise."""
+    value = holder.get("parameters")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where}: 'parameters' must be a JSON object")
+    return value
+
+
+def is_count(value: Any) -> bool:
+    """A JSON integer >= 0 (``true`` and ``false`` are not counts)."""
+    return type(value) is int and value >= 0
+
+
 @dataclass
 class Tensor:
     """One decoded input tensor: name, datatype, shape and values (a numpy array, or a list of bytes)."""
@@ -51,10 +84,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any],
         if not header_length.isdigit() or int(header_length) > len(body):
             raise ProtocolError("Inference-Header-Content-Length does not fit the body")
         json_part, rest = body[: int(header_length)], body[int(header_length) :]
-    try:
-        request = json.loads(json_part or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ProtocolError("the request body is not valid JSON") from None
+    request = load_json(json_part)
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise ProtocolError("the request needs a non-empty 'inputs' list")
     return request, rest
@@ -101,16 +131,16 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
         if not isinstance(entry, dict) or not {"name", "datatype", "shape"} <= set(entry):
             raise ProtocolError("each input needs 'name', 'datatype' and 'shape'")
         name, datatype, shape = entry["name"], str(entry["datatype"]).upper(), entry["shape"]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(is_count(d) for d in shape):
             raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers")
-        size = (entry.get("parameters") or {}).get("binary_data_size")
+        size = parameters_of(entry, f"input {name!r}").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(rest):
+            if not is_count(size) or offset + size > len(rest):
                 raise ProtocolError(f"input {name!r}: binary_data_size does not fit the body")
             raw, offset = rest[offset : offset + size], offset + size
         elif "data" not in entry:
             raise ProtocolError(f"input {name!r} has neither 'data' nor binary data")
-        count = int(np.prod(shape)) if shape else 1
+        count = math.prod(shape)  # exact for any size (numpy's product would overflow int64)
         if datatype == "BYTES":
             items = deserialize_bytes(raw) if size is not None else _bytes_from_json(entry["data"])
             if len(items) != count:
@@ -125,10 +155,15 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
                 values = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
             else:
                 values = np.asarray(entry["data"], dtype=dtype).reshape(-1)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             raise ProtocolError(f"input {name!r}: data is not {datatype}") from None
         if values.size != count:
             raise ProtocolError(f"input {name!r}: {values.size} values for shape {shape}")
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise ProtocolError(
+                f"input {name!r}: values must be finite {datatype} numbers (NaN, infinity, or beyond the range of "
+                f"{datatype} such as 1e39 for FP32, found)"
+            )
         tensors.append(Tensor(name, datatype, shape, values.reshape(shape)))
     return request, tensors
 
@@ -152,7 +187,7 @@ def encode_response(
             else:
                 entry["data"] = np.asarray(values).reshape(-1).tolist()
         described.append(entry)
-    header = json.dumps({**head, "outputs": described}).encode()
+    header = json.dumps({**head, "outputs": described}, allow_nan=False).encode()
     if not blobs:
         return header, {"content-type": "application/json"}
     return header + b"".join(blobs), {"content-type": "application/octet-stream", HEADER: str(len(header))}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pih2t_deploy.data.longtail import GroupThresholds
+from pih2t_deploy.data.longtail import GroupThresholds, softmax, top_k
 
 
 @torch.no_grad()
@@ -52,10 +52,9 @@ def summarize(
     classes ``[0, a)``, ``[a, b)`` and ``[b, K)`` (as their code reports Many/Medium/Few for CIFAR-100).
     """
     num_classes = logits.shape[1]
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    probs = softmax(logits)
     predicted = logits.argmax(axis=1)
-    top5 = np.argsort(-logits, axis=1)[:, : min(5, num_classes)]
+    top5 = top_k(logits, 5)
     correct = predicted == targets
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (targets, predicted), 1)
@@ -97,7 +96,7 @@ def plot_summary(summary: dict[str, Any], class_names: Sequence[str], class_coun
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    order = np.argsort(-np.asarray(class_counts), kind="stable")
+    order = top_k(np.asarray(class_counts), len(class_counts))
     confusion = np.asarray(summary["confusion"], dtype=np.float64)[np.ix_(order, order)]
     rows = confusion.sum(axis=1, keepdims=True)
     confusion = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pih2t_deploy.data.longtail import log_prior
 from pih2t_deploy.errors import ConfigError
 
 LossName = Literal["ce", "ldam", "balanced_softmax", "gcl"]
@@ -26,11 +27,6 @@ def require_head_for_loss(name: str, head: str) -> None:
     """ConfigError unless ``head`` is one that loss ``name`` is defined on (LDAM and GCL: the cosine head)."""
     if name in COSINE_LOSSES and head != "cosine":
         raise ConfigError(f"loss {name} works on cosine similarities: set model.head=cosine")
-
-
-def _log_prior(counts: Sequence[int]) -> torch.Tensor:
-    counts_t = torch.tensor(list(counts), dtype=torch.float32).clamp(min=1)
-    return torch.log(counts_t / counts_t.sum())
 
 
 class CrossEntropy(nn.Module):
@@ -79,7 +75,11 @@ class BalancedSoftmax(nn.Module):
 
     def __init__(self, counts: Sequence[int], tau: float = 1.0) -> None:
         super().__init__()
-        self.register_buffer("adjust", tau * _log_prior(counts))
+        try:
+            prior = torch.from_numpy(log_prior(counts)).float()
+        except ValueError as exc:
+            raise ConfigError(f"balanced_softmax: {exc}") from None
+        self.register_buffer("adjust", tau * prior)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, epoch: int = 0) -> torch.Tensor:
         return F.cross_entropy(logits + self.adjust.to(logits.dtype), targets)
