@@ -31,13 +31,13 @@ def test_onnx_options_half_probs_static_batch_and_simplify(tmp_path, digits_arti
     half = export_checkpoint(ckpt, ExportOptions(output=tmp_path / "half", half=True, probs=True))
     session = ort.InferenceSession(str(tmp_path / "half" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].type == "tensor(float)"
-    assert "Cast" in half.manifest["graph"]["exported"] and half.manifest["output"]["kind"] == "probabilities"
+    assert "Cast" in half.manifest.graph["exported"] and half.manifest.output.kind == "probabilities"
     out = session.run(None, {"input": np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)})[0]
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
     static = export_checkpoint(ckpt, ExportOptions(output=tmp_path / "static", static_batch=4, simplify=True))
     graph = onnx.load(str(tmp_path / "static" / "model.onnx")).graph
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
-    assert [r["batch"] for r in static.manifest["verification"][0]["results"]] == [4]
+    assert [r["batch"] for r in static.manifest.verification[0]["results"]] == [4]
 
 
 def test_embedded_preprocessing_takes_uint8_pixels_and_serves(tmp_path, digits_artifact):
@@ -52,15 +52,38 @@ def test_embedded_preprocessing_takes_uint8_pixels_and_serves(tmp_path, digits_a
     )
 
 
+def test_without_eval_data_int8_is_judged_on_images_held_out_from_calibration(tmp_path, digits_artifact):
+    """calib_count 64: 64 + 16 training images drawn; 64 calibrate, the other 16 judge the INT8 model, and the
+    report says so (judging it on its own calibration images would flatter it)."""
+    from pih2t_deploy.checkpoint import load_checkpoint
+    from pih2t_deploy.export.real_images import load_images
+
+    ckpt, _ = digits_artifact
+    options = ExportOptions(output=tmp_path / "q", format="onnx-int8", calib_data="recipe", calib_count=64)
+    result = export_checkpoint(ckpt, options)
+    real = result.manifest.verification[1]
+    assert real["source"] == "real images (recipe:train, 16 images held out from calibration)"
+    assert real["results"][0]["batch"] == 16 and set(result.manifest.accuracy["drop_points"]) == {
+        "top1",
+        "many",
+        "medium",
+        "few",
+    }
+    drawn = load_images("recipe", load_checkpoint(ckpt), split="train", limit=80, seed=0)
+    calibration, held_out = drawn.split(64)
+    pixels = {np.asarray(image).tobytes() for image in calibration.images}
+    assert len(held_out.images) == 16 and not any(np.asarray(i).tobytes() in pixels for i in held_out.images)
+
+
 def test_int8_reports_accuracy_per_group_and_refuses_a_ruined_tail(tmp_path, digits_artifact):
     ckpt, _ = digits_artifact
     result = export_checkpoint(
         ckpt, ExportOptions(output=tmp_path / "q", format="onnx-int8", calib_data="recipe", eval_data="recipe")
     )
-    accuracy = result.manifest["accuracy"]
+    accuracy = result.manifest.accuracy
     assert set(accuracy) == {"pytorch", "exported", "onnx_fp32", "drop_points"}
     assert set(accuracy["drop_points"]) == {"top1", "many", "medium", "few"}
-    assert result.manifest["graph"]["identical"] and "QuantizeLinear" in result.manifest["graph"]["int8"]
+    assert result.manifest.graph["identical"] and "QuantizeLinear" in result.manifest.graph["int8"]
     assert (tmp_path / "q" / "model.int8.onnx").exists() and not (tmp_path / "q" / "model.onnx").exists()
     blank = tmp_path / "blank"  # calibration on the wrong data: activation ranges that clip real digits
     blank.mkdir()
@@ -80,7 +103,7 @@ def test_int8_needs_enough_calibration_images(tmp_path, digits_artifact):
     folder.mkdir()
     for i in range(3):
         (folder / f"{i}.png").write_bytes(images.sample(i))
-    with pytest.raises(DataError, match="at least 16"):
+    with pytest.raises(DataError, match=r"at least 32 are needed \(16 to calibrate on, 16 held out to judge INT8"):
         export_checkpoint(ckpt, ExportOptions(output=tmp_path / "q", format="onnx-int8", calib_data=str(folder)))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="0 usable images"):
@@ -93,7 +116,7 @@ def test_int8_needs_enough_calibration_images(tmp_path, digits_artifact):
 def test_torch_program_loads_without_the_library_model_code(tmp_path, digits_artifact):
     ckpt, _ = digits_artifact
     result = export_checkpoint(ckpt, ExportOptions(output=tmp_path / "pt2", format="torch"))
-    assert result.manifest["graph"]["identical"]
+    assert result.manifest.graph["identical"]
     script = (
         "import sys, torch\n"
         "sys.modules['pih2t_deploy'] = None\n"
@@ -160,17 +183,15 @@ def test_an_output_nobody_can_write_is_one_line_and_exit_2_even_for_root(tmp_pat
 def test_real_image_verification_and_metadata_round_trip(tmp_path, digits_artifact):
     ckpt, _ = digits_artifact
     result = export_checkpoint(ckpt, ExportOptions(output=tmp_path / "e", eval_data="recipe", logit_adjust_tau=0.5))
-    sources = [block["source"] for block in result.manifest["verification"]]
+    sources = [block["source"] for block in result.manifest.verification]
     assert sources == ["random", "real images (recipe:test)"]
-    assert result.manifest["verification"][1]["results"][0]["batch"] == 500
-    assert result.manifest["accuracy"]["pytorch"]["top1"] == pytest.approx(
-        result.manifest["accuracy"]["exported"]["top1"]
-    )
+    assert result.manifest.verification[1]["results"][0]["batch"] == 500
+    assert result.manifest.accuracy["pytorch"]["top1"] == pytest.approx(result.manifest.accuracy["exported"]["top1"])
     metadata = read_metadata(tmp_path / "e" / "model.onnx")
     assert json.loads(metadata["pih2t.logit_adjust_tau"]) == 0.5
-    assert json.loads(metadata["pih2t.class_counts"]) == result.manifest["meta"]["class_counts"]
+    assert json.loads(metadata["pih2t.class_counts"]) == result.manifest.meta["class_counts"]
     assert json.loads(metadata["pih2t.meta"])["arch"] == "digits_net"
-    assert result.manifest["versions"]["torch"] == str(torch.__version__)
+    assert result.manifest.versions["torch"] == str(torch.__version__)
 
 
 def test_a_corrupted_fold_makes_the_export_fail(tmp_path, digits_artifact, monkeypatch):
@@ -206,8 +227,8 @@ def test_every_registered_architecture_exports(tmp_path, arch):
         tmp_path / "m.pt", net, build_meta(net.config, preprocessing=prep, class_counts=[9, 7, 5, 3, 1])
     )
     result = export_checkpoint(path, ExportOptions(output=tmp_path / "out", max_batch=3))
-    assert result.manifest["graph"]["identical"], result.manifest["graph"]["difference"]
-    assert result.manifest["verification"][0]["passed"]
+    assert result.manifest.graph["identical"], result.manifest.graph["difference"]
+    assert result.manifest.verification[0]["passed"]
 
 
 def test_authors_checkpoint_exports_through_the_cli(tmp_path):

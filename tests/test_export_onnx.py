@@ -7,9 +7,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from pih2t_deploy.artifact import sha256_file
 from pih2t_deploy.checkpoint import build_meta, save_checkpoint
 from pih2t_deploy.errors import ConfigError, UserError, VerificationError
-from pih2t_deploy.export.artifact import sha256_file
 from pih2t_deploy.export.exporter import export_checkpoint
 from pih2t_deploy.export.onnx_export import read_metadata
 from pih2t_deploy.export.options import ExportOptions

@@ -100,7 +100,7 @@ def test_export_judges_groups_by_the_checkpoints_thresholds(digits_artifact, dig
 
     result = export_checkpoint(digits_artifact[0], ExportOptions(output=tmp_path / "e", eval_data="recipe"))
     for group in ("many", "medium", "few"):
-        assert result.manifest["accuracy"]["pytorch"][group] == pytest.approx(digits_eval[group]), group
+        assert result.manifest.accuracy["pytorch"][group] == pytest.approx(digits_eval[group]), group
 
 
 def test_demo_tags_classes_by_the_artifacts_thresholds(digits_artifact):
@@ -108,7 +108,7 @@ def test_demo_tags_classes_by_the_artifacts_thresholds(digits_artifact):
     from pih2t_deploy.serving.demo import LongTailExplainer
 
     classifier = load_classifier(digits_artifact[1])
-    meta = classifier.info.manifest["meta"]
+    meta = classifier.info.meta
     explainer = LongTailExplainer(classifier)
     assert explainer.groups == _digits_groups(meta)
     assert explainer.groups != GroupThresholds().groups(meta["class_counts"])

@@ -38,10 +38,10 @@ def fp32_ir(digits_artifact, tmp_path_factory):
 def test_fp32_ir_matches_onnxruntime_and_records_what_made_it(fp32_ir, digits_artifact):
     folder, manifest = fp32_ir
     assert sorted(p.name for p in folder.iterdir()) == ["labels.txt", "model.bin", "model.json", "model.xml"]
-    assert set(manifest["files"]) == {"labels.txt", "model.bin", "model.xml"}
-    assert manifest["openvino"]["inference_precision"] == "f32" and manifest["openvino"]["openvino"]
-    assert all(r["passed"] and r["tolerance"] == pytest.approx(1e-3) for r in manifest["verification"])
-    assert manifest["graph"]["identical"]
+    assert set(manifest.files) == {"labels.txt", "model.bin", "model.xml"}
+    assert manifest.openvino["inference_precision"] == "f32" and manifest.openvino["openvino"]
+    assert all(r["passed"] and r["tolerance"] == pytest.approx(1e-3) for r in manifest.verification)
+    assert manifest.graph["identical"]
     ov, ort = load_classifier(folder, "openvino"), load_classifier(digits_artifact[1])
     batch, _ = _test_inputs(ort)
     np.testing.assert_allclose(ov.predict(batch), ort.predict(batch), atol=1e-4)
@@ -52,9 +52,9 @@ def test_fp32_ir_matches_onnxruntime_and_records_what_made_it(fp32_ir, digits_ar
 def test_bf16_ir_passes_its_stated_tolerance_and_the_group_gate(digits_artifact, tmp_path):
     options = ExportOptions(output=tmp_path / "bf16", format="openvino", bf16=True, eval_data="recipe")
     manifest = export_checkpoint(digits_artifact[0], options).manifest
-    assert manifest["openvino"]["inference_precision"] == "bf16"
-    assert [r["tolerance"] for r in manifest["verification"]] == [BF16_TOLERANCE, BF16_TOLERANCE]
-    assert all(d <= 2.0 for d in manifest["accuracy"]["drop_points"].values()), manifest["accuracy"]
+    assert manifest.openvino["inference_precision"] == "bf16"
+    assert [r["tolerance"] for r in manifest.verification] == [BF16_TOLERANCE, BF16_TOLERANCE]
+    assert all(d <= 2.0 for d in manifest.accuracy["drop_points"].values()), manifest.accuracy
     bf16 = load_classifier(tmp_path / "bf16", "openvino")
     fp32 = load_classifier(digits_artifact[1])
     batch, _ = _test_inputs(fp32)
@@ -81,9 +81,9 @@ def test_bf16_is_refused_where_the_cpu_cannot_run_it(fp32_ir, monkeypatch):
 def test_int8_ir_is_gated_per_group_and_computes_in_int8(digits_artifact, tmp_path):
     options = ExportOptions(output=tmp_path / "q", format="openvino-int8", calib_data="recipe", eval_data="recipe")
     manifest = export_checkpoint(digits_artifact[0], options).manifest
-    assert set(manifest["accuracy"]) == {"pytorch", "exported", "onnx_fp32", "drop_points"}
-    assert all(d <= 2.0 for d in manifest["accuracy"]["drop_points"].values())
-    assert "QuantizeLinear" in manifest["graph"]["int8"]
+    assert set(manifest.accuracy) == {"pytorch", "exported", "onnx_fp32", "drop_points"}
+    assert all(d <= 2.0 for d in manifest.accuracy["drop_points"].values())
+    assert "QuantizeLinear" in manifest.graph["int8"]
     assert "FakeQuantize" in (tmp_path / "q" / "model.xml").read_text(), "OpenVINO turned Q/DQ into INT8 ops"
     strict = ExportOptions(
         output=tmp_path / "strict", format="openvino-int8", calib_data="recipe", eval_data="recipe", max_group_drop=0.0
@@ -93,7 +93,7 @@ def test_int8_ir_is_gated_per_group_and_computes_in_int8(digits_artifact, tmp_pa
     except VerificationError as exc:
         assert "INT8 quantization costs" in str(exc) and not (tmp_path / "strict").exists()
     else:
-        assert all(d <= 0 for d in kept["accuracy"]["drop_points"].values()), kept["accuracy"]
+        assert all(d <= 0 for d in kept.accuracy["drop_points"].values()), kept.accuracy
 
 
 def test_options_that_do_not_fit_openvino_are_refused(tmp_path):

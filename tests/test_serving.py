@@ -231,6 +231,13 @@ MALFORMED_V2 = {
     "NaN in the data": (json.dumps(_tensor()).replace("0.0,", "NaN,", 1).encode(), {}, "non-finite number NaN"),
     "Infinity in the data": (json.dumps(_tensor()).replace("0.0,", "-Infinity,", 1).encode(), {}, "non-finite"),
     "1e39 as FP32": (json.dumps(_tensor(data=[1e39] + [0.0] * 63)).encode(), {}, "finite FP32"),
+    "BYTES outside ASCII (found by schemathesis)": (
+        json.dumps(
+            {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["\u00e9\u00df"]}]}
+        ).encode(),
+        {},
+        "BYTES data in JSON must be base64 strings",
+    ),
 }
 
 
@@ -246,7 +253,8 @@ def test_malformed_v2_bodies_get_400_with_a_reason_never_500(server, case):
 
 
 def test_malformed_v1_json_gets_400(server):
-    for body in (b"[" * 1000 + b"]" * 1000, b'{"images": [' + b"1" * 5000 + b"]}", b'{"images": [NaN]}'):
+    outside_ascii = json.dumps({"images": ["\u00e9\ud957\udfb4"]}).encode()  # found by schemathesis: was a 500
+    for body in (b"[" * 1000 + b"]" * 1000, b'{"images": [' + b"1" * 5000 + b"]}", b'{"images": [NaN]}', outside_ascii):
         answer = httpx.post(f"{server}/v1/classify", content=body, headers={"content-type": "application/json"})
         assert answer.status_code == 400, answer.text[:300]
         json.loads(answer.text)  # a JSON reason, never a bare NaN token

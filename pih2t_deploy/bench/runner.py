@@ -114,8 +114,8 @@ def _prepare_format(
         options.output / "artifacts" / name, backend, device=options.device, threads=options.threads
     )
     return classifier.predict, {
-        "verification": manifest["verification"],
-        "graph_identical": manifest.get("graph", {}).get("identical"),
+        "verification": manifest.verification,
+        "graph_identical": (manifest.graph or {}).get("identical"),
     }
 
 

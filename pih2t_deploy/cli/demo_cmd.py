@@ -9,7 +9,7 @@ import typer
 
 from pih2t_deploy.cli.common import err_console
 from pih2t_deploy.errors import ConfigError, DataError
-from pih2t_deploy.runtime.classifier import BackendName
+from pih2t_deploy.runtime.loader import BackendName
 
 Opt = typer.Option
 

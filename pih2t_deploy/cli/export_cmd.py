@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from pih2t_deploy.artifact import MANIFEST_FILE
 from pih2t_deploy.cli.common import console, log, parse_int_list, parse_str_list
 from pih2t_deploy.export.options import DEFAULT_OPSET, FormatName, formats_help
 
@@ -96,10 +97,10 @@ def export(
     )
     result = export_checkpoint(ckpt, options, log=log)
     manifest = result.manifest
-    table = Table(title=f"verification of {manifest['model_file']} against the unfolded PyTorch model")
+    table = Table(title=f"verification of {manifest.model_file} against the unfolded PyTorch model")
     for column in ("inputs", "batch", "max |diff|", "rel diff", "top-1 agree", "top-5 agree"):
         table.add_column(column, justify="right")
-    for block in manifest["verification"]:
+    for block in manifest.verification:
         for row in block["results"]:
             table.add_row(
                 block["source"],
@@ -110,7 +111,7 @@ def export(
                 f"{row['top5_agreement']:.0%}",
             )
     console.print(table)
-    graph = manifest.get("graph")
+    graph = manifest.graph
     if graph:
-        console.print(graph_summary(graph, manifest["meta"]["arch"]), markup=False, highlight=False)
-    console.print(f"wrote {result.folder}/ ({', '.join(manifest['files'])}, model.json)")
+        console.print(graph_summary(graph, manifest.meta["arch"]), markup=False, highlight=False)
+    console.print(f"wrote {result.folder}/ ({', '.join(manifest.files)}, {MANIFEST_FILE})")

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import typer
 
 from pih2t_deploy.cli.common import console, log
-from pih2t_deploy.runtime.classifier import BackendName
+from pih2t_deploy.runtime.loader import BackendName
 
 
 def predict(

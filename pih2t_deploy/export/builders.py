@@ -222,7 +222,7 @@ def build_tensorrt(ctx: BuildContext, folder: Path) -> Runner:
     from pih2t_deploy.runtime.classifier import ModelInfo
     from pih2t_deploy.runtime.tensorrt_backend import TensorRTClassifier
 
-    info = ModelInfo("export-check", "1", [str(i) for i in range(ctx.num_classes)], None, ctx.prep, {})
+    info = ModelInfo("export-check", "1", [str(i) for i in range(ctx.num_classes)], None, ctx.prep)
     return TensorRTClassifier(folder / "model.plan", info).predict
 
 

@@ -19,11 +19,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from pih2t_deploy.artifact import ARTIFACT_FORMAT, MANIFEST_FILE, Manifest, TensorSpec, write_labels, write_manifest
 from pih2t_deploy.atomic import atomic_dir, require_writable_folder
 from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint, versions
 from pih2t_deploy.data.longtail import GroupThresholds
 from pih2t_deploy.errors import DataError, UserError, VerificationError
-from pih2t_deploy.export.artifact import MANIFEST, write_labels, write_manifest
 from pih2t_deploy.export.builders import BUILDERS, BuildContext
 from pih2t_deploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from pih2t_deploy.export.options import ExportOptions
@@ -42,7 +42,7 @@ class ExportResult:
     """Where the artifact is and what its manifest says."""
 
     folder: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
 
 class Adjusted(nn.Module):
@@ -61,7 +61,7 @@ def _check_output(output: Path, force: bool) -> None:
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file; give a folder path")
     if output.is_dir() and any(output.iterdir()):
-        if not (output / MANIFEST).exists():
+        if not (output / MANIFEST_FILE).exists():
             raise UserError(f"--output {output} is a non-empty folder that is not an artifact; choose another path")
         if not force:
             raise UserError(f"--output {output} already holds an artifact; pass --force to replace it")
@@ -141,13 +141,27 @@ def export_checkpoint(
     reference = _numpy_runner(ExportModule(Adjusted(ckpt.net, adjustment), prep, **wrap))
 
     @functools.cache
-    def calibration_images() -> ImageSet:
-        return load_images(
-            options.calib_data, ckpt, split="train", limit=options.calib_count, minimum=16, seed=options.seed
+    def calibration_and_holdout() -> tuple[ImageSet, ImageSet | None]:
+        """The calibration images and, without --eval-data, images of the same source held out from them to
+        judge the INT8 model on (never the images it was calibrated on)."""
+        holdout = 0 if options.eval_data or not options.quantized else max(16, options.calib_count // 4)
+        found = load_images(
+            options.calib_data,
+            ckpt,
+            split="train",
+            limit=options.calib_count + holdout,
+            minimum=32 if holdout else 16,
+            seed=options.seed,
+            why=" (16 to calibrate on, 16 held out to judge INT8 accuracy without --eval-data)" if holdout else "",
         )
+        if not holdout:
+            return found, None
+        held_out = min(holdout, len(found.images) - 16)
+        log(f"calibrating on {len(found.images) - held_out} images, judging INT8 on {held_out} others")
+        return found.split(len(found.images) - held_out)
 
     def calibration() -> np.ndarray:
-        return _inputs(calibration_images(), ckpt, options.embed_preprocessing)
+        return _inputs(calibration_and_holdout()[0], ckpt, options.embed_preprocessing)
 
     ctx = BuildContext(
         folded=folded,
@@ -163,8 +177,8 @@ def export_checkpoint(
         with atomic_dir(output) as tmp:
             runner = BUILDERS[options.format](ctx, tmp)
             write_labels(tmp, ckpt.class_names)
-            if eval_images is None and options.quantized:
-                eval_images = calibration_images()  # INT8 is judged on real images
+            if eval_images is None and options.quantized:  # INT8 is judged on real images it was not calibrated on
+                eval_images = calibration_and_holdout()[1]
             reports, accuracy = _verify(ckpt, options, ctx, reference, runner, eval_images, log)
             manifest = write_manifest(tmp, _manifest(ckpt, options, fold_report, reports, accuracy, ctx.report))
     except PermissionError as exc:
@@ -239,7 +253,7 @@ def _check_reduced_precision(
 
 def _onnx_metadata(ckpt: Checkpoint, options: ExportOptions) -> dict[str, Any]:
     return {
-        "pih2t.format": "pih2t-artifact/1",
+        "pih2t.format": ARTIFACT_FORMAT,
         "pih2t.class_names": ckpt.class_names,
         "pih2t.class_counts": ckpt.class_counts,
         "pih2t.preprocessing": ckpt.meta["preprocessing"],
@@ -250,29 +264,25 @@ def _onnx_metadata(ckpt: Checkpoint, options: ExportOptions) -> dict[str, Any]:
     }
 
 
-def _manifest(ckpt, options, fold_report: FoldReport, reports, accuracy, report) -> dict[str, Any]:
+def _manifest(ckpt, options, fold_report: FoldReport, reports, accuracy, report) -> Manifest:
     c, h, w = ckpt.preprocessing.input_shape
     batch: int | str = options.static_batch or "batch"
     if options.embed_preprocessing:
-        input_spec = {"name": INPUT_NAME, "shape": [batch, h, w, c], "dtype": "uint8", "layout": "NHWC"}
+        input_spec = TensorSpec(INPUT_NAME, [batch, h, w, c], "uint8", layout="NHWC")
     else:
-        input_spec = {"name": INPUT_NAME, "shape": [batch, c, h, w], "dtype": "float32", "layout": "NCHW"}
+        input_spec = TensorSpec(INPUT_NAME, [batch, c, h, w], "float32", layout="NCHW")
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
-    return {
-        "model_file": options.spec.model_file,
-        "model_format": options.format,
-        "input": input_spec,
-        "output": {
-            "name": OUTPUT_NAME,
-            "shape": [batch, ckpt.meta["num_classes"]],
-            "dtype": "float32",
-            "kind": "probabilities" if options.probs else "logits",
-        },
-        "meta": ckpt.meta,
-        "export": settings,
-        "fold": fold_report.to_dict(),
-        "verification": [r.to_dict() for r in reports],
-        "accuracy": accuracy,
+    kind = "probabilities" if options.probs else "logits"
+    return Manifest(
+        model_file=options.spec.model_file,
+        model_format=options.format,
+        input=input_spec,
+        output=TensorSpec(OUTPUT_NAME, [batch, ckpt.meta["num_classes"]], "float32", kind=kind),
+        meta=ckpt.meta,
+        versions={**versions(), "onnx_runtime": ort.__version__},
+        export=settings,
+        fold=fold_report.to_dict(),
+        verification=[r.to_dict() for r in reports],
+        accuracy=accuracy,
         **report,
-        "versions": {**versions(), "onnx_runtime": ort.__version__},
-    }
+    )

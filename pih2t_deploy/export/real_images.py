@@ -22,6 +22,12 @@ class ImageSet:
     labels: np.ndarray | None
     source: str
 
+    def split(self, first: int) -> tuple[ImageSet, ImageSet]:
+        """The first ``first`` images and the rest, as two sets that share no image."""
+        labels = (None, None) if self.labels is None else (self.labels[:first], self.labels[first:])
+        rest = f"{self.source}, {len(self.images) - first} images held out from calibration"
+        return ImageSet(self.images[:first], labels[0], self.source), ImageSet(self.images[first:], labels[1], rest)
+
 
 def _from_recipe(ckpt: Checkpoint, split: str, limit: int | None, seed: int) -> ImageSet:
     if "data" not in ckpt.meta:
@@ -50,11 +56,18 @@ def _from_folder(folder: Path, class_names: list[str], limit: int | None, seed: 
 
 
 def load_images(
-    spec: str, ckpt: Checkpoint, *, split: str, limit: int | None = None, minimum: int = 1, seed: int = 0
+    spec: str,
+    ckpt: Checkpoint,
+    *,
+    split: str,
+    limit: int | None = None,
+    minimum: int = 1,
+    seed: int = 0,
+    why: str = "",
 ) -> ImageSet:
     """Images from ``spec`` ('recipe' or a folder; a labelled folder has one sub-folder per class name).
 
-    Raises DataError when fewer than ``minimum`` images are found.
+    Raises DataError when fewer than ``minimum`` images are found (``why`` says what they are needed for).
     """
     found = (
         _from_recipe(ckpt, split, limit, seed)
@@ -62,5 +75,5 @@ def load_images(
         else _from_folder(Path(spec), ckpt.class_names, limit, seed)
     )
     if len(found.images) < minimum:
-        raise DataError(f"{spec} has {len(found.images)} usable images; at least {minimum} are needed")
+        raise DataError(f"{spec} has {len(found.images)} usable images; at least {minimum} are needed{why}")
     return found

@@ -23,7 +23,8 @@ from pih2t_deploy.predict.local import stream_rows
 from pih2t_deploy.predict.report import summarize_rows
 from pih2t_deploy.predict.rows import PredictionRow
 from pih2t_deploy.predict.writers import open_writer
-from pih2t_deploy.runtime.classifier import ModelInfo, load_classifier
+from pih2t_deploy.runtime.classifier import ModelInfo
+from pih2t_deploy.runtime.loader import load_classifier
 
 EXIT_SOME_ERRORS = 3
 

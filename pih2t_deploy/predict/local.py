@@ -16,7 +16,8 @@ from pathlib import Path
 from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.predict.inputs import InputItem, Inputs, resolve_inputs
 from pih2t_deploy.predict.rows import Decoded, PredictionRow, RowMaker, decode_many
-from pih2t_deploy.runtime.classifier import Classifier, load_classifier
+from pih2t_deploy.runtime.classifier import Classifier
+from pih2t_deploy.runtime.loader import load_classifier
 
 DECODE_GROUP = 8  # images per decoding task: fewer hand-offs between threads, one preprocessing call per group
 

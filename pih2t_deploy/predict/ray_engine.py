@@ -23,7 +23,7 @@ from pih2t_deploy.predict.inputs import InputItem, resolve_inputs
 from pih2t_deploy.predict.job import PredictResult, summary_path, write_summary
 from pih2t_deploy.predict.rows import PredictionRow
 from pih2t_deploy.predict.writers import parquet_schema
-from pih2t_deploy.runtime.classifier import read_artifact_info
+from pih2t_deploy.runtime.loader import read_artifact_info
 
 STAGING_PREFIX = ".staging-"
 
@@ -32,7 +32,7 @@ class ClassifierActor:
     """A Ray actor holding one loaded classifier; maps a batch of paths to a table of PredictionRows."""
 
     def __init__(self, model: str, backend: str, threads: int | None, top_k: int, workers: int) -> None:
-        from pih2t_deploy.runtime.classifier import load_classifier
+        from pih2t_deploy.runtime.loader import load_classifier
 
         self.classifier = load_classifier(model, backend, threads=threads)
         self.top_k, self.workers = top_k, workers

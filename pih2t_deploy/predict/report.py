@@ -44,7 +44,7 @@ def _accuracy(seen: dict[str, list[int]], info: ModelInfo) -> dict[str, Any]:
     }
     counts = info.class_counts
     if counts and len(counts) == info.num_classes:
-        thresholds = GroupThresholds.from_meta(info.manifest.get("meta", {}))
+        thresholds = GroupThresholds.from_meta(info.meta)
         group_of = dict(zip(info.labels, thresholds.groups(counts), strict=True))
         for group in ("many", "medium", "few"):
             members = [t for label, t in seen.items() if group_of.get(label) == group]

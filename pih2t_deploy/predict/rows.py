@@ -92,7 +92,7 @@ class RowMaker:
         info = classifier.info
         self.classifier, self.labels = classifier, info.labels
         self.top_k = max(1, min(top_k, info.num_classes))
-        thresholds = GroupThresholds.from_meta(info.manifest.get("meta", {}))
+        thresholds = GroupThresholds.from_meta(info.meta)
         counts = info.class_counts
         self.groups = thresholds.groups(counts) if counts and len(counts) == info.num_classes else None
 

@@ -83,7 +83,8 @@ class OpenVINOClassifier(Classifier):
         super().__init__(info)
         if device != "cpu":
             raise UserError("the OpenVINO backend runs on --device cpu")
-        self.precision = info.manifest.get("openvino", {}).get("inference_precision", "f32")
+        details = (info.manifest.openvino if info.manifest else None) or {}
+        self.precision = details.get("inference_precision", "f32")
         self.run = ir_runner(path, self.precision, threads)
         self.path = path
 

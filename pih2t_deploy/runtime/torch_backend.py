@@ -51,7 +51,7 @@ class TorchClassifier(Classifier):
             labels=ckpt.class_names,
             class_counts=ckpt.class_counts,
             preprocessing=ckpt.preprocessing,
-            manifest={"meta": ckpt.meta},
+            meta=ckpt.meta,
         )
         return cls(folded.eval(), info, device=device, threads=threads, source=path.name)
 

@@ -44,7 +44,7 @@ class LongTailExplainer:
         self.classifier, self.max_pixels = classifier, max_pixels
         info = classifier.info
         self.counts = np.asarray(info.class_counts or [1] * info.num_classes, dtype=np.float64)
-        thresholds = GroupThresholds.from_meta(info.manifest.get("meta", {}))
+        thresholds = GroupThresholds.from_meta(info.meta)
         self.groups = thresholds.groups(self.counts.astype(int).tolist())
         self.log_prior = log_prior(self.counts)
 
@@ -86,7 +86,7 @@ class LongTailExplainer:
     def model_card(self) -> str:
         """Markdown: architecture, method, data, Many/Medium/Few accuracy, export verification."""
         info = self.classifier.info
-        meta, manifest = info.manifest.get("meta", {}), info.manifest
+        meta, manifest = info.meta, info.manifest
         lines = [
             f"### {info.name}",
             f"- architecture **{meta.get('arch', '?')}**, method **{meta.get('method', '?')}**, "
@@ -104,14 +104,14 @@ class LongTailExplainer:
                 "-" if results.get(k) is None else f"{100 * results[k]:.1f}%" for k in ("top1", "many", "medium", "few")
             )
             lines.append(f"- test accuracy top-1 / Many / Medium / Few: **{cells}**")
-        checks = manifest.get("verification") or []
-        if checks:
+        checks = manifest.verification if manifest else []
+        if manifest and checks:
             worst = max(block["max_abs_diff"] for block in checks)
             lines.append(
-                f"- export `{manifest.get('model_file')}` verified against PyTorch: max |diff| {worst:.1e}, "
+                f"- export `{manifest.model_file}` verified against PyTorch: max |diff| {worst:.1e}, "
                 f"{'passed' if all(b['passed'] for b in checks) else 'FAILED'}"
             )
-        graph = manifest.get("graph")
+        graph = manifest.graph if manifest else None
         if graph:
             lines.append(
                 f"- deployed graph: {graph['exported_nodes']} nodes, "

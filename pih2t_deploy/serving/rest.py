@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -114,6 +113,13 @@ def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[list[schemas.Pre
     ]
 
 
+def _card_meta(info) -> dict:
+    """The manifest (without the file digests) of an artifact, or the checkpoint's metadata."""
+    if info.manifest is None:
+        return {"meta": info.meta}
+    return {k: v for k, v in info.manifest.to_dict().items() if k != "files"}
+
+
 def parse_top_k(raw: object, num_classes: int, default: int) -> int:
     """top_k from a query/form/JSON value: 1 <= k <= classes, else 422."""
     if raw is None or raw == "":
@@ -152,7 +158,7 @@ async def read_uploads(request: Request, max_images: int) -> tuple[list[tuple[st
         for index, text in enumerate(images):
             try:
                 blobs.append((f"images[{index}]", base64.b64decode(text.split(",")[-1], validate=True)))
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or characters outside ASCII
                 raise ApiError(400, f"images[{index}] is not valid base64") from None
         return blobs, body.get("top_k", request.query_params.get("top_k"))
     if not content_type:
@@ -295,7 +301,7 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
             class_counts=info.class_counts,
             input_shape=list(classifier.input_shape),
             preprocessing=info.preprocessing.to_dict(),
-            meta={k: v for k, v in info.manifest.items() if k not in ("files",)},
+            meta=_card_meta(info),
             pid=os.getpid(),
         )
 

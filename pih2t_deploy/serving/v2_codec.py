@@ -8,7 +8,6 @@ are serialised element by element as a 4-byte little-endian length and the bytes
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import math
 import struct
@@ -118,7 +117,7 @@ def _bytes_from_json(data: Any) -> list[bytes]:
             raise ProtocolError("BYTES data in JSON must be base64 strings")
         try:
             out.append(base64.b64decode(item, validate=True))
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or characters outside ASCII
             raise ProtocolError("BYTES data in JSON must be base64 strings") from None
     return out
 

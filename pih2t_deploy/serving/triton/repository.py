@@ -19,9 +19,11 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from pih2t_deploy.artifact import LABELS_FILE
 from pih2t_deploy.atomic import require_writable_folder
 from pih2t_deploy.errors import ConfigError, UserError
-from pih2t_deploy.runtime.classifier import ModelInfo, read_artifact_info
+from pih2t_deploy.runtime.classifier import ModelInfo
+from pih2t_deploy.runtime.loader import read_artifact_info
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 TYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8"}
@@ -81,7 +83,7 @@ def _base(name: str, settings: RepositorySettings, kind: str):
 
 def _logits(config, info: ModelInfo) -> None:
     mc = model_config_pb2()
-    config.output.add(name="logits", data_type=mc.TYPE_FP32, dims=[info.num_classes], label_filename="labels.txt")
+    config.output.add(name="logits", data_type=mc.TYPE_FP32, dims=[info.num_classes], label_filename=LABELS_FILE)
 
 
 def backend_config(
@@ -118,7 +120,7 @@ def openvino_config(name: str, info: ModelInfo, settings: RepositorySettings, sh
     """ModelConfig of the OpenVINO-backend model (NVIDIA's container runs it on the CPU): the IR in the version
     folder, bfloat16 asked for (HINT_BF16) when the artifact was exported and verified with --bf16."""
     config = backend_config(name, info, settings, shape, dtype, backend="openvino", kind="cpu")
-    if info.manifest.get("openvino", {}).get("inference_precision") == "bf16":
+    if ((info.manifest.openvino if info.manifest else None) or {}).get("inference_precision") == "bf16":
         config.parameters["HINT_BF16"].string_value = "YES"
     return config
 
@@ -167,10 +169,12 @@ def build_repository(artifact: Path, repo: Path, settings: RepositorySettings) -
         raise ConfigError(
             "--cpu-python runs onnxruntime in the Python backend: build it from an --format onnx artifact"
         )
-    input_spec = info.manifest["input"]
-    dtype = TYPES[input_spec["dtype"]]
-    shape = [int(d) for d in input_spec["shape"][1:]]
-    if input_spec["shape"][0] != "batch":
+    input_spec = info.manifest.input if info.manifest else None
+    if input_spec is None:
+        raise UserError(f"{artifact} is not an exported artifact; run pih2t-export first")
+    dtype = TYPES[input_spec.dtype]
+    shape = [int(d) for d in input_spec.shape[1:]]
+    if input_spec.shape[0] != "batch":
         raise UserError(f"{artifact} was exported with a fixed batch size; re-export without --static-batch")
     name, version = settings.name, str(settings.version)
     has_plan = (artifact / "model.plan").is_file()
@@ -222,14 +226,14 @@ def build_repository(artifact: Path, repo: Path, settings: RepositorySettings) -
     existing = [m for m in models if (repo / m / version).exists()]
     if existing and not settings.force:
         raise UserError(f"{repo}: version {version} of {', '.join(existing)} exists; pass --force to replace it")
-    labels = (artifact / "labels.txt").read_text(encoding="utf-8")
+    labels = (artifact / LABELS_FILE).read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory(prefix=".pih2t-build-", dir=repo) as staging:
         for model, (config, files) in models.items():
             folder = Path(staging) / model
             (folder / version).mkdir(parents=True)
             (folder / "config.pbtxt").write_text(text_format.MessageToString(config), encoding="utf-8")
             if any(output.label_filename for output in config.output):
-                (folder / "labels.txt").write_text(labels, encoding="utf-8")
+                (folder / LABELS_FILE).write_text(labels, encoding="utf-8")
             for file_name, source in files.items():
                 if isinstance(source, Path):
                     shutil.copy2(source, folder / version / file_name)

@@ -1,0 +1,103 @@
+"""Loading a model: which backend runs which file, and ``load_classifier`` for an artifact or a checkpoint.
+
+``load_classifier(path, backend=...)`` accepts an artifact folder (``model.json`` beside the model file),
+an ``.onnx`` / ``.pt2`` / ``.plan`` / ``.xml`` file inside such a folder, or a ``model.pt`` checkpoint (torch
+backend, folded on load). The preprocessing always comes from the artifact's metadata, never from defaults.
+Each backend module is imported only when it is asked for, and none of them imports this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, get_args
+
+from pih2t_deploy.artifact import read_labels, read_manifest
+from pih2t_deploy.data.preprocessing import Preprocessing
+from pih2t_deploy.errors import ConfigError, UserError
+from pih2t_deploy.runtime.classifier import Classifier, ModelInfo
+
+BackendName = Literal["onnxruntime", "openvino", "torch", "tensorrt"]
+BACKENDS: tuple[str, ...] = get_args(BackendName)
+MODEL_FILES = {
+    "onnxruntime": ("model.onnx", "model.int8.onnx"),
+    "openvino": ("model.xml",),
+    "torch": ("model.pt2",),
+    "tensorrt": ("model.plan",),
+}
+
+
+def read_artifact_info(folder: Path, name: str | None = None) -> ModelInfo:
+    """ModelInfo from an artifact folder (its manifest and labels, read through ``pih2t_deploy.artifact``);
+    one-line UserErrors when they are absent, unreadable or of a newer format."""
+    manifest = read_manifest(folder)
+    meta = manifest.meta
+    try:
+        prep = Preprocessing.from_dict(meta["preprocessing"])
+        labels = read_labels(folder, int(meta["num_classes"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"{folder}: unreadable artifact metadata ({exc})") from None
+    return ModelInfo(
+        name=name or meta.get("recipe") or "pih2t",
+        version=manifest.version,
+        labels=labels,
+        class_counts=meta.get("class_counts"),
+        preprocessing=prep,
+        meta=meta,
+        manifest=manifest,
+        pixel_input=manifest.pixel_input,
+        probabilities=manifest.probabilities,
+    )
+
+
+def load_classifier(
+    path: str | Path,
+    backend: str = "onnxruntime",
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    name: str | None = None,
+) -> Classifier:
+    """Load the model at ``path`` with ``backend``; a UserError says what is missing or mismatched."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {device!r}; choose cpu or cuda")
+    target = Path(path)
+    if not target.exists():
+        raise UserError(f"model {target} does not exist; pass an artifact folder written by pih2t-export")
+    if target.is_file() and target.suffix == ".pt":
+        from pih2t_deploy.runtime.torch_backend import TorchClassifier
+
+        if backend != "torch":
+            raise ConfigError(f"{target} is a checkpoint: serve it with --backend torch, or export it first")
+        return TorchClassifier.from_checkpoint(target, device=device, threads=threads, name=name)
+    if backend == "tensorrt":
+        from pih2t_deploy.runtime.tensorrt_backend import import_tensorrt
+
+        import_tensorrt()
+    folder = target if target.is_dir() else target.parent
+    info = read_artifact_info(folder, name)
+    model_file = target if target.is_file() else _find_model_file(folder, backend)
+    if backend == "onnxruntime":
+        from pih2t_deploy.runtime.onnx_backend import OnnxClassifier
+
+        return OnnxClassifier(model_file, info, device=device, threads=threads)
+    if backend == "openvino":
+        from pih2t_deploy.runtime.openvino_backend import OpenVINOClassifier
+
+        return OpenVINOClassifier(model_file, info, device=device, threads=threads)
+    if backend == "torch":
+        from pih2t_deploy.runtime.torch_backend import TorchClassifier
+
+        return TorchClassifier.from_program(model_file, info, device=device, threads=threads)
+    from pih2t_deploy.runtime.tensorrt_backend import TensorRTClassifier
+
+    return TensorRTClassifier(model_file, info, device=device)
+
+
+def _find_model_file(folder: Path, backend: str) -> Path:
+    for candidate in MODEL_FILES[backend]:
+        if (folder / candidate).is_file():
+            return folder / candidate
+    wanted = " or ".join(MODEL_FILES[backend])
+    raise UserError(f"{folder} has no {wanted} for backend {backend}; export that format first")
