@@ -277,6 +277,42 @@ def test_binary_fp32_data_that_is_not_finite_gets_400(server):
     assert answer.status_code == 400 and "finite FP32" in answer.json()["error"], answer.text[:300]
 
 
+def test_model_config_for_tritonclient_and_perf_analyzer(server, classifier):
+    """tritonclient's get_model_config (what perf_analyzer reads before it starts): the batch limit of the
+    service, the two alternative inputs (each optional), the output with its labels file."""
+    client = triton_http.InferenceServerClient(server.removeprefix("http://"))
+    try:
+        config = client.get_model_config("digits-lt")
+        version = client.get_model_metadata("digits-lt")["versions"][0]
+        assert client.get_model_config("digits-lt", model_version=version) == config
+    finally:
+        client.close()
+    assert config["max_batch_size"] == 16 and config["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
+    tensor, image = config["input"]
+    assert (tensor["name"], tensor["data_type"], tensor["dims"], tensor["optional"]) == (
+        "input",
+        "TYPE_FP32",
+        [1, 8, 8],
+        True,
+    )
+    assert (image["name"], image["data_type"], image["optional"]) == ("image", "TYPE_STRING", True)
+    assert config["output"] == [
+        {"name": "logits", "data_type": "TYPE_FP32", "dims": [10], "label_filename": "labels.txt"}
+    ]
+
+
+def test_unknown_version_is_404_and_a_wrong_method_is_405_with_allow(server, classifier):
+    for path in ("versions/7", "versions/7/ready", "versions/7/config"):
+        answer = httpx.get(f"{server}/v2/models/digits-lt/{path}")
+        assert answer.status_code == 404 and "unknown version '7' of model 'digits-lt'" in answer.json()["error"]
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.0] * 64}]}
+    assert httpx.post(f"{server}/v2/models/digits-lt/versions/7/infer", json=body).status_code == 404
+    ok = httpx.post(f"{server}/v2/models/digits-lt/versions/{classifier.info.version}/infer", json=body)
+    assert ok.status_code == 200 and ok.json()["model_version"] == classifier.info.version
+    wrong = httpx.get(f"{server}/v1/classify")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST", wrong.headers
+
+
 def test_v2_unknown_model_is_404(server):
     answer = httpx.get(f"{server}/v2/models/resnet/ready")
     assert answer.status_code == 404 and "unknown model" in answer.json()["error"]

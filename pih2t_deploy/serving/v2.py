@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from pih2t_deploy import __version__
+from pih2t_deploy.artifact import LABELS_FILE
 from pih2t_deploy.data.longtail import top_k
 from pih2t_deploy.serving import schemas
 from pih2t_deploy.serving.v2_codec import (
@@ -42,10 +43,14 @@ def _datatype(classifier) -> str:
 def register_v2_routes(app: FastAPI, state: Any, api_error: type[Exception]) -> None:
     """Add the /v2 routes to ``app``; ``state`` is the service state, ``api_error(status, message)``."""
 
-    def model_for(name: str):
+    def model_for(name: str, version: str | None = None):
         classifier, _ = state.require_ready()
         if name != classifier.info.name:
             raise api_error(404, f"unknown model {name!r}; this server serves {classifier.info.name!r}")
+        if version is not None and version != classifier.info.version:
+            raise api_error(
+                404, f"unknown version {version!r} of model {name!r}; this server serves {classifier.info.version!r}"
+            )
         return classifier
 
     @app.get("/v2", response_model=schemas.ServerMetadata)
@@ -73,7 +78,7 @@ def register_v2_routes(app: FastAPI, state: Any, api_error: type[Exception]) -> 
     @app.get("/v2/models/{name}/versions/{version}", response_model=schemas.ModelMetadata)
     async def model_metadata(name: str, version: str | None = None) -> schemas.ModelMetadata:
         """Inputs and outputs of the served model."""
-        classifier = model_for(name)
+        classifier = model_for(name, version)
         return schemas.ModelMetadata(
             name=name,
             versions=[classifier.info.version],
@@ -87,11 +92,46 @@ def register_v2_routes(app: FastAPI, state: Any, api_error: type[Exception]) -> 
             outputs=[schemas.TensorMetadata(name=OUTPUT, datatype="FP32", shape=[-1, classifier.info.num_classes])],
         )
 
+    @app.get("/v2/models/{name}/config")
+    @app.get("/v2/models/{name}/versions/{version}/config")
+    async def model_config(name: str, version: str | None = None) -> JSONResponse:
+        """The model configuration in Triton's JSON form (what perf_analyzer and tritonclient's
+        get_model_config read): the largest batch, the two alternative inputs (each optional: send one) and
+        the output with its labels."""
+        classifier = model_for(name, version)
+        pixels = classifier.info.pixel_input
+        return JSONResponse(
+            {
+                "name": name,
+                "platform": f"pih2t_{classifier.backend}",
+                "max_batch_size": state.settings.max_batch,
+                "input": [
+                    {
+                        "name": TENSOR_INPUT,
+                        "data_type": "TYPE_UINT8" if pixels else "TYPE_FP32",
+                        "format": "FORMAT_NHWC" if pixels else "FORMAT_NCHW",
+                        "dims": list(classifier.input_shape),
+                        "optional": True,
+                    },
+                    {"name": IMAGE_INPUT, "data_type": "TYPE_STRING", "dims": [1], "optional": True},
+                ],
+                "output": [
+                    {
+                        "name": OUTPUT,
+                        "data_type": "TYPE_FP32",
+                        "dims": [classifier.info.num_classes],
+                        "label_filename": LABELS_FILE,
+                    }
+                ],
+                "dynamic_batching": {"max_queue_delay_microseconds": int(state.settings.max_wait_ms * 1000)},
+            }
+        )
+
     @app.get("/v2/models/{name}/ready", response_model=schemas.ReadyResponse)
     @app.get("/v2/models/{name}/versions/{version}/ready", response_model=schemas.ReadyResponse)
     async def model_ready(name: str, version: str | None = None) -> schemas.ReadyResponse:
         """200 when this model is ready."""
-        model_for(name)
+        model_for(name, version)
         return schemas.ReadyResponse(ready=True)
 
     async def batch_from(tensor: Tensor, classifier) -> np.ndarray:
@@ -118,7 +158,7 @@ def register_v2_routes(app: FastAPI, state: Any, api_error: type[Exception]) -> 
     @app.post("/v2/models/{name}/versions/{version}/infer", response_model=schemas.InferResponse)
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         """Run the model on one input tensor; JSON or binary tensor data, classification extension."""
-        classifier = model_for(name)
+        classifier = model_for(name, version)
         try:
             body, tensors = parse_request(await request.body(), request.headers.get(HEADER))
         except ProtocolError as exc:
