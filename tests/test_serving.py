@@ -313,6 +313,34 @@ def test_unknown_version_is_404_and_a_wrong_method_is_405_with_allow(server, cla
     assert wrong.status_code == 405 and wrong.headers["allow"] == "POST", wrong.headers
 
 
+def test_the_pixels_of_a_whole_request_are_bounded_before_decoding(classifier):
+    """Budget 200 pixels per request: three 8x8 images (192) pass, four (256) are refused with 413 before any
+    is decoded, on /v1 and on the v2 image input alike; a 6000x6000 PNG header alone is refused too."""
+    import io
+
+    blob = images.sample(3)
+    huge = io.BytesIO()
+    Image.new("L", (6000, 6000)).save(huge, format="PNG")
+    with running_server(create_app(lambda: classifier, ServeSettings(max_request_pixels=200))) as (url, _):
+        ok = httpx.post(f"{url}/v1/classify", files=[("files", (f"{i}.png", blob)) for i in range(3)])
+        assert ok.status_code == 200 and len(ok.json()["results"]) == 3
+        over = httpx.post(f"{url}/v1/classify", files=[("files", (f"{i}.png", blob)) for i in range(4)])
+        assert over.status_code == 413, over.text
+        assert over.json()["error"] == (
+            "the 4 images of this request hold 256 pixels; the limit per request is 200 "
+            "(send fewer or smaller images per request)"
+        )
+        big = httpx.post(f"{url}/v1/classify", files={"file": ("big.png", huge.getvalue())})
+        assert big.status_code == 413 and "36,000,000 pixels" in big.json()["error"]
+        v2 = {
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": [4], "data": [base64.b64encode(blob).decode()] * 4}
+            ]
+        }
+        answer = httpx.post(f"{url}/v2/models/digits-lt/infer", json=v2)
+        assert answer.status_code == 413 and "limit per request is 200" in answer.json()["error"]
+
+
 def test_v2_unknown_model_is_404(server):
     answer = httpx.get(f"{server}/v2/models/resnet/ready")
     assert answer.status_code == 404 and "unknown model" in answer.json()["error"]

@@ -25,6 +25,9 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(help="longest wait for a batch to fill")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="images allowed to wait; more get 503")] = 256,
     max_upload_mb: Annotated[float, typer.Option(help="largest request body")] = 10.0,
+    max_request_pixels: Annotated[
+        int, typer.Option(min=1, help="largest total of decoded pixels per request (from the image headers); 413")
+    ] = 80_000_000,
     timeout_s: Annotated[float, typer.Option(help="longest wait for an answer; then 504")] = 30.0,
     threads: Annotated[int | None, typer.Option(help="inference threads (default: the runtime's choice)")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
@@ -54,6 +57,7 @@ def serve(
         max_wait_ms=max_wait_ms,
         max_queue=max_queue,
         max_upload_mb=max_upload_mb,
+        max_request_pixels=max_request_pixels,
         timeout_s=timeout_s,
     )
     app = create_app(lambda: classifier, settings)

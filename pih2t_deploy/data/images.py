@@ -60,3 +60,15 @@ def open_image(
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise CorruptImageError(f"{name} is truncated or corrupt ({exc})") from None
+
+
+def header_pixels(data: bytes) -> int:
+    """width x height as the image's header states it, read without decoding the pixels; 0 when the bytes are
+    not a readable image header (decoding them later says what is wrong)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = Image.open(io.BytesIO(data)).size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 0
+    return width * height

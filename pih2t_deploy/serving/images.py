@@ -6,7 +6,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pih2t_deploy.data.images import CorruptImageError, ImageTooLargeError, UnsupportedImageError, open_image
+from pih2t_deploy.data.images import (
+    CorruptImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+    header_pixels,
+    open_image,
+)
 from pih2t_deploy.errors import DataError
 
 
@@ -18,9 +24,23 @@ class BadImageError(Exception):
         self.status = status
 
 
-def decode_batch(blobs: list[tuple[str, bytes]], prepare: Callable[[list], np.ndarray], max_pixels: int) -> np.ndarray:
+def decode_batch(
+    blobs: list[tuple[str, bytes]],
+    prepare: Callable[[list], np.ndarray],
+    max_pixels: int,
+    max_request_pixels: int | None = None,
+) -> np.ndarray:
     """The model input (``prepare`` of the decoded images) for ``(name, bytes)`` pairs; BadImageError for the
-    first image that cannot be used."""
+    first image that cannot be used. Before anything is decoded, the pixels the headers announce are summed:
+    more than ``max_request_pixels`` in one request is a 413 (so decoded memory per request stays bounded)."""
+    if max_request_pixels is not None:
+        total = sum(header_pixels(blob) for _, blob in blobs)
+        if total > max_request_pixels:
+            raise BadImageError(
+                413,
+                f"the {len(blobs)} images of this request hold {total:,} pixels; the limit per request is "
+                f"{max_request_pixels:,} (send fewer or smaller images per request)",
+            )
     images = []
     for name, blob in blobs:
         try:

@@ -48,6 +48,7 @@ class ServeSettings:
     max_upload_mb: float = 10.0
     timeout_s: float = 30.0
     max_pixels: int = MAX_PIXELS
+    max_request_pixels: int = 2 * MAX_PIXELS
     default_top_k: int = 5
     decode_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
 
@@ -98,7 +99,12 @@ class ServiceState:
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                self.decode_pool, decode_batch, blobs, classifier.prepare, self.settings.max_pixels
+                self.decode_pool,
+                decode_batch,
+                blobs,
+                classifier.prepare,
+                self.settings.max_pixels,
+                self.settings.max_request_pixels,
             )
         except BadImageError as exc:
             raise ApiError(exc.status, str(exc)) from None
