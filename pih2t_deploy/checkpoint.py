@@ -9,6 +9,7 @@ stage, recipe and versions. Files saved by the authors' H2T code are imported by
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import pickle
 import platform
@@ -28,6 +29,8 @@ from pih2t_deploy.data.preprocessing import Preprocessing, default_preprocessing
 from pih2t_deploy.errors import CheckpointError, ConfigError
 from pih2t_deploy.h2t_import import import_authors_network, is_authors_checkpoint
 from pih2t_deploy.models import NetworkConfig, PIH2TNet
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "pih2t/1"
 _NETWORK_KEYS = tuple(f.name for f in fields(NetworkConfig))
@@ -217,7 +220,7 @@ def load_checkpoint(
     *,
     class_counts: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
-    log: Callable[[str], None] = lambda _m: None,
+    log: Callable[[str], None] = logger.info,
 ) -> Checkpoint:
     """Load a ``pih2t/1`` checkpoint, or import a file saved by the authors' H2T code (``h2t_import``).
 

@@ -14,6 +14,7 @@ does not model) and are refused with one line.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import torch
 
 from pih2t_deploy.errors import CheckpointError
 from pih2t_deploy.models import NetworkConfig, PIH2TNet
+
+logger = logging.getLogger(__name__)
 
 # Backbones the authors' code trains, by the width of the classifier's input: CIFAR ResNet-32 (64 features),
 # ImageNet-LT / iNaturalist ResNet-50, ResNeXt-50 and ResNet-152 (2048).
@@ -50,7 +53,7 @@ def _number(value: Any) -> float | None:
 
 
 def import_authors_network(
-    file: Path, payload: dict[str, Any], log: Callable[[str], None] = lambda _m: None
+    file: Path, payload: dict[str, Any], log: Callable[[str], None] = logger.info
 ) -> tuple[PIH2TNet, dict[str, Any]]:
     """The network (eval mode) whose logits equal what the authors' code computes from ``payload``, and an
     ``imported_from`` record (file name, recorded epoch / best_acc1 / its_ece, ignored PIF weights).

@@ -7,6 +7,7 @@ skipped with the reason, never silently dropped.
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from pih2t_deploy.export.verify import run_chunked
 from pih2t_deploy.runtime import load_classifier
 from pih2t_deploy.timing import time_interleaved
 from pih2t_deploy.training.evaluate import summarize
+
+logger = logging.getLogger(__name__)
 
 # bench name -> (export format, export options beyond the defaults, runtime backend)
 BENCH_FORMATS: dict[str, tuple[str | None, dict[str, Any], str | None]] = {
@@ -150,7 +153,7 @@ def recommend(
     return {"by_batch": chosen, "max_group_drop": max_group_drop, "failed_accuracy_gate": rejected}
 
 
-def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+def run_bench(options: BenchOptions, log: Callable[[str], None] = logger.info) -> dict[str, Any]:
     """Export, verify, time and (with --eval-data) score every format; returns the report dict."""
     options.validate()
     if options.threads:

@@ -3,6 +3,7 @@ nvidia-pytriton is installed) on the ONNX artifact, driven from a separate proce
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 from pih2t_deploy.bench.load import run_load
 from pih2t_deploy.errors import UserError
 from pih2t_deploy.serving.process import free_port, require_free_port, start_rest_server
+
+logger = logging.getLogger(__name__)
 
 
 def _rest(
@@ -50,7 +53,7 @@ def serve_benchmark(
     image: Path,
     concurrencies: list[int],
     seconds: float,
-    log: Callable[[str], None] = lambda _m: None,
+    log: Callable[[str], None] = logger.info,
     threads: int = 2,
     port: int = 0,
 ) -> dict[str, Any]:

@@ -7,15 +7,16 @@ prints a traceback. ``pih2t --version`` prints the package version.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from pih2t_deploy import __version__
 from pih2t_deploy.cli.bench_cmd import bench
-from pih2t_deploy.cli.common import err_console
+from pih2t_deploy.cli.common import configure_logging, err_console
 from pih2t_deploy.cli.demo_cmd import demo
 from pih2t_deploy.cli.export_cmd import export
 from pih2t_deploy.cli.predict_cmd import predict
@@ -78,8 +79,13 @@ def _group(
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
     ] = False,
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"],
+        typer.Option(help="least severe progress messages shown (also PIH2T_LOG_LEVEL, for pih2t-<verb> too)"),
+    ] = "info",
 ) -> None:
     """Train, fold, export and serve PI-H2T long-tailed image classifiers."""
+    configure_logging(log_level)
 
 
 def _one_line(message: str) -> str:
@@ -98,6 +104,7 @@ def _is_usage_error(exc: Exception) -> bool:
 
 def _run(app: typer.Typer) -> None:
     try:
+        configure_logging(os.environ.get("PIH2T_LOG_LEVEL", "info"))
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)

@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 from rich.console import Console
+from rich.logging import RichHandler
 
 from pih2t_deploy.errors import ConfigError
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LIBRARY_LOGGER = "pih2t_deploy"
+
+
+def configure_logging(level: str) -> None:
+    """Show the package's log records at ``level`` and above on stderr, and nothing of other libraries:
+    rich formatting on a terminal, plain message lines otherwise (pipes, CI logs). Only the commands call
+    this; an application that imports pih2t_deploy configures logging itself."""
+    if level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"unknown log level {level!r}; choose one of: {', '.join(LOG_LEVELS)}")
+    if err_console.is_terminal:
+        handler: logging.Handler = RichHandler(
+            console=err_console, show_time=False, show_path=False, show_level=False, markup=False
+        )
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(LIBRARY_LOGGER)
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
 
 
 def log(message: str) -> None:
-    """A progress line on stderr (plain text: no rich markup is interpreted)."""
-    err_console.print(message, markup=False)
+    """A progress line of a command (an INFO record of the ``pih2t_deploy.cli`` logger)."""
+    logging.getLogger("pih2t_deploy.cli").info(message)
 
 
 def parse_int_list(text: str | None, option: str) -> list[int] | None:

@@ -9,6 +9,7 @@ then renamed into place with ``labels.txt`` and ``model.json``.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ from pih2t_deploy.export.wrappers import ExportModule, example_input
 from pih2t_deploy.fold import FoldReport, fold, log_prior_tensor
 from pih2t_deploy.models import create_arch
 from pih2t_deploy.training.evaluate import summarize
+
+logger = logging.getLogger(__name__)
 
 INT8_MIN_AGREEMENT = 0.9
 
@@ -102,7 +105,7 @@ def _drops(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
 
 
 def export_checkpoint(
-    ckpt_path: Path, options: ExportOptions, log: Callable[[str], None] = lambda _msg: None
+    ckpt_path: Path, options: ExportOptions, log: Callable[[str], None] = logger.info
 ) -> ExportResult:
     """Fold and export ``ckpt_path`` into ``options.output``; nothing is left there unless every check passes.
 

@@ -8,6 +8,7 @@ stand-in on machines without TensorRT; nothing is prepended to the plan.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from pih2t_deploy.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 class PlanBuildError(UserError):
@@ -80,9 +83,7 @@ def make_calibrator(trt: Any, batches: np.ndarray, cache: Path | None, batch: in
     return EntropyCalibrator()
 
 
-def build_plan(
-    trt: Any, onnx_bytes: bytes, settings: PlanSettings, log: Callable[[str], None] = lambda _m: None
-) -> bytes:
+def build_plan(trt: Any, onnx_bytes: bytes, settings: PlanSettings, log: Callable[[str], None] = logger.info) -> bytes:
     """Parse ``onnx_bytes`` and build a serialized plan with one optimisation profile; PlanBuildError on failure."""
     generation = api_generation(trt)
     logger = trt.Logger(trt.Logger.WARNING)

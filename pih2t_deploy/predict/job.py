@@ -8,6 +8,7 @@ end the whole output is summarised into ``<output stem>.summary.json`` beside it
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from pih2t_deploy.predict.rows import PredictionRow
 from pih2t_deploy.predict.writers import open_writer
 from pih2t_deploy.runtime.classifier import ModelInfo
 from pih2t_deploy.runtime.loader import load_classifier
+
+logger = logging.getLogger(__name__)
 
 EXIT_SOME_ERRORS = 3
 
@@ -103,7 +106,7 @@ def run_local(
     workers: int | None = None,
     resume: bool = False,
     progress: bool = True,
-    log: Callable[[str], None] = lambda _m: None,
+    log: Callable[[str], None] = logger.info,
 ) -> PredictResult:
     """Classify every image of ``source`` into ``output`` (.jsonl, .csv or .parquet) and summarise it."""
     classifier = load_classifier(model, backend, threads=threads)

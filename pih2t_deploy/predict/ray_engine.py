@@ -10,6 +10,7 @@ interrupted run loses at most the chunk in flight and ``--resume`` skips the pat
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import shutil
 import time
@@ -24,6 +25,8 @@ from pih2t_deploy.predict.job import PredictResult, summary_path, write_summary
 from pih2t_deploy.predict.rows import PredictionRow
 from pih2t_deploy.predict.writers import parquet_schema
 from pih2t_deploy.runtime.loader import read_artifact_info
+
+logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
 
@@ -75,7 +78,7 @@ def run_on_ray(
     resume: bool = False,
     chunk_images: int = 10_000,
     progress: bool = True,
-    log: Callable[[str], None] = lambda _m: None,
+    log: Callable[[str], None] = logger.info,
 ) -> PredictResult:
     """Classify ``source`` with ``num_workers`` actors on the Ray cluster at ``address`` (``auto``, HOST:PORT,
     or None for a local instance); rows go to Parquet shards in the folder ``output``."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -41,6 +42,8 @@ from pih2t_deploy.training.losses import build_loss
 from pih2t_deploy.training.progress import epoch_progress
 from pih2t_deploy.training.recipe import Recipe, StageSettings
 from pih2t_deploy.training.schedule import lr_factor
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
 EpochHook = Callable[[int, int], None]
@@ -81,7 +84,7 @@ class Trainer:
         *,
         resume: bool = False,
         on_epoch_end: EpochHook | None = None,
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] = logger.info,
     ) -> None:
         self.recipe, self.output, self.resume = recipe, Path(output), resume
         self.on_epoch_end = on_epoch_end or (lambda _stage, _epoch: None)

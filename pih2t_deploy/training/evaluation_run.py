@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from pih2t_deploy.errors import DataError
 from pih2t_deploy.training.engine import resolve_device
 from pih2t_deploy.training.evaluate import plot_summary, predict, summarize
 
+logger = logging.getLogger(__name__)
+
 
 def evaluate_checkpoint(
     ckpt_path: Path,
@@ -25,7 +28,7 @@ def evaluate_checkpoint(
     data_root: str | None = None,
     device: str = "auto",
     recipe: str | None = None,
-    log: Callable[[str], None] = lambda _m: None,
+    log: Callable[[str], None] = logger.info,
 ) -> dict[str, Any]:
     """Evaluate ``ckpt_path`` on a test set; write ``eval.json`` and ``eval.png`` into ``output``.
 
