@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 class QueueFullError(Exception):
@@ -59,13 +62,32 @@ class MicroBatcher:
         self.queued_images = 0
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pih2t-predict")
         self.worker: asyncio.Task | None = None
+        self.restarts = 0
+        self.stopping = False
 
     def start(self) -> None:
-        """Start the worker task on the running event loop."""
+        """Start the worker task on the running event loop; should it ever end with an error, it is started
+        again (and counted in ``restarts``), so queued and later requests are still answered."""
         self.worker = asyncio.get_running_loop().create_task(self._run())
+        self.worker.add_done_callback(self._restart_after_failure)
+
+    def _restart_after_failure(self, task: asyncio.Task) -> None:
+        if self.stopping:
+            return
+        error = None if task.cancelled() else task.exception()
+        logger.error("the inference worker stopped (%s); starting it again", error or "cancelled")
+        self.restarts += 1
+        self.start()
+
+    @property
+    def healthy(self) -> bool:
+        """True while the worker task runs (readiness reports False in the moment between a failure and the
+        restart)."""
+        return self.worker is not None and not self.worker.done()
 
     async def stop(self) -> None:
         """Finish every queued request, then stop the worker and its thread."""
+        self.stopping = True
         while self.queued_images and self.worker and not self.worker.done():
             await asyncio.sleep(0.005)
         if self.worker:
@@ -122,16 +144,16 @@ class MicroBatcher:
         self.queued_images -= sum(len(item.images) for item in batch)
         if not live:
             return
-        stacked = np.concatenate([item.images for item in live])
         loop = asyncio.get_running_loop()
         try:
+            stacked = np.concatenate([item.images for item in live])
             logits = await loop.run_in_executor(self.executor, self.predict, stacked)
+            self.on_batch(len(stacked))
         except Exception as exc:  # the failure belongs to these requests, not to the worker
             for item in live:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        self.on_batch(len(stacked))
         offset = 0
         for item in live:
             rows = logits[offset : offset + len(item.images)]

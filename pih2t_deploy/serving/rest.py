@@ -75,7 +75,7 @@ class ServiceState:
 
     def require_ready(self) -> tuple[Classifier, MicroBatcher]:
         """The classifier and batcher, or 503 while loading or shutting down."""
-        if not self.ready or self.classifier is None or self.batcher is None:
+        if not self.ready or self.classifier is None or self.batcher is None or not self.batcher.healthy:
             raise ApiError(503, "the model is not ready yet", {"Retry-After": "1"})
         return self.classifier, self.batcher
 

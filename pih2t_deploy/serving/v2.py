@@ -72,7 +72,8 @@ def register_v2_routes(app: FastAPI, state: Any, api_error: type[Exception]) -> 
     )
     async def ready() -> JSONResponse:
         """200 once the model is loaded and warmed up, 503 before that and while shutting down."""
-        return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
+        ready = state.ready and state.batcher is not None and state.batcher.healthy
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     @app.get("/v2/models/{name}", response_model=schemas.ModelMetadata)
     @app.get("/v2/models/{name}/versions/{version}", response_model=schemas.ModelMetadata)
