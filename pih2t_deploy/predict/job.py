@@ -73,11 +73,31 @@ def summary_path(output: Path) -> Path:
     return output.with_name(output.stem + ".summary.json")
 
 
-def write_summary(output: Path, rows: Iterable[PredictionRow], info: ModelInfo, extra: dict[str, Any]) -> dict:
-    """Summarise ``rows`` (the whole output) and write it atomically beside the output."""
-    summary = {**extra, **summarize_rows(rows, info)}
+def finish_run(
+    output: Path,
+    rows: Iterable[PredictionRow],
+    info: ModelInfo,
+    *,
+    inputs: Inputs,
+    written: int,
+    skipped: int,
+    seconds: float,
+    engine: dict[str, Any],
+) -> PredictResult:
+    """Summarise ``rows`` (the whole output) with what this run did (``engine``: how it ran) and write the
+    summary atomically beside the output; the same record for every engine."""
+    summary = {
+        **engine,
+        "input": {"kind": inputs.kind, "source": inputs.source, "labelled": inputs.labelled},
+        "output": str(output),
+        "written_now": written,
+        "skipped_already_done": skipped,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(written / seconds, 2) if seconds > 0 else None,
+        **summarize_rows(rows, info),
+    }
     write_text_atomic(summary_path(output), json.dumps(summary, indent=2) + "\n")
-    return summary
+    return PredictResult(output, summary_path(output), written, skipped, seconds, summary)
 
 
 class _Skipping:
@@ -133,15 +153,7 @@ def run_local(
         raise
     writer.finish()
     seconds = time.perf_counter() - started
-    extra = {
-        "model": str(model),
-        "backend": classifier.backend,
-        "input": {"kind": inputs.kind, "source": inputs.source, "labelled": inputs.labelled},
-        "output": str(output),
-        "written_now": written,
-        "skipped_already_done": pending.skipped,
-        "seconds": round(seconds, 3),
-        "images_per_second": round(written / seconds, 2) if seconds > 0 else None,
-    }
-    summary = write_summary(output, writer.rows(), classifier.info, extra)
-    return PredictResult(output, summary_path(output), written, pending.skipped, seconds, summary)
+    return finish_run(
+        output, writer.rows(), classifier.info, inputs=inputs, written=written, skipped=pending.skipped,
+        seconds=seconds, engine={"model": str(model), "backend": classifier.backend},
+    )  # fmt: skip

@@ -21,7 +21,7 @@ from typing import Any
 
 from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.predict.inputs import InputItem, resolve_inputs
-from pih2t_deploy.predict.job import PredictResult, summary_path, write_summary
+from pih2t_deploy.predict.job import PredictResult, finish_run
 from pih2t_deploy.predict.rows import PredictionRow
 from pih2t_deploy.predict.writers import parquet_schema
 from pih2t_deploy.runtime.loader import read_artifact_info
@@ -127,17 +127,8 @@ def run_on_ray(
         written += len(chunk)
         log(f"{written} images classified on Ray")
     seconds = time.perf_counter() - started
-    extra = {
-        "model": str(model),
-        "engine": "ray",
-        "address": address,
-        "num_workers": num_workers,
-        "input": {"kind": inputs.kind, "source": inputs.source, "labelled": inputs.labelled},
-        "output": str(output),
-        "written_now": written,
-        "skipped_already_done": len(done),
-        "seconds": round(seconds, 3),
-        "images_per_second": round(written / seconds, 2) if seconds > 0 else None,
-    }
-    summary = write_summary(output, shard_rows(output), info, extra)
-    return PredictResult(output, summary_path(output), written, len(done), seconds, summary)
+    engine = {"model": str(model), "engine": "ray", "address": address, "num_workers": num_workers}
+    return finish_run(
+        output, shard_rows(output), info, inputs=inputs, written=written, skipped=len(done), seconds=seconds,
+        engine=engine,
+    )  # fmt: skip

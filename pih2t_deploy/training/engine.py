@@ -93,6 +93,7 @@ class Trainer:
         if self.device.type == "cuda" and self.world.distributed:
             self.device = torch.device("cuda", self.world.local_rank)
         self.log = log if self.world.is_main else (lambda _msg: None)
+        self.last_stage2_summary: dict[str, Any] | None = None
         self.amp_dtype = torch.bfloat16 if self.device.type == "cuda" and recipe.runtime.amp else None
         self.memory_format = (
             torch.channels_last
@@ -314,6 +315,7 @@ class Trainer:
         if stage != 2 or not self.recipe.runtime.test_each_stage2_epoch:
             return {}
         summary = self._evaluate(net, bundle)
+        self.last_stage2_summary = summary  # the final model's evaluation once the last epoch is done
         return {"test": {key: summary[key] for key in ("top1", "many", "medium", "few")}}
 
     def _stage2_loss(self, net, head, loss_fn, images, labels, donor, settings, generator, epoch, fuses):
@@ -401,8 +403,9 @@ class Trainer:
             self.log(_line("stage 1", stage1_summary))
             state = None
         stage1_seconds = time.perf_counter() - started
+        self.last_stage2_summary = None
         history = self._run_epochs(2, net, bundle, state)
-        summary = self._evaluate(net, bundle)
+        summary = self.last_stage2_summary or self._evaluate(net, bundle)
         self._write_checkpoint(model_path, net, bundle, 2, summary)
         self.log(_line("stage 2", summary))
         digests = dist_utils.gather_strings(dist_utils.state_digest(net), self.world)
