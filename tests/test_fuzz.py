@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 from pih2t_deploy.runtime import load_classifier
-from pih2t_deploy.serving.rest import ServeSettings, create_app
+from pih2t_deploy.serving.rest import create_app
+from pih2t_deploy.serving.service import ServeSettings
 from tests.servers import running_server
 
 

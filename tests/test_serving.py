@@ -16,7 +16,8 @@ import tritonclient.http as triton_http
 from PIL import Image
 
 from pih2t_deploy.runtime import load_classifier
-from pih2t_deploy.serving.rest import ServeSettings, create_app
+from pih2t_deploy.serving.rest import create_app
+from pih2t_deploy.serving.service import ServeSettings
 from tests import images
 from tests.helpers import run_cli
 from tests.servers import running_server
@@ -231,12 +232,44 @@ MALFORMED_V2 = {
     "NaN in the data": (json.dumps(_tensor()).replace("0.0,", "NaN,", 1).encode(), {}, "non-finite number NaN"),
     "Infinity in the data": (json.dumps(_tensor()).replace("0.0,", "-Infinity,", 1).encode(), {}, "non-finite"),
     "1e39 as FP32": (json.dumps(_tensor(data=[1e39] + [0.0] * 63)).encode(), {}, "finite FP32"),
-    "BYTES outside ASCII (found by schemathesis)": (
+    "base64 BYTES outside ASCII (found by schemathesis)": (
         json.dumps(
-            {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["\u00e9\u00df"]}]}
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "data": ["\u00e9\u00df"],
+                        "parameters": {"content_type": "base64"},
+                    }
+                ]
+            }
         ).encode(),
         {},
-        "BYTES data in JSON must be base64 strings",
+        "content_type is 'base64' but the data is not valid base64",
+    ),
+    "an unknown BYTES content_type": (
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "data": ["x"],
+                        "parameters": {"content_type": "hex"},
+                    }
+                ]
+            }
+        ).encode(),
+        {},
+        "content_type must be 'str' or 'base64'",
+    ),
+    "BYTES given as numbers": (
+        json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [7]}]}).encode(),
+        {},
+        "BYTES data in JSON must be strings",
     ),
 }
 
@@ -279,26 +312,73 @@ def test_binary_fp32_data_that_is_not_finite_gets_400(server):
 
 def test_model_config_for_tritonclient_and_perf_analyzer(server, classifier):
     """tritonclient's get_model_config (what perf_analyzer reads before it starts): the batch limit of the
-    service, the two alternative inputs (each optional), the output with its labels file."""
+    service, the one input of each model name (tensor for digits-lt, encoded images for digits-lt_image), the
+    output with its labels file."""
     client = triton_http.InferenceServerClient(server.removeprefix("http://"))
     try:
         config = client.get_model_config("digits-lt")
         version = client.get_model_metadata("digits-lt")["versions"][0]
         assert client.get_model_config("digits-lt", model_version=version) == config
+        image_config = client.get_model_config("digits-lt_image")
     finally:
         client.close()
     assert config["max_batch_size"] == 16 and config["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
-    tensor, image = config["input"]
-    assert (tensor["name"], tensor["data_type"], tensor["dims"], tensor["optional"]) == (
-        "input",
-        "TYPE_FP32",
-        [1, 8, 8],
-        True,
-    )
-    assert (image["name"], image["data_type"], image["optional"]) == ("image", "TYPE_STRING", True)
-    assert config["output"] == [
-        {"name": "logits", "data_type": "TYPE_FP32", "dims": [10], "label_filename": "labels.txt"}
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [1, 8, 8]}]
+    assert image_config["input"] == [{"name": "image", "data_type": "TYPE_STRING", "dims": [1]}]
+    for each in (config, image_config):
+        assert each["output"] == [
+            {"name": "logits", "data_type": "TYPE_FP32", "dims": [10], "label_filename": "labels.txt"}
+        ]
+
+
+def test_each_model_name_lists_what_a_client_sends_and_that_succeeds(server, classifier):
+    """A client that reads a model's metadata and sends exactly the inputs it lists, with the datatype and
+    shape it lists, gets the model's answer: digits-lt lists the FP32 tensor, digits-lt_image the encoded
+    images (BYTES [-1, 1]). Both give the same logits for the same images."""
+    blobs = [images.sample(i) for i in range(3)]
+    expected = classifier.predict(classifier.info.preprocessing.to_numpy([Image.open(io.BytesIO(b)) for b in blobs]))
+    client = triton_http.InferenceServerClient(server.removeprefix("http://"))
+    try:
+        for model, values in (
+            ("digits-lt", classifier.info.preprocessing.to_numpy([Image.open(io.BytesIO(b)) for b in blobs])),
+            ("digits-lt_image", np.array(blobs, dtype=object).reshape(3, 1)),
+        ):
+            (listed,) = client.get_model_metadata(model)["inputs"]
+            shape = [len(blobs), *listed["shape"][1:]]
+            sent = triton_http.InferInput(listed["name"], shape, listed["datatype"])
+            sent.set_data_from_numpy(values.astype(np.float32) if listed["datatype"] == "FP32" else values)
+            np.testing.assert_allclose(client.infer(model, [sent]).as_numpy("logits"), expected, rtol=1e-6)
+        assert client.is_model_ready("digits-lt_image")
+    finally:
+        client.close()
+    assert httpx.get(f"{server}/v2/models/digits-lt_image").json()["inputs"] == [
+        {"name": "image", "datatype": "BYTES", "shape": [-1, 1]}
     ]
+    assert httpx.get(f"{server}/v2/models/digits-lt_other").status_code == 404
+
+
+def test_bytes_in_json_are_plain_strings_and_base64_only_when_the_input_says_so(server, classifier):
+    """Open Inference Protocol JSON carries BYTES elements as strings (tritonclient with binary_data=False,
+    KServe's client): an image in a text format (plain PGM) sent that way is classified like the same image
+    sent as binary data; the same bytes in base64 are decoded only with parameters.content_type = base64."""
+    pixels = np.asarray(Image.open(io.BytesIO(images.sample(6))).convert("L"))
+    height, width = pixels.shape
+    pgm = f"P2\n{width} {height}\n255\n" + "\n".join(" ".join(map(str, row)) for row in pixels) + "\n"
+    expected = classifier.predict(classifier.info.preprocessing.to_numpy([Image.fromarray(pixels)]))
+    client = triton_http.InferenceServerClient(server.removeprefix("http://"))
+    try:
+        as_text = triton_http.InferInput("image", [1, 1], "BYTES")
+        as_text.set_data_from_numpy(np.array([[pgm.encode()]], dtype=object), binary_data=False)
+        np.testing.assert_allclose(client.infer("digits-lt_image", [as_text]).as_numpy("logits"), expected, rtol=1e-6)
+    finally:
+        client.close()
+    encoded = base64.b64encode(pgm.encode()).decode()
+    request = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [encoded]}
+    with_flag = {"inputs": [{**request, "parameters": {"content_type": "base64"}}]}
+    answer = httpx.post(f"{server}/v2/models/digits-lt/infer", json=with_flag)
+    np.testing.assert_allclose(np.array(answer.json()["outputs"][0]["data"]).reshape(1, -1), expected, rtol=1e-6)
+    without_flag = httpx.post(f"{server}/v2/models/digits-lt/infer", json={"inputs": [request]})
+    assert without_flag.status_code == 415 and "not an image" in without_flag.json()["error"]
 
 
 def test_unknown_version_is_404_and_a_wrong_method_is_405_with_allow(server, classifier):
@@ -334,7 +414,13 @@ def test_the_pixels_of_a_whole_request_are_bounded_before_decoding(classifier):
         assert big.status_code == 413 and "36,000,000 pixels" in big.json()["error"]
         v2 = {
             "inputs": [
-                {"name": "image", "datatype": "BYTES", "shape": [4], "data": [base64.b64encode(blob).decode()] * 4}
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [4],
+                    "data": [base64.b64encode(blob).decode()] * 4,
+                    "parameters": {"content_type": "base64"},
+                }
             ]
         }
         answer = httpx.post(f"{url}/v2/models/digits-lt/infer", json=v2)

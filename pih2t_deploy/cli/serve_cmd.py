@@ -29,29 +29,30 @@ def serve(
         int, typer.Option(min=1, help="largest total of decoded pixels per request (from the image headers); 413")
     ] = 80_000_000,
     timeout_s: Annotated[float, typer.Option(help="longest wait for an answer; then 504")] = 30.0,
+    body_timeout_s: Annotated[
+        float, typer.Option(help="longest time a request body may take to arrive; then 408 (slow clients)")
+    ] = 30.0,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="open connections allowed at once; more get 503 (protects file handles)")
+    ] = 1000,
+    drain_s: Annotated[
+        float,
+        typer.Option(
+            min=0, help="on SIGTERM: answer not-ready but keep serving this long before shutting down (Kubernetes)"
+        ),
+    ] = 0.0,
     threads: Annotated[int | None, typer.Option(help="inference threads (default: the runtime's choice)")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve /v1/classify, the Open Inference Protocol (/v2), /metrics and /docs."""
-    import uvicorn
-
     from pih2t_deploy.runtime import load_classifier
     from pih2t_deploy.serving.process import require_free_port
-    from pih2t_deploy.serving.rest import ServeSettings, create_app
+    from pih2t_deploy.serving.rest import create_app
+    from pih2t_deploy.serving.runner import run_service
+    from pih2t_deploy.serving.service import ServeSettings
 
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {port}")
-    if max_batch < 1 or max_queue < 1 or max_wait_ms < 0 or max_upload_mb <= 0 or timeout_s <= 0:
-        raise ConfigError(
-            "--max-batch/--max-queue must be >= 1, --max-wait-ms >= 0, --max-upload-mb and --timeout-s > 0"
-        )
-    require_free_port(host, port)
-    classifier = load_classifier(model, backend, device=device, threads=threads, name=name)
-    err_console.print(
-        f"serving {classifier.info.name} ({classifier.info.num_classes} classes, {classifier.describe()}) "
-        f"on http://{host}:{port} (docs at /docs)",
-        markup=False,
-    )
     settings = ServeSettings(
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
@@ -59,6 +60,14 @@ def serve(
         max_upload_mb=max_upload_mb,
         max_request_pixels=max_request_pixels,
         timeout_s=timeout_s,
+        body_timeout_s=body_timeout_s,
+    )
+    require_free_port(host, port)
+    classifier = load_classifier(model, backend, device=device, threads=threads, name=name)
+    err_console.print(
+        f"serving {classifier.info.name} ({classifier.info.num_classes} classes, {classifier.describe()}) "
+        f"on http://{host}:{port} (docs at /docs)",
+        markup=False,
     )
     app = create_app(lambda: classifier, settings)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+    run_service(app, host, port, drain_s=drain_s, max_connections=max_connections, log_level=log_level)

@@ -95,3 +95,24 @@ class InferResponse(BaseModel):
     model_version: str
     id: str | None = None
     outputs: list[InferOutput]
+
+
+class ConfigTensor(BaseModel):
+    """One input or output of a Triton model configuration."""
+
+    name: str
+    data_type: str
+    dims: list[int]
+    format: str | None = None
+    label_filename: str | None = None
+
+
+class ModelConfig(BaseModel):
+    """GET /v2/models/{name}/config: the model configuration in Triton's JSON form."""
+
+    name: str
+    platform: str
+    max_batch_size: int
+    input: list[ConfigTensor]
+    output: list[ConfigTensor]
+    dynamic_batching: dict

@@ -2,7 +2,8 @@
 
 A binary request is the JSON header (its length in the ``Inference-Header-Content-Length`` header) followed
 by the raw bytes of every input whose ``parameters.binary_data_size`` is set, in input order. BYTES tensors
-are serialised element by element as a 4-byte little-endian length and the bytes.
+are serialised element by element as a 4-byte little-endian length and the bytes; in JSON they are strings
+(their UTF-8 bytes), or base64 where the input says ``"parameters": {"content_type": "base64"}``.
 """
 
 from __future__ import annotations
@@ -109,17 +110,21 @@ def serialize_bytes(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
 
 
-def _bytes_from_json(data: Any) -> list[bytes]:
+def _bytes_from_json(data: Any, name: str, parameters: dict[str, Any]) -> list[bytes]:
+    """Elements of a BYTES tensor given as JSON strings: their UTF-8 bytes, as tritonclient and KServe's client
+    send them, or base64-decoded when the input's ``parameters.content_type`` is ``"base64"``."""
+    encoding = parameters.get("content_type")
+    if encoding not in (None, "str", "base64"):
+        raise ProtocolError(f"input {name!r}: content_type must be 'str' or 'base64', got {encoding!r}")
     flat = np.asarray(data, dtype=object).reshape(-1).tolist()
-    out = []
-    for item in flat:
-        if not isinstance(item, str):
-            raise ProtocolError("BYTES data in JSON must be base64 strings")
-        try:
-            out.append(base64.b64decode(item, validate=True))
-        except ValueError:  # binascii.Error, or characters outside ASCII
-            raise ProtocolError("BYTES data in JSON must be base64 strings") from None
-    return out
+    if not all(isinstance(item, str) for item in flat):
+        raise ProtocolError(f"input {name!r}: BYTES data in JSON must be strings")
+    if encoding != "base64":
+        return [item.encode("utf-8", "surrogatepass") for item in flat]
+    try:
+        return [base64.b64decode(item, validate=True) for item in flat]
+    except ValueError:  # binascii.Error, or characters outside ASCII
+        raise ProtocolError(f"input {name!r}: content_type is 'base64' but the data is not valid base64") from None
 
 
 def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], list[Tensor]]:
@@ -132,7 +137,8 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
         name, datatype, shape = entry["name"], str(entry["datatype"]).upper(), entry["shape"]
         if not isinstance(shape, list) or not all(is_count(d) for d in shape):
             raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers")
-        size = parameters_of(entry, f"input {name!r}").get("binary_data_size")
+        parameters = parameters_of(entry, f"input {name!r}")
+        size = parameters.get("binary_data_size")
         if size is not None:
             if not is_count(size) or offset + size > len(rest):
                 raise ProtocolError(f"input {name!r}: binary_data_size does not fit the body")
@@ -141,7 +147,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
             raise ProtocolError(f"input {name!r} has neither 'data' nor binary data")
         count = math.prod(shape)  # exact for any size (numpy's product would overflow int64)
         if datatype == "BYTES":
-            items = deserialize_bytes(raw) if size is not None else _bytes_from_json(entry["data"])
+            items = deserialize_bytes(raw) if size is not None else _bytes_from_json(entry["data"], name, parameters)
             if len(items) != count:
                 raise ProtocolError(f"input {name!r}: {len(items)} elements for shape {shape}")
             tensors.append(Tensor(name, datatype, shape, items))
