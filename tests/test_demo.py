@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import time
 
 import httpx
@@ -17,6 +15,7 @@ from pih2t_deploy.runtime import load_classifier
 from pih2t_deploy.serving.demo import GROUP_NAMES, DemoSettings, LongTailExplainer, build_demo
 from pih2t_deploy.serving.process import free_port
 from tests import images
+from tests.browser import headless_chromium
 from tests.helpers import run_cli
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -129,43 +128,11 @@ def test_corrupt_and_oversize_files_get_a_clean_error(demo_url, tmp_path):
     assert httpx.get(demo_url).status_code == 200
 
 
-def _chromium() -> tuple[str, str] | None:
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if browser and driver:
-        return browser, driver
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], capture_output=True)
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
 def test_a_real_browser_uploads_an_image_and_sees_the_label(demo_url, tmp_path):
-    found = _chromium()
-    if found is None:
-        pytest.skip("Chromium and chromedriver could not be installed (apt-get chromium chromium-driver failed)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = found[0]
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1280,1000",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(found[1]), options=options)
-    try:
+    with headless_chromium(tmp_path / "profile") as driver:
         driver.get(demo_url)
         upload = WebDriverWait(driver, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, "input[type=file]"))
         picture = tmp_path / "digit_2.png"
@@ -183,8 +150,6 @@ def test_a_real_browser_uploads_an_image_and_sees_the_label(demo_url, tmp_path):
         assert (tmp_path / "demo.png").stat().st_size > 10_000
         visible = driver.find_element(By.TAG_NAME, "body").text
         assert re.search(r"\b\d \((Many|Medium|Few)\)", visible), visible
-    finally:
-        driver.quit()
 
 
 def test_demo_cli_refuses_share_links_and_bad_examples(tmp_path, digits_artifact):

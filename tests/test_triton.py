@@ -5,7 +5,11 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -216,3 +220,30 @@ def test_triton_cli_infer_prints_top_k(triton):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(str(images.SAMPLES / "digit_4.png") + ":") and done.stdout.count("(") == 2
+
+
+def test_triton_serve_passes_sigterm_on_and_removes_its_work_folder(tmp_path, digits_artifact):
+    """Before: SIGTERM ended `pih2t-triton serve` and left tritonserver running and ready, its work folder
+    behind. Now tritonserver gets the signal, the launcher waits for it, and the work folder is gone."""
+    build_repository(digits_artifact[1], tmp_path / "repo", RepositorySettings(cpu_python=True))
+    ports = _free_ports()
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "pih2t_deploy.cli", "triton", "serve", str(tmp_path / "repo"),
+         "--http-port", str(ports.http), "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics)],
+    )  # fmt: skip
+    try:
+        wait_until_ready(launcher, ports)
+        (child,) = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+        command = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
+        work = Path(next(a for a in command if a.startswith("--backend-directory=")).split("=", 1)[1]).parent
+        assert work.is_dir() and "tritonserver" in command[0]
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=90) == 0
+        assert not Path(f"/proc/{child}").exists(), "tritonserver outlived its launcher"
+        assert not work.exists()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{ports.http}/v2/health/ready", timeout=2)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -21,9 +22,10 @@ from pih2t_deploy import __version__
 from pih2t_deploy.runtime import Classifier
 from pih2t_deploy.serving import v1, v2
 from pih2t_deploy.serving.body_limit import BodyLimitMiddleware
-from pih2t_deploy.serving.docs_assets import mount_offline_docs
 from pih2t_deploy.serving.metrics import RequestMetricsMiddleware
 from pih2t_deploy.serving.service import ApiError, InferenceService, ServeSettings
+
+DOCS_ASSETS = "/docs-assets"
 
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -61,13 +63,13 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
         await loading
         await service.stop()
 
-    app = FastAPI(
+    # /docs and /redoc load their JavaScript and CSS from this server (fastapi-offline's copy), not a CDN
+    app = FastAPIOffline(
         title="pih2t-serve",
         version=__version__,
         description="Long-tailed image classification with a folded PI-H2T model.",
         lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
+        static_url=DOCS_ASSETS,
     )
     app.state.service = service
     app.add_exception_handler(ApiError, _api_error)
@@ -76,7 +78,6 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(v1.router)
     app.include_router(v2.router)
-    mount_offline_docs(app)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -16,6 +16,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from pih2t_deploy.serving.log_limit import limit_repeated_logs
 from pih2t_deploy.serving.service import InferenceService
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ def run_service(
     max_connections: int | None = None,
     log_level: str = "info",
 ) -> None:
-    """Serve ``app`` until a signal stops it. More than ``max_connections`` open connections get 503."""
+    """Serve ``app`` until a signal stops it. More than ``max_connections`` open connections get 503;
+    repeated error logs are rate-limited (RepeatedMessageFilter)."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -64,4 +66,5 @@ def run_service(
         limit_concurrency=max_connections,
         timeout_graceful_shutdown=30,
     )
+    limit_repeated_logs("uvicorn.error", "pih2t_deploy.serving")  # after uvicorn.Config set logging up
     DrainingServer(config, app.state.service, drain_s).run()

@@ -85,9 +85,14 @@ class InferenceService:
         self.decode_pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="pih2t-decode")
 
     @property
+    def serving(self) -> bool:
+        """Loaded, warmed up and its batch worker running: requests are answered (also while draining)."""
+        return self._loaded and self.batcher is not None and self.batcher.healthy
+
+    @property
     def ready(self) -> bool:
-        """Loaded, warmed up, its batch worker running, and not shutting down."""
-        return self._loaded and not self.draining and self.batcher is not None and self.batcher.healthy
+        """Serving and not shutting down: what readiness probes report."""
+        return self.serving and not self.draining
 
     async def start(self) -> None:
         """Load the classifier in a thread, run one batch of each served size, start the batcher. A load
@@ -117,14 +122,14 @@ class InferenceService:
 
     async def stop(self) -> None:
         """Not ready from now on; finish queued work, then release the decode threads."""
-        self.draining = True
+        self.draining, self._loaded = True, False
         if self.batcher is not None:
             await self.batcher.stop()
         self.decode_pool.shutdown(wait=True)
 
     def require_ready(self) -> Classifier:
-        """The classifier, or 503 while loading or shutting down."""
-        if not self.ready or self.classifier is None:
+        """The classifier, or 503 while loading or after shutdown began (draining still serves)."""
+        if not self.serving or self.classifier is None:
             raise ApiError(503, "the model is not ready yet", {"Retry-After": "1"})
         return self.classifier
 

@@ -37,6 +37,59 @@ INFER_ERRORS = (400, 404, 413, 415, 503, 504)
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
+_PARAMETERS = {"type": "object", "additionalProperties": True}
+_INFER_JSON = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {**_PARAMETERS, "description": "binary_data_output: true sends every output as binary data"},
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "datatype", "shape"],
+                "properties": {
+                    "name": {"type": "string", "enum": ["input", "image"]},
+                    "datatype": {"type": "string", "enum": ["FP32", "UINT8", "BYTES"]},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "data": {"type": "array", "description": "values in row-major order (nested lists allowed)"},
+                    "parameters": {
+                        **_PARAMETERS,
+                        "description": "binary_data_size: the input's bytes follow the JSON header; "
+                        "content_type: 'base64' for BYTES data given in base64",
+                    },
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "enum": ["logits"]},
+                    "parameters": {**_PARAMETERS, "description": "classification: k, binary_data: true/false"},
+                },
+            },
+        },
+    },
+}
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _INFER_JSON},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "binary tensor extension: the JSON header (its length in the "
+                "Inference-Header-Content-Length header) followed by the inputs' raw bytes",
+            },
+        },
+    }
+}
+
 
 def _errors(*codes: int) -> dict:
     return {code: {"model": schemas.ErrorResponse} for code in codes}
@@ -175,9 +228,17 @@ def _requested_outputs(body: dict) -> tuple[list[dict], bool]:
     return requested, binary_all
 
 
-@router.post("/models/{name}/infer", response_model=schemas.InferResponse, responses=_errors(*INFER_ERRORS))
 @router.post(
-    "/models/{name}/versions/{version}/infer", response_model=schemas.InferResponse, responses=_errors(*INFER_ERRORS)
+    "/models/{name}/infer",
+    response_model=schemas.InferResponse,
+    responses=_errors(*INFER_ERRORS),
+    openapi_extra=INFER_BODY,
+)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_model=schemas.InferResponse,
+    responses=_errors(*INFER_ERRORS),
+    openapi_extra=INFER_BODY,
 )
 async def infer(name: str, request: Request, service: Service, version: str | None = None) -> Response:
     """Run the model on one input tensor; JSON or binary tensor data, classification extension."""

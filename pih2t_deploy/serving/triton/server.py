@@ -8,8 +8,10 @@ PYTHONPATH so the stub finds numpy, onnxruntime and pih2t_deploy.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -69,10 +71,21 @@ def server_environment(threads: int = 1) -> dict[str, str]:
     return env
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_with_parent() -> None:
+    """In the child before exec: the kernel sends it SIGTERM when the process that started it dies, so a
+    tritonserver never outlives a launcher that was killed outright (SIGKILL, a crash)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start_server(
     repo: Path, ports: Ports, work: Path, *, log_path: Path | None = None, exit_timeout_s: int = 5, threads: int = 1
 ) -> subprocess.Popen:
-    """Start tritonserver on 127.0.0.1 serving ``repo``; the caller waits for readiness and stops it."""
+    """Start tritonserver on 127.0.0.1 serving ``repo``; the caller waits for readiness and stops it. The
+    server runs in its own session (a terminal's Ctrl-C reaches only the caller, which decides) and gets
+    SIGTERM if the caller dies."""
     repo = Path(repo).resolve()
     if not repo.is_dir():
         raise UserError(f"model repository {repo} does not exist")
@@ -94,7 +107,14 @@ def start_server(
         "--log-verbose=0",
     ]
     output = open(log_path, "wb") if log_path else None  # noqa: SIM115 - handed to the child process
-    return subprocess.Popen(command, env=server_environment(threads), stdout=output, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        command,
+        env=server_environment(threads),
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_stop_with_parent if sys.platform == "linux" else None,
+    )
 
 
 def wait_until_ready(process: subprocess.Popen, ports: Ports, timeout_s: float = 120.0) -> None:
@@ -102,12 +122,25 @@ def wait_until_ready(process: subprocess.Popen, ports: Ports, timeout_s: float =
     wait_ready(f"http://127.0.0.1:{ports.http}", process, timeout_s, what="tritonserver")
 
 
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def serve_forever(repo: Path, ports: Ports) -> int:
-    """Run tritonserver in the foreground until it exits (Ctrl-C stops it); returns its exit status."""
+    """Run tritonserver in the foreground until it exits; returns its exit status. SIGTERM, SIGINT (Ctrl-C)
+    and SIGHUP sent to this process are passed on to tritonserver, which shuts down gracefully and is waited
+    for; its work folder is removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="pih2t-triton-") as work:
         process = start_server(repo, ports, Path(work))
+
+        def forward(signum: int, _frame: object) -> None:
+            process.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
         try:
-            return process.wait()
-        except KeyboardInterrupt:
-            process.terminate()
-            return process.wait(timeout=30)
+            return process.wait()  # resumes after each forwarded signal until tritonserver has exited
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
