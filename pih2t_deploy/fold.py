@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -43,10 +43,11 @@ class FoldReport:
     head: str
     parameters_before: int
     parameters_after: int
+    adjustment: torch.Tensor = field(repr=False, compare=False)  # float64 [K], subtracted from the logits
 
     def to_dict(self) -> dict:
-        """A JSON-safe dict of the report."""
-        return asdict(self)
+        """A JSON-safe dict of the report (without the adjustment vector; ``logit_adjust_tau`` says it)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "adjustment"}
 
 
 class PIFClassifier(nn.Module):
@@ -197,6 +198,7 @@ def fold(
         head=config.head,
         parameters_before=_count(net),
         parameters_after=_count(folded),
+        adjustment=adjustment,
     )
     allowed = tolerance * max(1.0, max_abs / max_rel if max_rel > 0 else 1.0)
     if not max_abs <= allowed:

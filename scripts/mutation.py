@@ -38,6 +38,7 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "preprocessing": (
         "data/preprocessing.py",
         [
+            "tests/test_preprocessing.py",
             "tests/test_installs.py::test_torch_free_preprocessing_equals_torchvision_bit_for_bit",
             "tests/test_serving.py::test_16_bit_and_transparent_images_follow_the_documented_rule",
         ],

@@ -54,3 +54,44 @@ def test_a_worker_that_ends_is_started_again_and_answers():
     answer, restarts = asyncio.run(scenario())
     np.testing.assert_array_equal(answer, [[3.0, 3.0], [3.0, 3.0]])
     assert restarts == 1
+
+
+@pytest.mark.parametrize(
+    "bad", [{"max_batch": 0}, {"max_queue": 0}, {"max_wait_ms": -0.5}, {"timeout_s": 0.0}], ids=lambda b: next(iter(b))
+)
+def test_each_bad_setting_alone_is_refused(bad):
+    with pytest.raises(ValueError, match=r"max_batch and max_queue must be >= 1, max_wait_ms >= 0, timeout_s > 0"):
+        MicroBatcher(_predict, **bad)
+
+
+def test_every_restart_is_counted_and_logged_with_its_cause(caplog):
+    async def scenario() -> int:
+        batcher = MicroBatcher(_predict, max_wait_ms=0, timeout_s=5)
+        batcher.start()
+        for _ in range(2):
+            batcher.worker.cancel()
+            await asyncio.sleep(0.01)
+        restarts = batcher.restarts
+        await batcher.stop()
+        return restarts
+
+    with caplog.at_level("ERROR", logger="pih2t_deploy.serving.batcher"):
+        assert asyncio.run(scenario()) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "the inference worker stopped (cancelled); starting it again"
+    ] * 2
+
+
+def test_stop_answers_the_requests_already_queued_before_it_returns():
+    async def scenario() -> list[np.ndarray]:
+        batcher = MicroBatcher(_predict, max_batch=1, max_wait_ms=0, timeout_s=5)
+        batcher.start()
+        waiting = [
+            asyncio.ensure_future(batcher.submit(np.full((1, 1, 2, 2), v, dtype=np.float32))) for v in (1.0, 2.0, 3.0)
+        ]
+        await asyncio.sleep(0)  # the three are queued
+        await batcher.stop()
+        assert all(w.done() for w in waiting), "stop returned while requests were still queued"
+        return [w.result() for w in waiting]
+
+    assert [a.tolist() for a in asyncio.run(scenario())] == [[[2.0, 2.0]], [[4.0, 4.0]], [[6.0, 6.0]]]

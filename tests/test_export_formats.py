@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -280,8 +281,9 @@ def test_the_int8_gate_refuses_a_model_that_loses_only_tail_accuracy(tmp_path, d
     assert len(spoiled) == 6
     real_builder = exporter.BUILDERS["onnx-int8"]
 
-    def tail_losing_builder(ctx, folder):
-        runner = real_builder(ctx, folder)
+    def tail_losing_builder(inputs, folder):
+        built = real_builder(inputs, folder)
+        runner = built.runner
 
         def run(x):
             out = runner(x).copy()
@@ -290,7 +292,7 @@ def test_the_int8_gate_refuses_a_model_that_loses_only_tail_accuracy(tmp_path, d
                     out[row] = np.roll(out[row], 1)  # the former top-1 class moves one place on: now wrong
             return out
 
-        return run
+        return dataclasses.replace(built, runner=run)
 
     monkeypatch.setitem(exporter.BUILDERS, "onnx-int8", tail_losing_builder)
     options = ExportOptions(output=tmp_path / "q", format="onnx-int8", calib_data="recipe", eval_data="recipe")

@@ -178,12 +178,12 @@ def _zero_points(path) -> dict[str, np.ndarray]:
 
 
 def _context(tmp_path, net):
-    """A BuildContext for ``net`` (digits_net, 7 classes) and 32 calibration inputs in the input's range."""
+    """A BuildInputs for ``net`` (digits_net, 7 classes) and 32 calibration inputs in the input's range."""
     import torch
 
     from pih2t_deploy.checkpoint import build_meta
     from pih2t_deploy.data.preprocessing import Preprocessing
-    from pih2t_deploy.export.builders import BuildContext
+    from pih2t_deploy.export.builders import BuildInputs
     from pih2t_deploy.export.options import ExportOptions
     from pih2t_deploy.fold import fold
     from pih2t_deploy.models import create_arch
@@ -191,7 +191,7 @@ def _context(tmp_path, net):
     prep = Preprocessing.from_dict(build_meta(net.config)["preprocessing"])
     folded, _ = fold(net, input_shape=prep.input_shape)
     images = (torch.rand(32, *prep.input_shape, generator=torch.Generator().manual_seed(0)) * 4 - 2).numpy()
-    return BuildContext(
+    return BuildInputs(
         folded=folded,
         vanilla=create_arch("digits_net", 7, 1).eval(),
         num_classes=7,

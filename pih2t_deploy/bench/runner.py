@@ -25,7 +25,7 @@ from pih2t_deploy.errors import ConfigError, UserError, VerificationError
 from pih2t_deploy.export.exporter import export_checkpoint
 from pih2t_deploy.export.options import FORMATS, ExportOptions
 from pih2t_deploy.export.real_images import load_images
-from pih2t_deploy.export.verify import run_chunked
+from pih2t_deploy.export.runners import Runner, run_chunked, torch_runner
 from pih2t_deploy.runtime import load_classifier
 from pih2t_deploy.timing import time_interleaved
 from pih2t_deploy.training.evaluate import summarize
@@ -44,8 +44,6 @@ BENCH_FORMATS: dict[str, tuple[str | None, dict[str, Any], str | None]] = {
     "torch-export": ("torch", {}, "torch"),
 }
 NEEDS_CALIBRATION = ("onnx-int8", "openvino-int8")
-
-Runner = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -77,19 +75,6 @@ class BenchOptions:
             raise UserError("--device cuda was requested but PyTorch sees no CUDA GPU; use --device cpu")
         if self.rounds < 1:
             raise ConfigError("--rounds must be at least 1")
-
-
-def _eager(ckpt: Checkpoint, device: str) -> Runner:
-    module = ckpt.net.to(device).eval()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = module(torch.from_numpy(x).to(device))
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return out.float().cpu().numpy()
-
-    return run
 
 
 def _prepare_format(
@@ -164,7 +149,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = logger.info) -
     formats: dict[str, dict[str, Any]] = {}
     for name in options.formats:
         if name == "torch":
-            runners[name] = _eager(ckpt, options.device)
+            runners[name] = torch_runner(ckpt.net, options.device)
             formats[name] = {"status": "ok", "note": "PyTorch eager, unfolded PI-H2T model (baseline)"}
             continue
         try:
@@ -174,7 +159,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = logger.info) -
             formats[name] = {"status": "skipped", "reason": str(exc)}
             log(f"skipped {name}: {exc}")
     if "torch" not in runners:
-        runners = {"torch": _eager(ckpt, options.device), **runners}
+        runners = {"torch": torch_runner(ckpt.net, options.device), **runners}
         formats = {"torch": {"status": "ok", "note": "baseline"}, **formats}
     shape = ckpt.preprocessing.input_shape
     timings: dict[str, dict[str, Any]] = {name: {} for name in runners}

@@ -1,7 +1,8 @@
-"""Per-format artifact builders: each writes its model file into the artifact folder and returns a runner.
-
-A runner maps the exported graph's input (numpy) to its output (numpy); the exporter verifies every format
-through its runner against the unfolded PyTorch model.
+"""Per-format artifact builders: each writes its model file into the artifact folder and returns what it
+built (a BuildResult): the runner of that file, the manifest sections it measured (operator counts, OpenVINO
+or TensorRT details) and, for INT8, the runner of the fp32 graph it quantized. Builders read their inputs
+(BuildInputs) and share no mutable state; the exporter verifies every format through its runner against the
+unfolded PyTorch model.
 """
 
 from __future__ import annotations
@@ -14,25 +15,24 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from pih2t_deploy.data.preprocessing import Preprocessing
 from pih2t_deploy.errors import UserError
 from pih2t_deploy.export.graph_stats import compare_counts, op_counts
-from pih2t_deploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, set_metadata
+from pih2t_deploy.export.onnx_export import INPUT_NAME, export_onnx, set_metadata
 from pih2t_deploy.export.options import ExportOptions
 from pih2t_deploy.export.quantize import quantize_int8
+from pih2t_deploy.export.runners import Runner, onnx_runner, torch_runner
 from pih2t_deploy.export.torch_program import export_program, program_op_counts
 from pih2t_deploy.export.wrappers import ExportModule, example_input
 
-Runner = Callable[[np.ndarray], np.ndarray]
 
-
-@dataclass
-class BuildContext:
-    """Everything a builder needs: the folded and vanilla modules, preprocessing, options, metadata."""
+@dataclass(frozen=True)
+class BuildInputs:
+    """Everything a builder reads: the folded and vanilla modules, preprocessing, options, metadata, the
+    calibration images (loaded on first call) and the progress log."""
 
     folded: nn.Module
     vanilla: nn.Module
@@ -42,8 +42,6 @@ class BuildContext:
     metadata: dict[str, Any]
     calibration: Callable[[], np.ndarray]
     log: Callable[[str], None]
-    report: dict[str, Any] = field(default_factory=dict)
-    fp32_runner: Runner | None = None
 
     def wrap(self, module: nn.Module, half: bool | None = None) -> ExportModule:
         """``module`` with this export's input/output options."""
@@ -57,14 +55,18 @@ class BuildContext:
         ).eval()
 
 
-def onnx_runner(path: Path) -> Runner:
-    """Run the ONNX model at ``path`` on onnxruntime's CPU provider."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+@dataclass(frozen=True)
+class BuildResult:
+    """What a builder built: the runner of the written model, manifest sections (``graph``, ``openvino``,
+    ``tensorrt``) and, for INT8, the runner of the fp32 graph before quantization (the accuracy reference)."""
+
+    runner: Runner
+    sections: dict[str, Any] = field(default_factory=dict)
+    fp32_reference: Runner | None = None
 
 
 def _export_graph(
-    ctx: BuildContext, module: nn.Module, path: Path, *, half: bool | None = None, simplify: bool = False
+    ctx: BuildInputs, module: nn.Module, path: Path, *, half: bool | None = None, simplify: bool = False
 ) -> onnx.ModelProto:
     o = ctx.options
     example = example_input(ctx.prep, o.static_batch or 2, o.embed_preprocessing, torch.Generator().manual_seed(o.seed))
@@ -89,22 +91,31 @@ def _simplify(path: Path) -> onnx.ModelProto:
     return simplified
 
 
-def _export_counted(ctx: BuildContext, path: Path, *, half: bool | None = None, simplify: bool = False) -> None:
-    """Export the folded model to ``path`` and report its operator counts beside a vanilla export's."""
+def _export_counted(
+    ctx: BuildInputs, path: Path, *, half: bool | None = None, simplify: bool = False
+) -> dict[str, Any]:
+    """Export the folded model to ``path``; its operator counts beside a vanilla export's."""
     model = _export_graph(ctx, ctx.folded, path, half=half, simplify=simplify)
     with tempfile.TemporaryDirectory() as work:
         vanilla = _export_graph(ctx, ctx.vanilla, Path(work) / "vanilla.onnx", half=half, simplify=simplify)
-    ctx.report["graph"] = compare_counts(op_counts(model), op_counts(vanilla))
+    return compare_counts(op_counts(model), op_counts(vanilla))
 
 
-def build_onnx(ctx: BuildContext, folder: Path) -> Runner:
+def build_onnx(ctx: BuildInputs, folder: Path) -> BuildResult:
     """``model.onnx`` (fp32 or fp16 compute), plus operator counts beside a vanilla export."""
     path = folder / "model.onnx"
-    _export_counted(ctx, path, simplify=ctx.options.simplify)
-    return onnx_runner(path)
+    graph = _export_counted(ctx, path, simplify=ctx.options.simplify)
+    return BuildResult(onnx_runner(path), {"graph": graph})
 
 
-def _quantized_graph(ctx: BuildContext, work: Path) -> Path:
+@dataclass(frozen=True)
+class _Quantized:
+    path: Path
+    graph: dict[str, Any]
+    fp32_reference: Runner
+
+
+def _quantized_graph(ctx: BuildInputs, work: Path) -> _Quantized:
     """The fp32 export statically quantized with the calibration images, written under ``work``. The operator
     comparison with the vanilla backbone is made on the fp32 graphs (quantization adds the same Q/DQ pairs to
     both); the INT8 graph's own counts are reported beside it; the fp32 graph's runner stays as the reference
@@ -115,23 +126,22 @@ def _quantized_graph(ctx: BuildContext, work: Path) -> Path:
     fp32_model = _export_graph(ctx, ctx.folded, fp32, half=False)
     vanilla_model = _export_graph(ctx, ctx.vanilla, vanilla, half=False)
     quantize_int8(fp32, qdq, calibration)
-    ctx.report["graph"] = compare_counts(op_counts(fp32_model), op_counts(vanilla_model))
-    ctx.report["graph"]["int8"] = op_counts(onnx.load(str(qdq)))
-    ctx.fp32_runner = onnx_runner(fp32)  # the session keeps the model after the file is gone
-    return qdq
+    graph = {**compare_counts(op_counts(fp32_model), op_counts(vanilla_model)), "int8": op_counts(onnx.load(str(qdq)))}
+    return _Quantized(qdq, graph, onnx_runner(fp32))  # the session keeps the model after the file is gone
 
 
-def build_onnx_int8(ctx: BuildContext, folder: Path) -> Runner:
+def build_onnx_int8(ctx: BuildInputs, folder: Path) -> BuildResult:
     """``model.int8.onnx``: the QDQ INT8 graph (``_quantized_graph``) with this export's metadata."""
     path = folder / "model.int8.onnx"
     with tempfile.TemporaryDirectory() as work:
-        model = onnx.load(str(_quantized_graph(ctx, Path(work))))
+        quantized = _quantized_graph(ctx, Path(work))
+        model = onnx.load(str(quantized.path))
     set_metadata(model, ctx.metadata)
     onnx.save(model, str(path))
-    return onnx_runner(path)
+    return BuildResult(onnx_runner(path), {"graph": quantized.graph}, quantized.fp32_reference)
 
 
-def build_openvino(ctx: BuildContext, folder: Path) -> Runner:
+def build_openvino(ctx: BuildInputs, folder: Path) -> BuildResult:
     """``model.xml`` + ``model.bin``: OpenVINO IR of the fp32 export (weights kept in fp32), run in the
     precision the export asks for (f32, or bf16 with --bf16; refused on a CPU without bf16)."""
     from pih2t_deploy.export.openvino_ir import save_ir
@@ -140,24 +150,25 @@ def build_openvino(ctx: BuildContext, folder: Path) -> Runner:
     precision = "bf16" if ctx.options.bf16 else "f32"
     with tempfile.TemporaryDirectory() as work:
         onnx_path = Path(work) / "model.onnx"
-        _export_counted(ctx, onnx_path, half=False)
+        graph = _export_counted(ctx, onnx_path, half=False)
         save_ir(onnx_path, folder / "model.xml")
-    ctx.report["openvino"] = {**cpu_description(), "inference_precision": precision}
-    return ir_runner(folder / "model.xml", precision)
+    sections = {"graph": graph, "openvino": {**cpu_description(), "inference_precision": precision}}
+    return BuildResult(ir_runner(folder / "model.xml", precision), sections)
 
 
-def build_openvino_int8(ctx: BuildContext, folder: Path) -> Runner:
+def build_openvino_int8(ctx: BuildInputs, folder: Path) -> BuildResult:
     """``model.xml`` + ``model.bin``: OpenVINO IR of the QDQ INT8 graph; OpenVINO runs its convolutions in INT8."""
     from pih2t_deploy.export.openvino_ir import save_ir
     from pih2t_deploy.runtime.openvino_backend import cpu_description, ir_runner
 
     with tempfile.TemporaryDirectory() as work:
-        save_ir(_quantized_graph(ctx, Path(work)), folder / "model.xml")
-    ctx.report["openvino"] = {**cpu_description(), "inference_precision": "f32"}
-    return ir_runner(folder / "model.xml", "f32")
+        quantized = _quantized_graph(ctx, Path(work))
+        save_ir(quantized.path, folder / "model.xml")
+    sections = {"graph": quantized.graph, "openvino": {**cpu_description(), "inference_precision": "f32"}}
+    return BuildResult(ir_runner(folder / "model.xml", "f32"), sections, quantized.fp32_reference)
 
 
-def build_torch(ctx: BuildContext, folder: Path) -> Runner:
+def build_torch(ctx: BuildInputs, folder: Path) -> BuildResult:
     """``model.pt2``: a torch.export program of the folded model (and ATen op counts beside a vanilla one)."""
     o = ctx.options
     path = folder / "model.pt2"
@@ -165,17 +176,11 @@ def build_torch(ctx: BuildContext, folder: Path) -> Runner:
     program = export_program(ctx.wrap(ctx.folded), example, path, o.static_batch)
     with tempfile.TemporaryDirectory() as work:
         vanilla = export_program(ctx.wrap(ctx.vanilla), example, Path(work) / "vanilla.pt2", o.static_batch)
-    ctx.report["graph"] = compare_counts(program_op_counts(program), program_op_counts(vanilla))
-    loaded = torch.export.load(str(path)).module()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return loaded(torch.from_numpy(x)).numpy()
-
-    return run
+    graph = compare_counts(program_op_counts(program), program_op_counts(vanilla))
+    return BuildResult(torch_runner(torch.export.load(str(path)).module(), exported=True), {"graph": graph})
 
 
-def tensorrt_onnx(ctx: BuildContext, precision: str, calibration: np.ndarray | None, work: Path) -> Path:
+def tensorrt_onnx(ctx: BuildInputs, precision: str, calibration: np.ndarray | None, work: Path) -> Path:
     """The ONNX file handed to TensorRT's parser, written under ``work``: fp32, fp16, or for 'qdq' a Q/DQ graph
     with signed INT8 and zero points of 0 throughout (TensorRT rejects UINT8 or non-zero zero points)."""
     onnx_path = work / "model.onnx"
@@ -188,7 +193,7 @@ def tensorrt_onnx(ctx: BuildContext, precision: str, calibration: np.ndarray | N
     return work / "qdq.onnx"
 
 
-def build_tensorrt(ctx: BuildContext, folder: Path) -> Runner:
+def build_tensorrt(ctx: BuildInputs, folder: Path) -> BuildResult:
     """``model.plan``: a TensorRT plan built from this export's ONNX, run through the TensorRT backend."""
     from pih2t_deploy.export.tensorrt_build import PlanSettings, build_plan, onnx_precision_for
     from pih2t_deploy.runtime.tensorrt_backend import import_tensorrt
@@ -213,7 +218,7 @@ def build_tensorrt(ctx: BuildContext, folder: Path) -> Runner:
         plan = build_plan(trt, onnx_path.read_bytes(), settings, ctx.log)
     (folder / "model.plan").write_bytes(plan)
     cuda = torch.cuda.get_device_properties(0)
-    ctx.report["tensorrt"] = {
+    details = {
         **settings.details,
         "cuda": torch.version.cuda,
         "gpu": cuda.name,
@@ -223,10 +228,10 @@ def build_tensorrt(ctx: BuildContext, folder: Path) -> Runner:
     from pih2t_deploy.runtime.tensorrt_backend import TensorRTClassifier
 
     info = ModelInfo("export-check", "1", [str(i) for i in range(ctx.num_classes)], None, ctx.prep)
-    return TensorRTClassifier(folder / "model.plan", info).predict
+    return BuildResult(TensorRTClassifier(folder / "model.plan", info).predict, {"tensorrt": details})
 
 
-BUILDERS: dict[str, Callable[[BuildContext, Path], Runner]] = {
+BUILDERS: dict[str, Callable[[BuildInputs, Path], BuildResult]] = {
     "onnx": build_onnx,
     "onnx-int8": build_onnx_int8,
     "torch": build_torch,

@@ -24,20 +24,20 @@ from pih2t_deploy.artifact import ARTIFACT_FORMAT, MANIFEST_FILE, Manifest, Tens
 from pih2t_deploy.atomic import atomic_dir, require_writable_folder
 from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint, versions
 from pih2t_deploy.data.longtail import GroupThresholds
-from pih2t_deploy.errors import DataError, UserError, VerificationError
-from pih2t_deploy.export.builders import BUILDERS, BuildContext
+from pih2t_deploy.errors import DataError, UserError
+from pih2t_deploy.export.builders import BUILDERS, BuildInputs, BuildResult
+from pih2t_deploy.export.gates import AccuracyGate, ParityGate
 from pih2t_deploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from pih2t_deploy.export.options import ExportOptions
 from pih2t_deploy.export.real_images import ImageSet, load_images
-from pih2t_deploy.export.verify import VerificationReport, compare, run_chunked, verify
-from pih2t_deploy.export.wrappers import ExportModule, example_input
-from pih2t_deploy.fold import FoldReport, fold, log_prior_tensor
+from pih2t_deploy.export.runners import Runner, run_chunked, torch_runner
+from pih2t_deploy.export.verify import VerificationReport, compare, verify
+from pih2t_deploy.export.wrappers import ExportModule
+from pih2t_deploy.fold import FoldReport, fold
 from pih2t_deploy.models import create_arch
 from pih2t_deploy.training.evaluate import summarize
 
 logger = logging.getLogger(__name__)
-
-INT8_MIN_AGREEMENT = 0.9
 
 
 @dataclass
@@ -77,16 +77,6 @@ def _require_tensorrt() -> None:
     import_tensorrt()
     if not torch.cuda.is_available():
         raise UserError(MISSING)
-
-
-def _numpy_runner(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    module = module.eval()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(x)).numpy()
-
-    return run
 
 
 def _inputs(images: ImageSet, ckpt: Checkpoint, pixels: bool) -> np.ndarray:
@@ -137,11 +127,8 @@ def export_checkpoint(
         f"folded: float64 max abs logit difference {fold_report.max_abs_diff:.2e}; PIF "
         + ("kept in the graph (it has an activation)" if fold_report.pif_kept_in_graph else "folded away")
     )
-    adjustment = (
-        options.logit_adjust_tau * log_prior_tensor(ckpt.class_counts) if options.logit_adjust_tau else torch.zeros(1)
-    )
     wrap = dict(embed_preprocessing=options.embed_preprocessing, probs=options.probs)
-    reference = _numpy_runner(ExportModule(Adjusted(ckpt.net, adjustment), prep, **wrap))
+    reference = torch_runner(ExportModule(Adjusted(ckpt.net, fold_report.adjustment), prep, **wrap))
 
     @functools.cache
     def calibration_and_holdout() -> tuple[ImageSet, ImageSet | None]:
@@ -166,7 +153,7 @@ def export_checkpoint(
     def calibration() -> np.ndarray:
         return _inputs(calibration_and_holdout()[0], ckpt, options.embed_preprocessing)
 
-    ctx = BuildContext(
+    inputs = BuildInputs(
         folded=folded,
         vanilla=create_arch(meta["arch"], meta["num_classes"], meta["in_channels"]).eval(),
         num_classes=meta["num_classes"],
@@ -178,80 +165,69 @@ def export_checkpoint(
     )
     try:
         with atomic_dir(output) as tmp:
-            runner = BUILDERS[options.format](ctx, tmp)
+            built = BUILDERS[options.format](inputs, tmp)
             write_labels(tmp, ckpt.class_names)
             if eval_images is None and options.quantized:  # INT8 is judged on real images it was not calibrated on
                 eval_images = calibration_and_holdout()[1]
-            reports, accuracy = _verify(ckpt, options, ctx, reference, runner, eval_images, log)
-            manifest = write_manifest(tmp, _manifest(ckpt, options, fold_report, reports, accuracy, ctx.report))
+            reports, accuracy = _verify(ckpt, options, reference, built, eval_images, log)
+            manifest = write_manifest(tmp, _manifest(ckpt, options, fold_report, reports, accuracy, built.sections))
     except PermissionError as exc:
         raise UserError(f"cannot write {output}: {exc.strerror}") from None
     return ExportResult(output, manifest)
 
 
-def _verify(ckpt, options, ctx, reference, runner, eval_images, log) -> tuple[list[VerificationReport], dict]:
-    tolerance = None if options.quantized else options.parity_tolerance
-    generator = torch.Generator().manual_seed(options.seed)
-    sizes = [options.static_batch] if options.static_batch else sorted({1, 2, options.max_batch})
-    batches = [example_input(ckpt.preprocessing, n, options.embed_preprocessing, generator).numpy() for n in sizes]
-    reports = [verify(reference, runner, batches, tolerance, "random")]
+def _verify(
+    ckpt: Checkpoint,
+    options: ExportOptions,
+    reference: Runner,
+    built: BuildResult,
+    eval_images: ImageSet | None,
+    log: Callable[[str], None],
+) -> tuple[list[VerificationReport], dict[str, Any]]:
+    """Parity on random batches and real images, accuracy per group on labelled ones; the gates decide."""
+    parity = ParityGate.for_export(options)
+    batches = parity.random_batches(ckpt.preprocessing, options.embed_preprocessing)
+    reports = [verify(reference, built.runner, batches, parity.tolerance, "random")]
     log(f"{options.format} vs PyTorch on random inputs: max abs difference {reports[0].max_abs_diff:.2e}")
     accuracy: dict[str, Any] = {}
-    chunk = options.static_batch or options.max_batch
     if eval_images is not None:
-        inputs = _inputs(eval_images, ckpt, options.embed_preprocessing)
-        if options.static_batch:
-            inputs = inputs[: len(inputs) - len(inputs) % options.static_batch]
-            if not len(inputs):
-                raise DataError(f"--eval-data has fewer images than --static-batch {options.static_batch}")
-        expected, actual = run_chunked(reference, inputs, chunk), run_chunked(runner, inputs, chunk)
-        reports.append(
-            VerificationReport(f"real images ({eval_images.source})", tolerance, [compare(expected, actual)])
-        )
-        if eval_images.labels is not None:
-            labels = eval_images.labels[: len(inputs)]
-            accuracy = {"pytorch": _accuracy(expected, labels, ckpt), "exported": _accuracy(actual, labels, ckpt)}
-            if ctx.fp32_runner is not None:
-                accuracy["onnx_fp32"] = _accuracy(run_chunked(ctx.fp32_runner, inputs, chunk), labels, ckpt)
-            accuracy["drop_points"] = _drops(accuracy.get("onnx_fp32", accuracy["pytorch"]), accuracy["exported"])
-            log(
-                "accuracy (top-1 / many / medium / few): "
-                + ", ".join(
-                    f"{name} "
-                    + "/".join("-" if v[k] is None else f"{100 * v[k]:.1f}" for k in ("top1", "many", "medium", "few"))
-                    for name, v in accuracy.items()
-                    if name != "drop_points"
-                )
-            )
-    failed = [r for r in reports if not r.passed]
-    if failed:
-        raise VerificationError(
-            f"the {options.format} export differs from the PyTorch model by "
-            f"{failed[0].max_abs_diff:.3g} (tolerance {failed[0].tolerance:.3g}); no artifact was written"
-        )
-    if options.reduced_precision:
-        _check_reduced_precision(reports, accuracy, options)
+        report, accuracy = _on_real_images(ckpt, options, reference, built, eval_images, parity.tolerance, log)
+        reports.append(report)
+    parity.enforce(reports)
+    gate = AccuracyGate.for_export(options)
+    if gate is not None:
+        gate.enforce(reports[1:], accuracy)
     return reports, accuracy
 
 
-def _check_reduced_precision(
-    reports: list[VerificationReport], accuracy: dict[str, Any], options: ExportOptions
-) -> None:
-    """INT8 and bf16 are judged on real images: accuracy per group with labels, top-1 agreement without them."""
-    label = "INT8 quantization" if options.quantized else "bf16 inference"
-    agreement = min(r.top1_agreement for report in reports[1:] for r in report.results)
-    if not accuracy and agreement < INT8_MIN_AGREEMENT:
-        raise VerificationError(
-            f"INT8 top-1 agrees with PyTorch on only {agreement:.0%} of inputs "
-            f"(need {INT8_MIN_AGREEMENT:.0%}); no artifact was written"
+def _on_real_images(ckpt, options, reference, built, eval_images, tolerance, log):
+    """Parity on ``eval_images`` and, when they have labels, accuracy per group of the reference, the export
+    and (INT8) the fp32 graph before quantization, with the points each group lost."""
+    chunk = options.static_batch or options.max_batch
+    inputs = _inputs(eval_images, ckpt, options.embed_preprocessing)
+    if options.static_batch:
+        inputs = inputs[: len(inputs) - len(inputs) % options.static_batch]
+        if not len(inputs):
+            raise DataError(f"--eval-data has fewer images than --static-batch {options.static_batch}")
+    expected, actual = run_chunked(reference, inputs, chunk), run_chunked(built.runner, inputs, chunk)
+    report = VerificationReport(f"real images ({eval_images.source})", tolerance, [compare(expected, actual)])
+    if eval_images.labels is None:
+        return report, {}
+    labels = eval_images.labels[: len(inputs)]
+    accuracy = {"pytorch": _accuracy(expected, labels, ckpt), "exported": _accuracy(actual, labels, ckpt)}
+    if built.fp32_reference is not None:
+        accuracy["onnx_fp32"] = _accuracy(run_chunked(built.fp32_reference, inputs, chunk), labels, ckpt)
+    accuracy["drop_points"] = _drops(accuracy.get("onnx_fp32", accuracy["pytorch"]), accuracy["exported"])
+    log(
+        "accuracy (top-1 / many / medium / few): "
+        + ", ".join(
+            f"{name} "
+            + "/".join("-" if v[k] is None else f"{100 * v[k]:.1f}" for k in ("top1", "many", "medium", "few"))
+            for name, v in accuracy.items()
+            if name != "drop_points"
         )
-    worst = {k: v for k, v in accuracy.get("drop_points", {}).items() if v > options.max_group_drop}
-    if worst:
-        group, drop = max(worst.items(), key=lambda item: item[1])
-        raise VerificationError(
-            f"{label} costs {drop:.1f} points of accuracy on {group} "
-            f"(limit --max-group-drop {options.max_group_drop:g}); no artifact was written"
-        )
+    )
+    return report, accuracy
 
 
 def _onnx_metadata(ckpt: Checkpoint, options: ExportOptions) -> dict[str, Any]:
@@ -267,7 +243,7 @@ def _onnx_metadata(ckpt: Checkpoint, options: ExportOptions) -> dict[str, Any]:
     }
 
 
-def _manifest(ckpt, options, fold_report: FoldReport, reports, accuracy, report) -> Manifest:
+def _manifest(ckpt, options, fold_report: FoldReport, reports, accuracy, sections: dict[str, Any]) -> Manifest:
     c, h, w = ckpt.preprocessing.input_shape
     batch: int | str = options.static_batch or "batch"
     if options.embed_preprocessing:
@@ -287,5 +263,5 @@ def _manifest(ckpt, options, fold_report: FoldReport, reports, accuracy, report)
         fold=fold_report.to_dict(),
         verification=[r.to_dict() for r in reports],
         accuracy=accuracy,
-        **report,
+        **sections,
     )

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from pih2t_deploy.data.longtail import top_k
-
-Runner = Callable[[np.ndarray], np.ndarray]
+from pih2t_deploy.export.runners import Runner
 
 
 @dataclass
@@ -78,11 +76,6 @@ def compare(expected: np.ndarray, actual: np.ndarray, batch: int | None = None) 
         _topk_agreement(expected, actual, 5),
         scale,
     )
-
-
-def run_chunked(runner: Runner, inputs: np.ndarray, chunk: int) -> np.ndarray:
-    """``runner`` over ``inputs`` in chunks of at most ``chunk`` rows, outputs concatenated."""
-    return np.concatenate([runner(inputs[i : i + chunk]) for i in range(0, len(inputs), chunk)])
 
 
 def verify(
