@@ -94,7 +94,11 @@ def test_pih2t_serve_manifest_probes_ports_and_read_only_artifact_agree():
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsUser"] == 10001 and pod["securityContext"]["runAsNonRoot"] is True
     assert set(container["resources"]["requests"]) == {"cpu", "memory"}
-    assert pod["terminationGracePeriodSeconds"] > 30, "longer than the server's 30 s drain"
+    grpc_port = int(args[args.index("--grpc-port") + 1])
+    assert container["ports"][1] == {"name": "grpc", "containerPort": grpc_port}
+    assert service["spec"]["ports"][1]["targetPort"] == grpc_port
+    drain = float(args[args.index("--drain-s") + 1])
+    assert pod["terminationGracePeriodSeconds"] > drain + 30, "longer than the drain plus the server's 30 s to finish"
     assert deployment["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
 
 

@@ -20,6 +20,9 @@ def serve(
     device: Annotated[Literal["cpu", "cuda"], typer.Option(help="where the model runs")] = "cpu",
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    grpc_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="gRPC port (KServe v2 / Triton protocol); 0 turns gRPC off")
+    ] = 8001,
     name: Annotated[str | None, typer.Option(help="model name in URLs (default: the recipe name)")] = None,
     max_batch: Annotated[int, typer.Option(help="largest micro-batch")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="longest wait for a batch to fill")] = 5.0,
@@ -63,11 +66,17 @@ def serve(
         body_timeout_s=body_timeout_s,
     )
     require_free_port(host, port)
+    if grpc_port:
+        if grpc_port == port:
+            raise ConfigError(f"--grpc-port {grpc_port} is also --port; give them different ports")
+        require_free_port(host, grpc_port)
     classifier = load_classifier(model, backend, device=device, threads=threads, name=name)
     err_console.print(
         f"serving {classifier.info.name} ({classifier.info.num_classes} classes, {classifier.describe()}) "
-        f"on http://{host}:{port} (docs at /docs)",
+        f"on http://{host}:{port} (docs at /docs)" + (f" and gRPC {host}:{grpc_port}" if grpc_port else ""),
         markup=False,
     )
     app = create_app(lambda: classifier, settings)
-    run_service(app, host, port, drain_s=drain_s, max_connections=max_connections, log_level=log_level)
+    run_service(
+        app, host, port, grpc_port=grpc_port, drain_s=drain_s, max_connections=max_connections, log_level=log_level
+    )

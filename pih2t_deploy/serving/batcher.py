@@ -37,7 +37,12 @@ class _Pending:
 
 
 class MicroBatcher:
-    """Batches calls to ``predict`` (float32 [N, C, H, W] -> [N, K]) from many coroutines."""
+    """Batches calls to ``predict`` (float32 [N, C, H, W] -> [N, K]) from many coroutines.
+
+    A batch is held open up to ``max_wait_ms`` for more requests. With ``arrivals`` (how many requests are on
+    their way: read or decoded but not yet submitted) it is held only while some are on their way, so a lone
+    request runs at once; without it the batch always waits out the window.
+    """
 
     def __init__(
         self,
@@ -48,10 +53,11 @@ class MicroBatcher:
         max_queue: int = 256,
         timeout_s: float = 30.0,
         on_batch: Callable[[int], None] = lambda _size: None,
+        arrivals: Callable[[], int] | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0 or timeout_s <= 0:
             raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms >= 0, timeout_s > 0")
-        self.predict, self.on_batch = predict, on_batch
+        self.predict, self.on_batch, self.arrivals = predict, on_batch, arrivals
         self.max_batch, self.max_wait, self.max_queue, self.timeout = (
             max_batch,
             max_wait_ms / 1000,
@@ -119,6 +125,8 @@ class MicroBatcher:
         batch, size = [first], len(first.images)
         deadline = time.monotonic() + self.max_wait
         while size < self.max_batch:
+            if self.queue.empty() and self.arrivals is not None and self.arrivals() == 0:
+                break  # nothing queued and nothing on its way: waiting cannot fill the batch
             remaining = deadline - time.monotonic()
             try:
                 item = (

@@ -58,8 +58,8 @@ def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 60.0, wha
 
 
 def start_rest_server(artifact: Path, port: int, *options: str) -> subprocess.Popen:
-    """``pih2t-serve`` on 127.0.0.1:``port`` for ``artifact`` (extra CLI ``options``), once it is ready and
-    known to be the process that answers there."""
+    """``pih2t-serve`` on 127.0.0.1:``port`` for ``artifact`` (extra CLI ``options``; gRPC off unless they
+    give --grpc-port), once it is ready and known to be the process that answers there."""
     command = [
         sys.executable,
         "-m",
@@ -71,6 +71,7 @@ def start_rest_server(artifact: Path, port: int, *options: str) -> subprocess.Po
         str(port),
         "--log-level",
         "warning",
+        *([] if "--grpc-port" in options else ["--grpc-port", "0"]),
         *options,
     ]
     server = subprocess.Popen(command)

@@ -3,11 +3,13 @@
 On SIGTERM the service reports not-ready at once (/v2/health/ready answers 503) and keeps answering for
 ``drain_s`` seconds, so a load balancer stops sending new work while nothing in flight is cut off; then
 uvicorn stops accepting connections, finishes the requests it holds and the service finishes its queue.
-A second signal, or Ctrl-C, skips the wait.
+A second signal, or Ctrl-C, skips the wait. The gRPC server (when enabled) runs on the same event loop and
+the same service, and stops after HTTP, letting its in-flight calls finish.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import time
@@ -52,12 +54,13 @@ def run_service(
     host: str,
     port: int,
     *,
+    grpc_port: int = 0,
     drain_s: float = 0.0,
     max_connections: int | None = None,
     log_level: str = "info",
 ) -> None:
-    """Serve ``app`` until a signal stops it. More than ``max_connections`` open connections get 503;
-    repeated error logs are rate-limited (RepeatedMessageFilter)."""
+    """Serve ``app`` over HTTP, and over gRPC on ``grpc_port`` unless it is 0, until a signal stops it. More
+    than ``max_connections`` open HTTP connections get 503; repeated error logs are rate-limited."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -67,4 +70,20 @@ def run_service(
         timeout_graceful_shutdown=30,
     )
     limit_repeated_logs("uvicorn.error", "pih2t_deploy.serving")  # after uvicorn.Config set logging up
-    DrainingServer(config, app.state.service, drain_s).run()
+    service = app.state.service
+    server = DrainingServer(config, service, drain_s)
+
+    async def serve() -> None:
+        grpc_server = None
+        if grpc_port:
+            from pih2t_deploy.serving.grpc_service import start_grpc_server
+
+            grpc_server = await start_grpc_server(service, f"{host}:{grpc_port}", service.settings.max_upload_bytes)
+        try:
+            await server.serve()
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
+
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(serve())

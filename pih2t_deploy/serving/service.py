@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -80,6 +81,7 @@ class InferenceService:
         self.batcher: MicroBatcher | None = None
         self.load_error: str | None = None
         self.draining = False
+        self.on_the_way = 0  # requests being read or decoded, not yet handed to the batcher
         self._loaded = False
         # a few dedicated decode threads: bounded CPU contention with inference and bounded per-thread memory
         self.decode_pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="pih2t-decode")
@@ -116,6 +118,7 @@ class InferenceService:
             max_queue=self.settings.max_queue,
             timeout_s=self.settings.timeout_s,
             on_batch=self.metrics.batch_size.observe,
+            arrivals=lambda: self.on_the_way,
         )
         self.batcher.start()
         self._loaded = True
@@ -126,6 +129,17 @@ class InferenceService:
         if self.batcher is not None:
             await self.batcher.stop()
         self.decode_pool.shutdown(wait=True)
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Mark a request on its way to the batcher (its body being read, its images decoded). The batcher
+        holds a batch open for requests on their way, and with none on the way runs it at once instead of
+        waiting out --max-wait-ms for requests that cannot come."""
+        self.on_the_way += 1
+        try:
+            yield
+        finally:
+            self.on_the_way -= 1
 
     def require_ready(self) -> Classifier:
         """The classifier, or 503 while loading or after shutdown began (draining still serves)."""

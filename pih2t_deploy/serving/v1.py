@@ -120,9 +120,11 @@ def _card_meta(info: ModelInfo) -> dict:
 async def classify(request: Request, service: Service) -> schemas.ClassifyResponse:
     """Top-k labels with probabilities for one or more images."""
     classifier = service.require_ready()
-    blobs, raw_k = await read_uploads(request, service.settings.max_batch)
-    k = parse_top_k(raw_k, classifier.info.num_classes, service.settings.default_top_k)
-    logits = await service.infer(await service.decode(blobs))
+    with service.arriving():
+        blobs, raw_k = await read_uploads(request, service.settings.max_batch)
+        k = parse_top_k(raw_k, classifier.info.num_classes, service.settings.default_top_k)
+        batch = await service.decode(blobs)
+    logits = await service.infer(batch)
     service.metrics.images.inc(len(blobs))
     predictions = top_k(classifier.probabilities(logits), classifier.info.labels, k)
     results = [

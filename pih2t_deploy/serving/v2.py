@@ -134,10 +134,8 @@ async def ready(service: Service) -> JSONResponse:
     return JSONResponse({"ready": service.ready}, status_code=200 if service.ready else 503)
 
 
-@router.get("/models/{name}", response_model=schemas.ModelMetadata, responses=_errors(404, 503))
-@router.get("/models/{name}/versions/{version}", response_model=schemas.ModelMetadata, responses=_errors(404, 503))
-async def model_metadata(name: str, service: Service, version: str | None = None) -> schemas.ModelMetadata:
-    """The input a client sends to this model, and its output."""
+def describe_model(service: InferenceService, name: str, version: str | None) -> schemas.ModelMetadata:
+    """Model metadata (Open Inference Protocol): the one input a client sends to ``name``, and the output."""
     classifier, listed = resolve_model(service, name, version)
     if listed == IMAGE_INPUT:
         inputs = [schemas.TensorMetadata(name=IMAGE_INPUT, datatype="BYTES", shape=[-1, 1])]
@@ -153,11 +151,9 @@ async def model_metadata(name: str, service: Service, version: str | None = None
     )
 
 
-@router.get("/models/{name}/config", response_model=schemas.ModelConfig, responses=_errors(404, 503))
-@router.get("/models/{name}/versions/{version}/config", response_model=schemas.ModelConfig, responses=_errors(404, 503))
-async def model_config(name: str, service: Service, version: str | None = None) -> JSONResponse:
-    """The model configuration in Triton's JSON form (what perf_analyzer and tritonclient's get_model_config
-    read): the largest batch, the input, and the output with its labels."""
+def model_configuration(service: InferenceService, name: str, version: str | None) -> dict:
+    """The model configuration of ``name`` in Triton's JSON form: the largest batch, the input, and the
+    output with its labels file."""
     classifier, listed = resolve_model(service, name, version)
     pixels = classifier.info.pixel_input
     if listed == IMAGE_INPUT:
@@ -170,16 +166,29 @@ async def model_config(name: str, service: Service, version: str | None = None) 
             "dims": list(classifier.input_shape),
         }
     output = {"name": OUTPUT, "data_type": "TYPE_FP32", "dims": [classifier.info.num_classes]}
-    return JSONResponse(
-        {
-            "name": name,
-            "platform": f"pih2t_{classifier.backend}",
-            "max_batch_size": service.settings.max_batch,
-            "input": [model_input],
-            "output": [{**output, "label_filename": LABELS_FILE}],
-            "dynamic_batching": {"max_queue_delay_microseconds": int(service.settings.max_wait_ms * 1000)},
-        }
-    )
+    return {
+        "name": name,
+        "platform": f"pih2t_{classifier.backend}",
+        "max_batch_size": service.settings.max_batch,
+        "input": [model_input],
+        "output": [{**output, "label_filename": LABELS_FILE}],
+        "dynamic_batching": {"max_queue_delay_microseconds": int(service.settings.max_wait_ms * 1000)},
+    }
+
+
+@router.get("/models/{name}", response_model=schemas.ModelMetadata, responses=_errors(404, 503))
+@router.get("/models/{name}/versions/{version}", response_model=schemas.ModelMetadata, responses=_errors(404, 503))
+async def model_metadata(name: str, service: Service, version: str | None = None) -> schemas.ModelMetadata:
+    """The input a client sends to this model, and its output."""
+    return describe_model(service, name, version)
+
+
+@router.get("/models/{name}/config", response_model=schemas.ModelConfig, responses=_errors(404, 503))
+@router.get("/models/{name}/versions/{version}/config", response_model=schemas.ModelConfig, responses=_errors(404, 503))
+async def model_config(name: str, service: Service, version: str | None = None) -> JSONResponse:
+    """The model configuration in Triton's JSON form (what perf_analyzer and tritonclient's get_model_config
+    read): the largest batch, the input, and the output with its labels."""
+    return JSONResponse(model_configuration(service, name, version))
 
 
 @router.get("/models/{name}/ready", response_model=schemas.ReadyResponse, responses=_errors(404, 503))
@@ -215,8 +224,8 @@ async def batch_from(tensor: Tensor, classifier: Classifier, service: InferenceS
     )
 
 
-def _requested_outputs(body: dict) -> tuple[list[dict], bool]:
-    """The requested outputs (default: logits) and the request-wide binary_data_output flag."""
+def requested_outputs(body: dict) -> tuple[list[dict], bool]:
+    """The requested outputs of a JSON request (default: logits) and its request-wide binary_data_output."""
     binary_all = bool(parameters_of(body, "the request").get("binary_data_output"))
     requested = body.get("outputs") or [{"name": OUTPUT}]
     if not isinstance(requested, list):
@@ -226,6 +235,33 @@ def _requested_outputs(body: dict) -> tuple[list[dict], bool]:
             raise ProtocolError(f"unknown output {item!r}; this model has one output, {OUTPUT!r}")
         parameters_of(item, f"output {OUTPUT!r}")
     return requested, binary_all
+
+
+async def run_inference(
+    service: InferenceService, classifier: Classifier, tensors: list[Tensor], requested: list[dict]
+) -> list[dict]:
+    """The requested outputs for one input tensor, each {name, datatype, shape, values, parameters}: logits
+    (FP32) or, with ``parameters.classification = k``, the top k as "value:index:label" (BYTES)."""
+    if len(tensors) != 1:
+        raise ApiError(400, f"send exactly one input ('input' or 'image'), got {len(tensors)}")
+    with service.arriving():
+        batch = await batch_from(tensors[0], classifier, service)
+    logits = await service.infer(batch)
+    if not np.isfinite(logits).all():
+        raise ApiError(400, "the model's outputs for this input are not finite numbers; check the input's range")
+    outputs = []
+    for item in requested:
+        params = item.get("parameters") or {}
+        k = params.get("classification")
+        if k is None:
+            values = logits.astype(np.float32)
+            outputs.append({"name": OUTPUT, "datatype": "FP32", "shape": list(logits.shape), "values": values})
+            continue
+        if type(k) is not int or not 1 <= k <= classifier.info.num_classes:
+            raise ApiError(400, f"classification must be an integer between 1 and {classifier.info.num_classes}")
+        values = _classification(logits, classifier.info.labels, k)
+        outputs.append({"name": OUTPUT, "datatype": "BYTES", "shape": [len(logits), k], "values": values})
+    return outputs
 
 
 @router.post(
@@ -244,30 +280,13 @@ async def infer(name: str, request: Request, service: Service, version: str | No
     """Run the model on one input tensor; JSON or binary tensor data, classification extension."""
     classifier, _ = resolve_model(service, name, version)
     try:
-        body, tensors = parse_request(await request.body(), request.headers.get(HEADER))
-        requested, binary_all = _requested_outputs(body)
+        with service.arriving():
+            body, tensors = parse_request(await request.body(), request.headers.get(HEADER))
+        requested, binary_all = requested_outputs(body)
     except ProtocolError as exc:
         raise ApiError(400, str(exc)) from None
-    if len(tensors) != 1:
-        raise ApiError(400, f"send exactly one input ('input' or 'image'), got {len(tensors)}")
-    logits = await service.infer(await batch_from(tensors[0], classifier, service))
-    if not np.isfinite(logits).all():
-        raise ApiError(400, "the model's outputs for this input are not finite numbers; check the input's range")
-    outputs, binary = [], set()
-    for item in requested:
-        params = item.get("parameters") or {}
-        if params.get("binary_data", binary_all):
-            binary.add(OUTPUT)
-        k = params.get("classification")
-        if k is None:
-            outputs.append(
-                {"name": OUTPUT, "datatype": "FP32", "shape": list(logits.shape), "values": logits.astype(np.float32)}
-            )
-            continue
-        if type(k) is not int or not 1 <= k <= classifier.info.num_classes:
-            raise ApiError(400, f"classification must be an integer between 1 and {classifier.info.num_classes}")
-        values = _classification(logits, classifier.info.labels, k)
-        outputs.append({"name": OUTPUT, "datatype": "BYTES", "shape": [len(logits), k], "values": values})
+    outputs = await run_inference(service, classifier, tensors, requested)
+    binary = {OUTPUT for item in requested if (item.get("parameters") or {}).get("binary_data", binary_all)}
     head = {"model_name": name, "model_version": classifier.info.version}
     if "id" in body:
         head["id"] = str(body["id"])

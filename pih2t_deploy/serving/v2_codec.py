@@ -127,6 +127,40 @@ def _bytes_from_json(data: Any, name: str, parameters: dict[str, Any]) -> list[b
         raise ProtocolError(f"input {name!r}: content_type is 'base64' but the data is not valid base64") from None
 
 
+def decode_tensor(name: str, datatype: str, shape: Any, raw: bytes | None, values: Any = None) -> Tensor:
+    """One input tensor from its raw bytes (binary extension, gRPC raw contents) or from its listed
+    ``values`` (JSON data, gRPC typed contents; BYTES elements as bytes); ProtocolError when the shape is not a
+    list of counts, the datatype is unknown, the number of elements does not match the shape, or a
+    floating-point value is not finite."""
+    datatype = str(datatype).upper()
+    if not isinstance(shape, list) or not all(is_count(d) for d in shape):
+        raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers")
+    count = math.prod(shape)  # exact for any size (numpy's product would overflow int64)
+    if datatype == "BYTES":
+        items = deserialize_bytes(raw) if raw is not None else list(values)
+        if len(items) != count:
+            raise ProtocolError(f"input {name!r}: {len(items)} elements for shape {shape}")
+        return Tensor(name, datatype, shape, items)
+    if datatype not in NUMPY_TYPES:
+        raise ProtocolError(f"input {name!r}: unsupported datatype {datatype}")
+    dtype = NUMPY_TYPES[datatype]
+    try:
+        if raw is not None:
+            array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+        else:
+            array = np.asarray(values, dtype=dtype).reshape(-1)
+    except (ValueError, TypeError, OverflowError):
+        raise ProtocolError(f"input {name!r}: data is not {datatype}") from None
+    if array.size != count:
+        raise ProtocolError(f"input {name!r}: {array.size} values for shape {shape}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ProtocolError(
+            f"input {name!r}: values must be finite {datatype} numbers (NaN, infinity, or beyond the range of "
+            f"{datatype} such as 1e39 for FP32, found)"
+        )
+    return Tensor(name, datatype, shape, array.reshape(shape))
+
+
 def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], list[Tensor]]:
     """The request JSON and its decoded input tensors; ProtocolError for anything malformed."""
     request, rest = _split_body(body, header_length)
@@ -134,42 +168,21 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
     for entry in request["inputs"]:
         if not isinstance(entry, dict) or not {"name", "datatype", "shape"} <= set(entry):
             raise ProtocolError("each input needs 'name', 'datatype' and 'shape'")
-        name, datatype, shape = entry["name"], str(entry["datatype"]).upper(), entry["shape"]
-        if not isinstance(shape, list) or not all(is_count(d) for d in shape):
-            raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers")
+        name = entry["name"]
         parameters = parameters_of(entry, f"input {name!r}")
         size = parameters.get("binary_data_size")
+        raw, values = None, None
         if size is not None:
             if not is_count(size) or offset + size > len(rest):
                 raise ProtocolError(f"input {name!r}: binary_data_size does not fit the body")
             raw, offset = rest[offset : offset + size], offset + size
         elif "data" not in entry:
             raise ProtocolError(f"input {name!r} has neither 'data' nor binary data")
-        count = math.prod(shape)  # exact for any size (numpy's product would overflow int64)
-        if datatype == "BYTES":
-            items = deserialize_bytes(raw) if size is not None else _bytes_from_json(entry["data"], name, parameters)
-            if len(items) != count:
-                raise ProtocolError(f"input {name!r}: {len(items)} elements for shape {shape}")
-            tensors.append(Tensor(name, datatype, shape, items))
-            continue
-        if datatype not in NUMPY_TYPES:
-            raise ProtocolError(f"input {name!r}: unsupported datatype {datatype}")
-        dtype = NUMPY_TYPES[datatype]
-        try:
-            if size is not None:
-                values = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
-            else:
-                values = np.asarray(entry["data"], dtype=dtype).reshape(-1)
-        except (ValueError, TypeError, OverflowError):
-            raise ProtocolError(f"input {name!r}: data is not {datatype}") from None
-        if values.size != count:
-            raise ProtocolError(f"input {name!r}: {values.size} values for shape {shape}")
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            raise ProtocolError(
-                f"input {name!r}: values must be finite {datatype} numbers (NaN, infinity, or beyond the range of "
-                f"{datatype} such as 1e39 for FP32, found)"
-            )
-        tensors.append(Tensor(name, datatype, shape, values.reshape(shape)))
+        elif str(entry["datatype"]).upper() == "BYTES":
+            values = _bytes_from_json(entry["data"], name, parameters)
+        else:
+            values = entry["data"]
+        tensors.append(decode_tensor(name, entry["datatype"], entry["shape"], raw, values))
     return request, tensors
 
 
