@@ -32,6 +32,9 @@ class OnnxClassifier(Classifier):
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle intra-op threads sleep instead of spinning: a spinning pool burns a core between calls that the
+        # server's own threads (HTTP, decoding) need; measured in docs/performance.md (serving vs Triton)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=[provider])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models

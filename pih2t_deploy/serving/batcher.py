@@ -111,14 +111,20 @@ class MicroBatcher:
         """Logits for ``images`` (its own rows, in order), computed within some batch."""
         if self.queued_images + len(images) > self.max_queue:
             raise QueueFullError(f"the request queue is full ({self.max_queue} images); retry shortly")
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self.queued_images += len(images)
-        await self.queue.put(_Pending(images, future, time.monotonic()))
+        self.queue.put_nowait(_Pending(images, future, time.monotonic()))
+        expire = loop.call_later(self.timeout, self._expire, future)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
-        except TimeoutError:
-            future.cancel()
-            raise RequestTimeoutError(f"no answer within {self.timeout:g} s") from None
+            return await future
+        finally:
+            expire.cancel()
+
+    def _expire(self, future: asyncio.Future) -> None:
+        """Fail ``future`` with RequestTimeoutError if it has no answer yet (the batch skips done ones)."""
+        if not future.done():
+            future.set_exception(RequestTimeoutError(f"no answer within {self.timeout:g} s"))
 
     async def _collect(self) -> list[_Pending]:
         first = await self.queue.get()

@@ -24,23 +24,22 @@ class BadImageError(Exception):
         self.status = status
 
 
-def decode_batch(
-    blobs: list[tuple[str, bytes]],
-    prepare: Callable[[list], np.ndarray],
-    max_pixels: int,
-    max_request_pixels: int | None = None,
-) -> np.ndarray:
+def request_pixels(blobs: list[tuple[str, bytes]], max_request_pixels: int) -> int:
+    """The pixels the images' headers announce, summed, read before anything is decoded; more than
+    ``max_request_pixels`` is a 413 (so decoded memory per request stays bounded)."""
+    total = sum(header_pixels(blob) for _, blob in blobs)
+    if total > max_request_pixels:
+        raise BadImageError(
+            413,
+            f"the {len(blobs)} images of this request hold {total:,} pixels; the limit per request is "
+            f"{max_request_pixels:,} (send fewer or smaller images per request)",
+        )
+    return total
+
+
+def decode_batch(blobs: list[tuple[str, bytes]], prepare: Callable[[list], np.ndarray], max_pixels: int) -> np.ndarray:
     """The model input (``prepare`` of the decoded images) for ``(name, bytes)`` pairs; BadImageError for the
-    first image that cannot be used. Before anything is decoded, the pixels the headers announce are summed:
-    more than ``max_request_pixels`` in one request is a 413 (so decoded memory per request stays bounded)."""
-    if max_request_pixels is not None:
-        total = sum(header_pixels(blob) for _, blob in blobs)
-        if total > max_request_pixels:
-            raise BadImageError(
-                413,
-                f"the {len(blobs)} images of this request hold {total:,} pixels; the limit per request is "
-                f"{max_request_pixels:,} (send fewer or smaller images per request)",
-            )
+    first image that cannot be used."""
     images = []
     for name, blob in blobs:
         try:

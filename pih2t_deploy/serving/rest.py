@@ -76,8 +76,8 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    app.include_router(v2.router)  # before /v1: its infer route is the busiest, and routes are tried in order
     app.include_router(v1.router)
-    app.include_router(v2.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

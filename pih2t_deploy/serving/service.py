@@ -23,8 +23,10 @@ from pih2t_deploy.data.images import MAX_PIXELS
 from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.runtime import Classifier
 from pih2t_deploy.serving.batcher import MicroBatcher, QueueFullError, RequestTimeoutError
-from pih2t_deploy.serving.images import BadImageError, decode_batch
+from pih2t_deploy.serving.images import BadImageError, decode_batch, request_pixels
 from pih2t_deploy.serving.metrics import ServiceMetrics
+
+INLINE_DECODE_PIXELS = 64 * 64  # decoding this few pixels takes less time than handing it to a thread
 
 
 @dataclass(frozen=True)
@@ -173,25 +175,26 @@ class InferenceService:
             self.metrics.queue_depth.set(batcher.depth)
 
     async def decode(self, blobs: list[tuple[str, bytes]]) -> np.ndarray:
-        """Preprocessed batch for encoded images (in a decode thread); bad images become 4xx."""
+        """Preprocessed batch for encoded images; bad images become 4xx. Small images (at most
+        INLINE_DECODE_PIXELS in all, from their headers) are decoded on the event loop, where a hand-off to a
+        thread would cost more than the decoding; larger ones in a decode thread."""
         classifier = self.require_ready()
         if len(blobs) > self.settings.max_batch:
             raise ApiError(413, f"{len(blobs)} images in one request; the limit is {self.settings.max_batch}")
         try:
+            pixels = request_pixels(blobs, self.settings.max_request_pixels)
+            if pixels <= INLINE_DECODE_PIXELS:
+                return decode_batch(blobs, classifier.prepare, self.settings.max_pixels)
             return await asyncio.get_running_loop().run_in_executor(
-                self.decode_pool,
-                decode_batch,
-                blobs,
-                classifier.prepare,
-                self.settings.max_pixels,
-                self.settings.max_request_pixels,
+                self.decode_pool, decode_batch, blobs, classifier.prepare, self.settings.max_pixels
             )
         except BadImageError as exc:
             raise ApiError(exc.status, str(exc)) from None
 
 
-def get_service(request: Request) -> InferenceService:
-    """FastAPI dependency: the service of the application that received ``request``."""
+async def get_service(request: Request) -> InferenceService:
+    """FastAPI dependency: the service of the application that received ``request`` (async, so FastAPI
+    calls it on the event loop instead of handing it to a thread)."""
     return request.app.state.service
 
 

@@ -112,6 +112,37 @@ def resolve_model(service: InferenceService, name: str, version: str | None) -> 
     return service.model_for(name, version), TENSOR_INPUT
 
 
+# the hot route first: FastAPI tries routes in order
+@router.post(
+    "/models/{name}/infer",
+    response_model=schemas.InferResponse,
+    responses=_errors(*INFER_ERRORS),
+    openapi_extra=INFER_BODY,
+)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_model=schemas.InferResponse,
+    responses=_errors(*INFER_ERRORS),
+    openapi_extra=INFER_BODY,
+)
+async def infer(name: str, request: Request, service: Service, version: str | None = None) -> Response:
+    """Run the model on one input tensor; JSON or binary tensor data, classification extension."""
+    classifier, _ = resolve_model(service, name, version)
+    try:
+        with service.arriving():
+            body, tensors = parse_request(await request.body(), request.headers.get(HEADER))
+        requested, binary_all = requested_outputs(body)
+    except ProtocolError as exc:
+        raise ApiError(400, str(exc)) from None
+    outputs = await run_inference(service, classifier, tensors, requested)
+    binary = {OUTPUT for item in requested if (item.get("parameters") or {}).get("binary_data", binary_all)}
+    head = {"model_name": name, "model_version": classifier.info.version}
+    if "id" in body:
+        head["id"] = str(body["id"])
+    content, headers = encode_response(outputs, binary, head)
+    return Response(content, headers=headers)
+
+
 @router.get("", response_model=schemas.ServerMetadata)
 async def server_metadata() -> schemas.ServerMetadata:
     """Server name, version and protocol extensions."""
@@ -262,33 +293,3 @@ async def run_inference(
         values = _classification(logits, classifier.info.labels, k)
         outputs.append({"name": OUTPUT, "datatype": "BYTES", "shape": [len(logits), k], "values": values})
     return outputs
-
-
-@router.post(
-    "/models/{name}/infer",
-    response_model=schemas.InferResponse,
-    responses=_errors(*INFER_ERRORS),
-    openapi_extra=INFER_BODY,
-)
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    response_model=schemas.InferResponse,
-    responses=_errors(*INFER_ERRORS),
-    openapi_extra=INFER_BODY,
-)
-async def infer(name: str, request: Request, service: Service, version: str | None = None) -> Response:
-    """Run the model on one input tensor; JSON or binary tensor data, classification extension."""
-    classifier, _ = resolve_model(service, name, version)
-    try:
-        with service.arriving():
-            body, tensors = parse_request(await request.body(), request.headers.get(HEADER))
-        requested, binary_all = requested_outputs(body)
-    except ProtocolError as exc:
-        raise ApiError(400, str(exc)) from None
-    outputs = await run_inference(service, classifier, tensors, requested)
-    binary = {OUTPUT for item in requested if (item.get("parameters") or {}).get("binary_data", binary_all)}
-    head = {"model_name": name, "model_version": classifier.info.version}
-    if "id" in body:
-        head["id"] = str(body["id"])
-    content, headers = encode_response(outputs, binary, head)
-    return Response(content, headers=headers)

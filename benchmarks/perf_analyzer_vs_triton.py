@@ -1,0 +1,144 @@
+"""pih2t-serve beside the real Triton server, measured from outside with Triton's own client.
+
+Question: how many requests/s does pih2t-serve answer, and at what tail latency, compared with tritonserver
+(nvidia-pytriton's binary) serving the repository ``pih2t-triton build --cpu-python`` generates for the same
+artifact, on the same cores, with the same client? Client: perf_analyzer (set up by perf_analyzer.sh), one
+encoded PNG per request as a BYTES tensor in Triton's binary extension, to the model whose metadata lists that
+input (``<name>_image`` on pih2t-serve, the ensemble ``pih2t`` on Triton). Each server runs alone, one after
+the other, in one run. Rows: HTTP at concurrency 16 and 1, gRPC at 16, and pih2t-serve with --max-wait-ms 0
+at concurrency 1 (the cost of the gathering window for a lone client).
+
+    python benchmarks/perf_analyzer_vs_triton.py [--artifact EXPORT] [--seconds 4] [--output runs/bench-pa]
+
+Without --artifact a small Digits-LT model is trained (a few epochs; speed does not depend on its accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from pih2t_deploy.bench.machine import cpu_info
+from pih2t_deploy.serving.process import free_port, start_rest_server
+from pih2t_deploy.serving.triton.repository import RepositorySettings, build_repository
+from pih2t_deploy.serving.triton.server import Ports, start_server, wait_until_ready
+from pih2t_deploy.serving.v2_codec import serialize_bytes
+
+HERE = Path(__file__).resolve().parent
+SAMPLE = HERE.parent / "pih2t_deploy" / "samples" / "digit_3.png"
+
+
+def perf_analyzer() -> str:
+    """The perf_analyzer wrapper, set up on first use."""
+    done = subprocess.run(["bash", str(HERE / "perf_analyzer.sh")], capture_output=True, text=True, check=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
+def digits_artifact(folder: Path) -> Path:
+    """A small Digits-LT PI-H2T model, exported to ONNX."""
+    from pih2t_deploy.export.exporter import export_checkpoint
+    from pih2t_deploy.export.options import ExportOptions
+    from pih2t_deploy.training.engine import Trainer
+    from pih2t_deploy.training.recipe import load_recipe
+
+    recipe = load_recipe("digits-lt", ["stage1.epochs=3", "stage2.epochs=1", "runtime.progress=false"])
+    result = Trainer(recipe, folder / "run", log=lambda _m: None).run()
+    return export_checkpoint(result.model_path, ExportOptions(output=folder / "export")).folder
+
+
+def measure(tool: str, model: str, url: str, protocol: str, concurrency: int, data: Path, seconds: float) -> dict:
+    """One perf_analyzer measurement: requests/s and latency percentiles (ms)."""
+    with tempfile.NamedTemporaryFile(suffix=".csv") as report:
+        subprocess.run(
+            [tool, "-m", model, "-u", url, "-i", protocol, "--input-data", str(data), "--shape", "image:1",
+             "--concurrency-range", str(concurrency), "--measurement-interval", str(int(seconds * 1000)),
+             "-f", report.name],
+            check=True, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        row = next(csv.DictReader(open(report.name)))  # noqa: SIM115 - read once
+    return {
+        "requests_per_s": float(row["Inferences/Second"]),
+        "p50_ms": float(row["p50 latency"]) / 1000,
+        "p99_ms": float(row["p99 latency"]) / 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifact", type=Path)
+    parser.add_argument("--seconds", type=float, default=4.0, help="perf_analyzer measurement window")
+    parser.add_argument("--output", type=Path, default=Path("runs/bench-pa"))
+    args = parser.parse_args()
+    tool = perf_analyzer()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        artifact = args.artifact or digits_artifact(work)
+        data = work / "data.json"  # perf_analyzer's b64 of a BYTES tensor is its serialized form
+        encoded = base64.b64encode(serialize_bytes([SAMPLE.read_bytes()])).decode()
+        data.write_text(json.dumps({"data": [{"image": {"b64": encoded}}]}))
+
+        build_repository(artifact, work / "repo", RepositorySettings(cpu_python=True, max_batch=32))
+        ports = Ports(free_port(), free_port(), free_port())
+        triton = start_server(work / "repo", ports, work / "triton", log_path=work / "triton.log")
+        try:
+            wait_until_ready(triton, ports)
+            for protocol, port, concurrency in (
+                ("http", ports.http, 16),
+                ("http", ports.http, 1),
+                ("grpc", ports.grpc, 16),
+            ):
+                result = measure(tool, "pih2t", f"127.0.0.1:{port}", protocol, concurrency, data, args.seconds)
+                rows.append({"server": "tritonserver", "protocol": protocol, "concurrency": concurrency, **result})
+                print(rows[-1], flush=True)
+        finally:
+            triton.terminate()
+            triton.wait(timeout=60)
+
+        for label, options in (("pih2t-serve", ()), ("pih2t-serve --max-wait-ms 0", ("--max-wait-ms", "0"))):
+            http, grpc = free_port(), free_port()
+            server = start_rest_server(artifact, http, "--grpc-port", str(grpc), *options)
+            cases = [("http", http, 16), ("http", http, 1), ("grpc", grpc, 16)] if not options else [("http", http, 1)]
+            try:
+                name = httpx.get(f"http://127.0.0.1:{http}/v1/model").json()["name"] + "_image"
+                for protocol, port, concurrency in cases:
+                    result = measure(tool, name, f"127.0.0.1:{port}", protocol, concurrency, data, args.seconds)
+                    rows.append({"server": label, "protocol": protocol, "concurrency": concurrency, **result})
+                    print(rows[-1], flush=True)
+            finally:
+                server.terminate()
+                server.wait(timeout=60)
+
+    def row(server: str, protocol: str, concurrency: int) -> dict:
+        return next(
+            r for r in rows if (r["server"], r["protocol"], r["concurrency"]) == (server, protocol, concurrency)
+        )
+
+    print("\n| server | protocol | concurrency | requests/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['server']} | {r['protocol']} | {r['concurrency']} | {r['requests_per_s']:.0f} | "
+              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")  # fmt: skip
+    ours, theirs = row("pih2t-serve", "http", 16), row("tritonserver", "http", 16)
+    ratios = {
+        "requests_per_s_vs_triton_c16": ours["requests_per_s"] / theirs["requests_per_s"],
+        "p99_vs_triton_c16": ours["p99_ms"] / theirs["p99_ms"],
+        "grpc_requests_per_s_vs_triton_c16": row("pih2t-serve", "grpc", 16)["requests_per_s"]
+        / row("tritonserver", "grpc", 16)["requests_per_s"],
+        "p50_c1_window_vs_no_window": row("pih2t-serve", "http", 1)["p50_ms"]
+        / row("pih2t-serve --max-wait-ms 0", "http", 1)["p50_ms"],
+    }
+    print("\n" + "\n".join(f"{k}: {v:.2f}" for k, v in ratios.items()))
+    args.output.mkdir(parents=True, exist_ok=True)
+    report = {"machine": cpu_info(), "rows": rows, "ratios": ratios}
+    (args.output / "perf_analyzer.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
