@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import io
 import signal
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.runtime import load_classifier
@@ -77,6 +80,28 @@ def test_a_body_that_trickles_gets_408_and_good_requests_are_still_answered(clas
         finally:
             for sock in slow:
                 sock.close()
+
+
+def test_headers_that_trickle_get_408_and_the_connection_is_closed(digits_artifact):
+    """A client that opens a request and sends one header line (slowloris), or nothing at all, is answered
+    408 once --header-timeout-s passes, instead of holding its connection for as long as it likes."""
+    port = free_port()
+    server = start_rest_server(digits_artifact[1], port, "--header-timeout-s", "1")
+    try:
+        partial = socket.create_connection(("127.0.0.1", port))
+        partial.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        silent = socket.create_connection(("127.0.0.1", port))
+        for sock in (partial, silent):
+            sock.settimeout(10)
+            answer = b"".join(iter(lambda s=sock: s.recv(4096), b"")).decode()
+            assert answer.startswith("HTTP/1.1 408 Request Timeout"), answer
+            assert answer.endswith('{"error": "the request headers did not arrive within 1 s"}'), answer
+            sock.close()
+        good = httpx.post(f"http://127.0.0.1:{port}/v1/classify", files={"file": ("x.png", images.sample(2))})
+        assert good.status_code == 200 and good.json()["results"][0]["predictions"][0]["label"] == "2"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_connections_over_the_cap_get_503(digits_artifact):
@@ -156,3 +181,33 @@ def test_docs_render_in_a_browser_from_the_server_alone(classifier, tmp_path):
                 e.text.replace("\u200b", "") for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
             }
     assert {"/v1/classify", "/v2/models/{name}/infer", "/v2/health/ready"} <= paths, paths
+
+
+def _peak_rss_mb(pid: int) -> float:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    status = dict(line.split(":", 1) for line in lines if ":" in line)
+    return int(status["VmHWM"].split()[0]) / 1024
+
+
+def test_requests_of_sixteen_huge_pngs_are_refused_from_their_headers_and_memory_stays_flat(digits_artifact):
+    """The attack of issue #13: sixteen 6324x6324 PNGs in one request (1.9 MB on the wire, 640 million pixels
+    decoded) took 2.4 GB. Now the headers are summed first: 413 with the limit, and the server's peak memory
+    grows by less than one decoded image (40 MB) over ten such requests."""
+    huge = io.BytesIO()
+    Image.new("L", (6324, 6324)).save(huge, format="PNG")
+    files = [("files", (f"{i}.png", huge.getvalue(), "image/png")) for i in range(16)]
+    port = free_port()
+    server = start_rest_server(digits_artifact[1], port)
+    try:
+        before = _peak_rss_mb(server.pid)
+        for _ in range(10):
+            answer = httpx.post(f"http://127.0.0.1:{port}/v1/classify", files=files, timeout=60)
+            assert answer.status_code == 413, answer.text
+            assert "hold 639,887,616 pixels; the limit per request is 80,000,000" in answer.json()["error"]
+        grown = _peak_rss_mb(server.pid) - before
+        assert grown < 40, f"peak memory grew by {grown:.0f} MB"
+        good = httpx.post(f"http://127.0.0.1:{port}/v1/classify", files={"file": ("x.png", images.sample(2))})
+        assert good.status_code == 200 and good.json()["results"][0]["predictions"][0]["label"] == "2"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -32,6 +32,9 @@ def serve(
         int, typer.Option(min=1, help="largest total of decoded pixels per request (from the image headers); 413")
     ] = 80_000_000,
     timeout_s: Annotated[float, typer.Option(help="longest wait for an answer; then 504")] = 30.0,
+    header_timeout_s: Annotated[
+        float, typer.Option(min=0.1, help="longest time request headers may take to arrive; then 408 (slowloris)")
+    ] = 10.0,
     body_timeout_s: Annotated[
         float, typer.Option(help="longest time a request body may take to arrive; then 408 (slow clients)")
     ] = 30.0,
@@ -78,5 +81,12 @@ def serve(
     )
     app = create_app(lambda: classifier, settings)
     run_service(
-        app, host, port, grpc_port=grpc_port, drain_s=drain_s, max_connections=max_connections, log_level=log_level
+        app,
+        host,
+        port,
+        grpc_port=grpc_port,
+        drain_s=drain_s,
+        header_timeout_s=header_timeout_s,
+        max_connections=max_connections,
+        log_level=log_level,
     )

@@ -19,6 +19,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from pih2t_deploy.serving.header_deadline import header_deadline_protocol
 from pih2t_deploy.serving.log_limit import limit_repeated_logs
 from pih2t_deploy.serving.service import InferenceService
 
@@ -59,13 +60,16 @@ def run_service(
     *,
     grpc_port: int = 0,
     drain_s: float = 0.0,
+    header_timeout_s: float = 10.0,
     max_connections: int | None = None,
     log_level: str = "info",
 ) -> None:
     """Serve ``app`` over HTTP, and over gRPC on ``grpc_port`` unless it is 0, until a signal stops it. More
-    than ``max_connections`` open HTTP connections get 503; repeated error logs are rate-limited."""
+    than ``max_connections`` open HTTP connections get 503, request headers slower than ``header_timeout_s``
+    get 408; repeated error logs are rate-limited."""
     config = uvicorn.Config(
         app,
+        http=header_deadline_protocol(header_timeout_s),
         host=host,
         port=port,
         log_level=log_level,
