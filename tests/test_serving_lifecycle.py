@@ -211,3 +211,33 @@ def test_requests_of_sixteen_huge_pngs_are_refused_from_their_headers_and_memory
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_flood_of_bad_connections_logs_a_few_lines_not_one_per_connection(digits_artifact, tmp_path):
+    """Two hundred connections that send garbage instead of HTTP: each gets 400, and the server's log holds
+    the warning a handful of times (rate-limited), not two hundred."""
+    import subprocess
+    import sys
+
+    from pih2t_deploy.serving.process import wait_ready
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as output:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "pih2t_deploy.cli", "serve", "--model", str(digits_artifact[1]),
+             "--port", str(port), "--grpc-port", "0", "--log-level", "warning"],
+            stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", server)
+        for _ in range(200):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
+                sock.settimeout(10)
+                assert sock.recv(4096).startswith(b"HTTP/1.1 400")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    lines = [line for line in log.read_text().splitlines() if "Invalid HTTP request received" in line]
+    assert 1 <= len(lines) <= 5, len(lines)
