@@ -54,3 +54,40 @@ def test_without_labels_the_accuracy_gate_needs_top1_agreement(tmp_path):
     assert AccuracyGate.for_export(ExportOptions(output=tmp_path / "x")) is None
     int8 = AccuracyGate.for_export(ExportOptions(output=tmp_path / "y", format="onnx-int8", max_group_drop=3.0))
     assert int8 == AccuracyGate("INT8 quantization", 3.0)
+
+
+def test_compare_on_hand_made_outputs():
+    """Max differences, top-1 agreement and top-5 set agreement, computed by hand for 2 rows of 6 classes."""
+    import numpy as np
+
+    from pih2t_deploy.export.verify import compare, verify
+
+    expected = np.array([[6, 5, 4, 3, 2, 1], [1, 2, 3, 4, 5, 6]], dtype=np.float32)
+    actual = np.array([[6, 5, 4, 3, 2, 1.5], [1, 2, 3, 4, 6, 5.5]], dtype=np.float32)
+    result = compare(expected, actual)
+    assert (result.batch, result.max_abs_diff, result.reference_scale) == (2, 1.0, 6.0)
+    assert result.max_rel_diff == pytest.approx(1 / 6)
+    assert result.top1_agreement == 0.5  # row 2's best class moved from 5 to 4
+    assert result.top5_agreement == 1.0  # both rows keep the same five best classes (as sets)
+    swapped = np.array([[6, 5, 4, 3, 0.5, 1], [1, 2, 3, 4, 5, 6]], dtype=np.float32)
+    assert compare(expected, swapped).top5_agreement == 0.5
+    with pytest.raises(ValueError, match=r"output shapes differ: \(2, 6\) vs \(1, 6\)"):
+        compare(expected, actual[:1])
+    report = verify(lambda x: x * 2, lambda x: x * 2 + 0.5, [np.ones((3, 4), np.float32)], 0.1, "random")
+    assert report.to_dict() == {
+        "source": "random",
+        "tolerance": 0.1,
+        "passed": False,  # 0.5 > 0.1 x max(1, 2)
+        "max_abs_diff": 0.5,
+        "results": [
+            {
+                "batch": 3,
+                "max_abs_diff": 0.5,
+                "max_rel_diff": 0.25,
+                "top1_agreement": 1.0,
+                "top5_agreement": 1.0,
+                "reference_scale": 2.0,
+            }
+        ],
+    }
+    assert VerificationReport("r", None, report.results).passed
