@@ -37,3 +37,10 @@ def run_cli(*args: str, timeout: float = 280) -> subprocess.CompletedProcess[str
     return subprocess.run(
         [sys.executable, "-m", "pih2t_deploy.cli", *args], capture_output=True, text=True, timeout=timeout
     )
+
+
+def kill_if_running(process: subprocess.Popen) -> None:
+    """Kill ``process`` (a server a test was meant to stop) if it is still running, and reap it."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()

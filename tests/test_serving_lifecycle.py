@@ -20,7 +20,7 @@ from pih2t_deploy.serving.rest import create_app
 from pih2t_deploy.serving.service import ServeSettings
 from tests import images
 from tests.browser import headless_chromium
-from tests.helpers import run_cli
+from tests.helpers import kill_if_running, run_cli
 from tests.servers import running_server
 
 
@@ -142,9 +142,7 @@ def test_sigterm_makes_the_server_not_ready_at_once_while_it_keeps_answering_the
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/v2/health/live", timeout=2)
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        kill_if_running(server)
 
 
 def test_openapi_documents_every_status_and_the_infer_request_body(classifier):

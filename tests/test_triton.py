@@ -25,7 +25,7 @@ from pih2t_deploy.serving.triton.repository import RepositorySettings, build_rep
 from pih2t_deploy.serving.triton.server import Ports, start_server, wait_until_ready
 from pih2t_deploy.serving.triton.validate import validate_repository
 from tests import images
-from tests.helpers import run_cli
+from tests.helpers import kill_if_running, run_cli
 from tests.servers import running_server
 
 
@@ -244,6 +244,4 @@ def test_triton_serve_passes_sigterm_on_and_removes_its_work_folder(tmp_path, di
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{ports.http}/v2/health/ready", timeout=2)
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
+        kill_if_running(launcher)
