@@ -91,3 +91,37 @@ def test_compare_on_hand_made_outputs():
         ],
     }
     assert VerificationReport("r", None, report.results).passed
+
+
+def test_parity_batches_are_seeded_inputs_of_the_graphs_form(tmp_path):
+    import numpy as np
+
+    from pih2t_deploy.data.preprocessing import Preprocessing
+
+    prep = Preprocessing(input_size=8, resize=8, mode="L", mean=(0.5,), std=(0.5,))
+    gate = ParityGate.for_export(ExportOptions(output=tmp_path / "a", max_batch=4, seed=7))
+    assert (gate.format, gate.seed) == ("onnx", 7)
+    tensors = gate.random_batches(prep, pixels=False)
+    assert [b.shape for b in tensors] == [(1, 1, 8, 8), (2, 1, 8, 8), (4, 1, 8, 8)]
+    assert all(b.dtype == np.float32 for b in tensors) and tensors[2].std() > 0.5
+    again = ParityGate("onnx", 1e-4, (1, 2, 4), 7).random_batches(prep, pixels=False)
+    assert all(np.array_equal(a, b) for a, b in zip(tensors, again, strict=True))
+    other = ParityGate("onnx", 1e-4, (1, 2, 4), 8).random_batches(prep, pixels=False)
+    assert not np.array_equal(tensors[2], other[2])
+    pixels = gate.random_batches(prep, pixels=True)
+    assert [b.shape for b in pixels] == [(1, 8, 8, 1), (2, 8, 8, 1), (4, 8, 8, 1)] and pixels[0].dtype == np.uint8
+
+
+def test_gate_labels_and_an_export_without_real_images(tmp_path):
+    bf16 = AccuracyGate.for_export(ExportOptions(output=tmp_path / "b", format="openvino", bf16=True))
+    assert bf16 == AccuracyGate("bf16 inference", 2.0)
+    bf16.enforce([], {})  # nothing measured on real images: nothing to refuse
+
+
+def test_relative_difference_below_one():
+    import numpy as np
+
+    from pih2t_deploy.export.verify import compare
+
+    result = compare(np.array([[0.5, 0.25]]), np.array([[0.5, 0.0]]))
+    assert (result.max_abs_diff, result.max_rel_diff, result.reference_scale) == (0.25, 0.5, 0.5)
