@@ -3,9 +3,11 @@ the round trip through the checkpoint dict, and the resize geometry against hand
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from pih2t_deploy.data.preprocessing import MAX_SIZE, Preprocessing
+from pih2t_deploy.data.preprocessing import MAX_SIZE, Preprocessing, to_mode
 from pih2t_deploy.errors import ConfigError
 
 GOOD = {"input_size": 8, "resize": 10, "mode": "L", "mean": (0.5,), "std": (0.25,)}
@@ -68,3 +70,46 @@ def test_the_checkpoint_dict_round_trips_and_unknown_keys_are_refused():
 )
 def test_the_shorter_side_becomes_resize_and_the_longer_is_truncated(size, expected):
     assert Preprocessing(**GOOD).resized_size(*size) == expected
+
+
+def _sixteen(mode: str, values: list[int]) -> Image.Image:
+    order = ">" if mode == "I;16B" else "<"
+    return Image.frombytes(mode, (len(values), 1), np.array(values, dtype=f"{order}u2").tobytes())
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16L", "I;16B"])
+def test_16_bit_images_are_scaled_not_clipped(mode):
+    image = _sixteen(mode, [0, 255, 32768, 65535])
+    assert image.mode == mode
+    assert np.asarray(to_mode(image, "L")).tolist() == [[0, 1, 128, 255]]  # 32768 x 255/65535 = 127.5 -> 128
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([0, 100, 255], [0, 100, 255]),  # 32-bit integers that fit in 8 bits stay as they are
+        ([0, 256, 65535], [0, 1, 255]),  # above 255: the 16-bit range is scaled down
+    ],
+)
+def test_32_bit_and_float_images_use_the_8_bit_range_unless_values_exceed_it(values, expected):
+    as_int = Image.fromarray(np.array([values], dtype=np.int32), mode="I")
+    as_float = Image.fromarray(np.array([values], dtype=np.float32), mode="F")
+    for image in (as_int, as_float):
+        assert np.asarray(to_mode(image, "L")).tolist() == [expected], image.mode
+
+
+def test_transparency_is_composited_over_white_in_every_mode():
+    la = Image.fromarray(np.array([[[0, 0], [0, 255], [100, 128]]], dtype=np.uint8), mode="LA")
+    assert np.asarray(to_mode(la, "L")).tolist() == [[255, 0, 177]]  # 100 a + 255 (1 - a), a = 128/255
+    rgba = Image.fromarray(np.array([[[255, 0, 0, 0], [255, 0, 0, 255]]], dtype=np.uint8), mode="RGBA")
+    assert np.asarray(to_mode(rgba, "RGB")).tolist() == [[[255, 255, 255], [255, 0, 0]]]
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    palette.info["transparency"] = 0  # palette entry 0 (black) is transparent
+    assert np.asarray(to_mode(palette, "RGB")).tolist() == [[[255, 255, 255], [200, 10, 10]]]
+    opaque = palette.copy()
+    opaque.info.pop("transparency")
+    assert np.asarray(to_mode(opaque, "RGB")).tolist() == [[[0, 0, 0], [200, 10, 10]]]
+    pa = palette.convert("PA")
+    assert pa.mode == "PA" and np.asarray(to_mode(pa, "RGB")).tolist() == [[[255, 255, 255], [200, 10, 10]]]
