@@ -43,7 +43,7 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
             "tests/test_serving.py::test_16_bit_and_transparent_images_follow_the_documented_rule",
         ],
     ),
-    "v2_codec": ("serving/v2_codec.py", ["tests/test_serving.py"]),
+    "v2_codec": ("serving/v2_codec.py", ["tests/test_v2_codec.py"]),
     "batcher": ("serving/batcher.py", ["tests/test_batcher.py", "tests/test_serving.py"]),
     "verify": ("export/verify.py", ["tests/test_export_gates.py"]),
     "gates": ("export/gates.py", ["tests/test_export_gates.py"]),

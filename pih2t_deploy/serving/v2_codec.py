@@ -127,6 +127,20 @@ def _bytes_from_json(data: Any, name: str, parameters: dict[str, Any]) -> list[b
         raise ProtocolError(f"input {name!r}: content_type is 'base64' but the data is not valid base64") from None
 
 
+def _typed_values(values: Any, dtype: np.dtype) -> np.ndarray:
+    """Listed values as a flat array of ``dtype``; ValueError for a fraction or an out-of-range number in an
+    integer tensor (numpy would truncate or wrap them silently)."""
+    if dtype.kind not in "iu":
+        return np.asarray(values, dtype=dtype).reshape(-1)
+    given = np.asarray(values).reshape(-1)
+    if given.size and given.dtype.kind not in "iub":
+        raise ValueError("not whole numbers")
+    limits = np.iinfo(dtype)
+    if given.size and (given.min() < limits.min or given.max() > limits.max):
+        raise ValueError("out of range")
+    return given.astype(dtype)
+
+
 def decode_tensor(name: str, datatype: str, shape: Any, raw: bytes | None, values: Any = None) -> Tensor:
     """One input tensor from its raw bytes (binary extension, gRPC raw contents) or from its listed
     ``values`` (JSON data, gRPC typed contents; BYTES elements as bytes); ProtocolError when the shape is not a
@@ -148,7 +162,7 @@ def decode_tensor(name: str, datatype: str, shape: Any, raw: bytes | None, value
         if raw is not None:
             array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
         else:
-            array = np.asarray(values, dtype=dtype).reshape(-1)
+            array = _typed_values(values, np.dtype(dtype))
     except (ValueError, TypeError, OverflowError):
         raise ProtocolError(f"input {name!r}: data is not {datatype}") from None
     if array.size != count:
