@@ -5,11 +5,12 @@ never answers 504 forever."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
 
-from pih2t_deploy.serving.batcher import MicroBatcher
+from pih2t_deploy.serving.batcher import MicroBatcher, QueueFullError
 
 
 def _predict(batch: np.ndarray) -> np.ndarray:
@@ -60,8 +61,15 @@ def test_a_worker_that_ends_is_started_again_and_answers():
     "bad", [{"max_batch": 0}, {"max_queue": 0}, {"max_wait_ms": -0.5}, {"timeout_s": 0.0}], ids=lambda b: next(iter(b))
 )
 def test_each_bad_setting_alone_is_refused(bad):
-    with pytest.raises(ValueError, match=r"max_batch and max_queue must be >= 1, max_wait_ms >= 0, timeout_s > 0"):
+    with pytest.raises(ValueError, match=r"^max_batch and max_queue must be >= 1, max_wait_ms >= 0, timeout_s > 0$"):
         MicroBatcher(_predict, **bad)
+
+
+def test_the_smallest_settings_and_the_defaults():
+    smallest = MicroBatcher(_predict, max_batch=1, max_queue=1, max_wait_ms=0, timeout_s=0.001)
+    assert (smallest.max_batch, smallest.max_queue, smallest.max_wait, smallest.timeout) == (1, 1, 0, 0.001)
+    default = MicroBatcher(_predict)
+    assert (default.max_batch, default.max_wait, default.max_queue, default.timeout) == (32, 0.005, 256, 30.0)
 
 
 def test_every_restart_is_counted_and_logged_with_its_cause(caplog):
@@ -121,3 +129,123 @@ def test_a_batch_waits_only_for_requests_on_their_way():
 
     asyncio.run(scenario())
     assert sizes == [1, 3]
+
+
+def _images(count: int, value: float = 1.0) -> np.ndarray:
+    return np.full((count, 1, 2, 2), value, dtype=np.float32)
+
+
+class Gate:
+    """A predict function that holds each call until ``release``; ``entered`` is set once a call waits."""
+
+    def __init__(self) -> None:
+        self.entered, self.released = threading.Event(), threading.Event()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        self.released.wait(10)
+        return _predict(batch)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+async def _with_a_busy_worker(batcher: MicroBatcher, gate: Gate) -> asyncio.Future:
+    """Start ``batcher`` and occupy its worker with one image until the gate is released."""
+    batcher.start()
+    busy = asyncio.ensure_future(batcher.submit(_images(1)))
+    while not gate.entered.is_set():
+        await asyncio.sleep(0.001)
+    return busy
+
+
+def test_the_queue_holds_exactly_max_queue_images():
+    gate, sizes = Gate(), []
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(gate, max_batch=8, max_wait_ms=0, max_queue=4, timeout_s=10, on_batch=sizes.append)
+        busy = await _with_a_busy_worker(batcher, gate)
+        full = asyncio.ensure_future(batcher.submit(_images(4)))  # 4 of 4: accepted
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError, match=r"^the request queue is full \(4 images\); retry shortly$"):
+            await batcher.submit(_images(1))
+        gate.release()
+        assert (await full).shape == (4, 2) and (await busy).shape == (1, 2)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert sizes == [1, 4]
+
+
+@pytest.mark.parametrize(
+    ("queued", "batches"),
+    [
+        ([2, 2], [4]),  # exactly max_batch: one batch
+        ([1, 1, 1, 1, 1], [4, 1]),  # the fifth image starts the next batch
+        ([3, 2, 2], [3, 4]),  # a request that does not fit starts the next batch, which still gathers
+    ],
+)
+def test_queued_requests_are_packed_into_batches_of_at_most_max_batch(queued, batches):
+    """While the worker is busy, requests of the given sizes queue up; released, they run in these batches,
+    each request's rows back to that request."""
+    gate, sizes = Gate(), []
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = MicroBatcher(gate, max_batch=4, max_wait_ms=0, timeout_s=10, on_batch=sizes.append)
+        busy = await _with_a_busy_worker(batcher, gate)
+        waiting = [asyncio.ensure_future(batcher.submit(_images(n, float(i)))) for i, n in enumerate(queued)]
+        await asyncio.sleep(0)
+        gate.release()
+        await busy
+        answers = [await w for w in waiting]
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert sizes == [1, *batches]
+    for i, (n, answer) in enumerate(zip(queued, answers, strict=True)):
+        np.testing.assert_array_equal(answer, np.full((n, 2), 2.0 * i))
+
+
+def test_without_arrival_counts_a_batch_waits_out_its_window_for_a_late_request():
+    sizes: list[int] = []
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(_predict, max_batch=2, max_wait_ms=800, timeout_s=10, on_batch=sizes.append)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(_images(1)))
+        await asyncio.sleep(0.05)
+        second = await asyncio.wait_for(batcher.submit(_images(1)), 10)
+        assert (await first).shape == second.shape == (1, 2)
+        lone = await asyncio.wait_for(batcher.submit(_images(1)), 10)  # waits out the 0.8 s window, then runs
+        assert lone.shape == (1, 2)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert sizes == [2, 1]
+
+
+def test_a_worker_that_dies_of_an_error_logs_that_error(caplog, monkeypatch):
+    async def scenario() -> np.ndarray:
+        batcher = MicroBatcher(_predict, max_wait_ms=0, timeout_s=5)
+        real_collect = batcher._collect
+        calls = []
+
+        async def collect_failing_once():
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("queue corrupted")
+            return await real_collect()
+
+        monkeypatch.setattr(batcher, "_collect", collect_failing_once)
+        batcher.start()
+        await asyncio.sleep(0.01)
+        answer = await batcher.submit(_images(1, 2.0))
+        await batcher.stop()
+        return answer
+
+    with caplog.at_level("ERROR", logger="pih2t_deploy.serving.batcher"):
+        np.testing.assert_array_equal(asyncio.run(scenario()), [[4.0, 4.0]])
+    assert [r.getMessage() for r in caplog.records] == [
+        "the inference worker stopped (queue corrupted); starting it again"
+    ]

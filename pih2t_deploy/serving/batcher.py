@@ -33,7 +33,6 @@ class RequestTimeoutError(Exception):
 class _Pending:
     images: np.ndarray
     future: asyncio.Future
-    enqueued: float
 
 
 class MicroBatcher:
@@ -114,7 +113,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.queued_images += len(images)
-        self.queue.put_nowait(_Pending(images, future, time.monotonic()))
+        self.queue.put_nowait(_Pending(images, future))
         expire = loop.call_later(self.timeout, self._expire, future)
         try:
             return await future
