@@ -44,7 +44,7 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
         ],
     ),
     "v2_codec": ("serving/v2_codec.py", ["tests/test_v2_codec.py"]),
-    "batcher": ("serving/batcher.py", ["tests/test_batcher.py", "tests/test_serving.py"]),
+    "batcher": ("serving/batcher.py", ["tests/test_batcher.py"]),
     "verify": ("export/verify.py", ["tests/test_export_gates.py"]),
     "gates": ("export/gates.py", ["tests/test_export_gates.py"]),
     "triton_validate": ("serving/triton/validate.py", ["tests/test_triton.py", "-k", "validate"]),

@@ -79,9 +79,12 @@ def _sixteen(mode: str, values: list[int]) -> Image.Image:
 
 @pytest.mark.parametrize("mode", ["I;16", "I;16L", "I;16B"])
 def test_16_bit_images_are_scaled_not_clipped(mode):
-    image = _sixteen(mode, [0, 255, 32768, 65535])
+    image = _sixteen(mode, [0, 255, 32768, 51529, 65535])
     assert image.mode == mode
-    assert np.asarray(to_mode(image, "L")).tolist() == [[0, 1, 128, 255]]  # 32768 x 255/65535 = 127.5 -> 128
+    # v x 255/65535 = v/257: 32768 -> 127.50 -> 128, 51529 -> 200.502 -> 201 (with 65536: 200.499 -> 200)
+    assert np.asarray(to_mode(image, "L")).tolist() == [[0, 1, 128, 201, 255]]
+    dark = _sixteen(mode, [0, 255])  # a dark 16-bit image is still 16-bit: 255 is 1/257 of white
+    assert np.asarray(to_mode(dark, "L")).tolist() == [[0, 1]]
 
 
 @pytest.mark.parametrize(
@@ -89,6 +92,9 @@ def test_16_bit_images_are_scaled_not_clipped(mode):
     [
         ([0, 100, 255], [0, 100, 255]),  # 32-bit integers that fit in 8 bits stay as they are
         ([0, 256, 65535], [0, 1, 255]),  # above 255: the 16-bit range is scaled down
+        ([0, 256], [0, 1]),
+        ([-5, 100, 255], [0, 100, 255]),  # below 0: black
+        ([0, 70000], [0, 255]),  # beyond 16 bits: white
     ],
 )
 def test_32_bit_and_float_images_use_the_8_bit_range_unless_values_exceed_it(values, expected):
