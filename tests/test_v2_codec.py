@@ -163,3 +163,66 @@ def test_responses_put_binary_outputs_after_the_json_header():
     assert deserialize_bytes(rest[8:]) == labels
     text, _ = encode_response(outputs[1:], set(), head)
     assert json.loads(text)["outputs"][0]["data"] == ["0.9:1:b", "0.1:0:a"]
+
+
+def _refused(body: bytes, length: str | None = None) -> str:
+    with pytest.raises(ProtocolError) as refused:
+        parse_request(body, length)
+    return str(refused.value)
+
+
+def test_every_reason_word_for_word():
+    assert _refused(b"[" * 5000 + b"]" * 5000) == "the JSON body is nested too deeply"
+    assert _refused(b"{") == (
+        "the request body is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+        "(char 1))"
+    )
+    assert _refused(b"{}", "9") == "Inference-Header-Content-Length does not fit the body"
+    assert _refused(b"{}") == "the request needs a non-empty 'inputs' list"
+    assert _refused(b'{"inputs": [{"name": "x"}]}') == "each input needs 'name', 'datatype' and 'shape'"
+    assert _refused(_one(parameters=[1], data=[1])) == "input 'x': 'parameters' must be a JSON object"
+    assert _refused(_one(datatype="BYTES", data=[7])) == "input 'x': BYTES data in JSON must be strings"
+    assert _refused(_one(datatype="BYTES", data=[["a"], "b"])) == "input 'x': BYTES data in JSON must be strings"
+    assert _refused(_one(datatype="BYTES", data=["a"], parameters={"content_type": "hex"})) == (
+        "input 'x': content_type must be 'str' or 'base64', got 'hex'"
+    )
+    assert _refused(_one(datatype="BYTES", data=["aGk*"], parameters={"content_type": "base64"})) == (
+        "input 'x': content_type is 'base64' but the data is not valid base64"
+    )
+    with pytest.raises(ProtocolError) as truncated:
+        deserialize_bytes(struct.pack("<I", 3) + b"ab")
+    assert str(truncated.value) == "truncated BYTES tensor element"
+
+
+def test_binary_sizes_without_a_binary_part_and_a_header_length_that_is_the_whole_body():
+    assert _refused(_one(parameters={"binary_data_size": 4})) == "input 'x': binary_data_size does not fit the body"
+    body = _one(data=[1.5])
+    _, (tensor,) = parse_request(body, str(len(body)))
+    assert tensor.data.tolist() == [1.5]
+
+
+def test_bytes_edge_cases():
+    assert deserialize_bytes(serialize_bytes([b"a", b""])) == [b"a", b""]  # an empty last element
+    assert deserialize_bytes(b"") == []
+    with pytest.raises(ProtocolError, match=r"^truncated BYTES tensor element$"):
+        deserialize_bytes(b"\xff\xff\xff\xff")  # a length of 4 GiB - 1, not -1
+    lone = json.dumps({"inputs": [{"name": "s", "datatype": "BYTES", "shape": [1], "data": ["\ud800"]}]})
+    (tensor,) = parse_request(lone.encode(), None)[1]
+    assert (tensor.name, tensor.datatype, tensor.shape, tensor.data) == ("s", "BYTES", [1], [b"\xed\xa0\x80"])
+    as_str = _one(datatype="BYTES", data=["hi"], parameters={"content_type": "str"})
+    assert parse_request(as_str, None)[1][0].data == [b"hi"]
+
+
+def test_integer_tensors_keep_their_type_and_accept_their_whole_range():
+    for datatype, values in (("INT8", [-128, 127]), ("UINT8", [0, 255]), ("INT64", [-(2**63), 2**63 - 1])):
+        (tensor,) = parse_request(_one(datatype=datatype, shape=[2], data=values), None)[1]
+        assert tensor.data.tolist() == values and tensor.data.dtype == np.dtype(datatype.lower()), datatype
+
+
+def test_responses_never_hold_nan_and_undecodable_labels_are_replaced():
+    head = {"model_name": "m", "model_version": "1"}
+    nan = {"name": "logits", "datatype": "FP32", "shape": [1, 1], "values": np.array([[np.nan]], np.float32)}
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        encode_response([nan], set(), head)
+    odd = {"name": "top", "datatype": "BYTES", "shape": [1], "values": [b"\xff:0:x"]}
+    assert json.loads(encode_response([odd], set(), head)[0])["outputs"][0]["data"] == ["\ufffd:0:x"]
