@@ -125,3 +125,5 @@ def test_relative_difference_below_one():
 
     result = compare(np.array([[0.5, 0.25]]), np.array([[0.5, 0.0]]))
     assert (result.max_abs_diff, result.max_rel_diff, result.reference_scale) == (0.25, 0.5, 0.5)
+    two_classes = compare(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]))
+    assert (two_classes.top1_agreement, two_classes.top5_agreement) == (0.0, 1.0)  # top-5 of 2 classes: both
