@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from pih2t_deploy.serving.batcher import MicroBatcher, QueueFullError
+from pih2t_deploy.serving.batcher import MicroBatcher, QueueFullError, RequestTimeoutError
 
 
 def _predict(batch: np.ndarray) -> np.ndarray:
@@ -249,3 +249,42 @@ def test_a_worker_that_dies_of_an_error_logs_that_error(caplog, monkeypatch):
     assert [r.getMessage() for r in caplog.records] == [
         "the inference worker stopped (queue corrupted); starting it again"
     ]
+
+
+def test_a_request_without_an_answer_in_time_fails_with_a_timeout_and_later_ones_are_answered():
+    gate = Gate()
+
+    async def scenario() -> np.ndarray:
+        batcher = MicroBatcher(gate, max_wait_ms=0, timeout_s=0.2)
+        batcher.start()
+        with pytest.raises(RequestTimeoutError, match=r"^no answer within 0.2 s$"):
+            await asyncio.wait_for(batcher.submit(_images(1)), 10)
+        gate.release()
+        answer = await asyncio.wait_for(batcher.submit(_images(1, 3.0)), 10)
+        await batcher.stop()
+        return answer
+
+    np.testing.assert_array_equal(asyncio.run(scenario()), [[6.0, 6.0]])
+
+
+def test_a_full_batch_runs_without_waiting_and_the_next_one_still_gathers():
+    """max_batch 4 and a one-minute window (no arrival counts): a request that fills the batch runs at once;
+    after a request that did not fit started the next batch, that batch still gathers within its window."""
+    gate, sizes = Gate(), []
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(gate, max_batch=4, max_wait_ms=60_000, timeout_s=120, on_batch=sizes.append)
+        busy = asyncio.ensure_future(batcher.submit(_images(4)))  # full: runs at once, held by the gate
+        batcher.start()
+        while not gate.entered.is_set():
+            await asyncio.sleep(0.001)
+        three, two = (asyncio.ensure_future(batcher.submit(_images(n))) for n in (3, 2))
+        await asyncio.sleep(0)
+        gate.release()
+        await asyncio.wait_for(asyncio.gather(busy, three), 10)
+        late = await asyncio.wait_for(batcher.submit(_images(2)), 10)  # joins the 2 to fill the next batch
+        assert (await two).shape == late.shape == (2, 2)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert sizes == [4, 3, 4]
