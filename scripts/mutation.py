@@ -3,8 +3,8 @@
 For each target (a module and the test files that guard it) mutmut plants one small bug at a time (an operator,
 a constant, a comparison changed) in a copy of the tree and runs the tests that cover the mutated function; a
 mutant that no test fails on "survived". Runs in a scratch copy of the repository (nothing here changes),
-prints killed/survived per module and writes the survivors' diffs, to be killed by a test or explained as
-equivalent in docs/mutation.md. Slow (minutes per module on 2 cores): not part of `make test`.
+prints killed/survived per module and writes the diffs of the survivors (and of the mutants no selected test
+executes), to be killed by a test or explained as equivalent in docs/mutation.md. Slow (minutes per module on 2 cores): not part of `make test`.
 
     python scripts/mutation.py                      # every target below
     python scripts/mutation.py fusion losses        # some of them
@@ -95,19 +95,20 @@ def run_target(name: str, output: Path) -> dict[str, int]:
             check=False,
         ).stdout
         counts: dict[str, int] = {}
-        survivors = []
+        missed: dict[str, list[str]] = {"survived": [], "no tests": []}
         for line in listing.splitlines():
             mutant, _, status = line.strip().rpartition(": ")
             if not mutant:
                 continue
             counts[status] = counts.get(status, 0) + 1
-            if status == "survived":
+            if status in missed:
                 shown = subprocess.run(
                     [sys.executable, "-m", "mutmut", "show", mutant], cwd=work, capture_output=True, text=True
                 )
-                survivors.append(shown.stdout)
+                missed[status].append(shown.stdout)
         output.mkdir(parents=True, exist_ok=True)
-        (output / f"{name}.survivors.diff").write_text("\n".join(survivors))
+        (output / f"{name}.survivors.diff").write_text("\n".join(missed["survived"]))
+        (output / f"{name}.no_tests.diff").write_text("\n".join(missed["no tests"]))
         return counts
 
 
