@@ -4,7 +4,8 @@ For each target (a module and the test files that guard it) mutmut plants one sm
 a constant, a comparison changed) in a copy of the tree and runs the tests that cover the mutated function; a
 mutant that no test fails on "survived". Runs in a scratch copy of the repository (nothing here changes),
 prints killed/survived per module and writes the diffs of the survivors (and of the mutants no selected test
-executes), to be killed by a test or explained as equivalent in docs/mutation.md. Slow (minutes per module on 2 cores): not part of `make test`.
+executes), to be killed by a test or explained as equivalent in docs/mutation.md. Slow (minutes per module
+on 2 cores): not part of `make test`.
 
     python scripts/mutation.py                      # every target below
     python scripts/mutation.py fusion losses        # some of them
