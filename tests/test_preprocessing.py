@@ -77,7 +77,7 @@ def _sixteen(mode: str, values: list[int]) -> Image.Image:
     return Image.frombytes(mode, (len(values), 1), np.array(values, dtype=f"{order}u2").tobytes())
 
 
-@pytest.mark.parametrize("mode", ["I;16", "I;16L", "I;16B"])
+@pytest.mark.parametrize("mode", ["I;16", "I;16L", "I;16B", "I;16N"])
 def test_16_bit_images_are_scaled_not_clipped(mode):
     image = _sixteen(mode, [0, 255, 32768, 51529, 65535])
     assert image.mode == mode
