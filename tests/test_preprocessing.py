@@ -119,3 +119,20 @@ def test_transparency_is_composited_over_white_in_every_mode():
     assert np.asarray(to_mode(opaque, "RGB")).tolist() == [[[0, 0, 0], [200, 10, 10]]]
     pa = palette.convert("PA")
     assert pa.mode == "PA" and np.asarray(to_mode(pa, "RGB")).tolist() == [[[255, 255, 255], [200, 10, 10]]]
+
+
+@pytest.mark.parametrize(
+    ("arch", "channels", "expected"),
+    [
+        ("resnet50", 3, (224, 256, "RGB", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),  # ImageNet
+        ("resnet32", 3, (32, 32, "RGB", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.201))),  # the authors' CIFAR
+        ("resnet32", 1, (32, 32, "L", (0.5,), (0.5,))),
+        ("digits_net", 1, (8, 8, "L", (0.5,), (0.5,))),
+    ],
+)
+def test_default_preprocessing_per_architecture(arch, channels, expected):
+    from pih2t_deploy.data.preprocessing import default_preprocessing
+
+    prep = default_preprocessing(arch, channels)
+    assert (prep.input_size, prep.resize, prep.mode, prep.mean, prep.std) == expected
+    assert prep.interpolation == "bilinear"
