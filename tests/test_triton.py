@@ -90,31 +90,126 @@ def test_build_refuses_a_repository_folder_that_holds_other_models(tmp_path, dig
 
 
 @pytest.mark.parametrize(
-    ("model", "find", "replace", "message"),
+    ("model", "find", "replace", "problems"),
     [
-        ("pih2t_onnx", "max_batch_size: 64", "max_batch_sizee: 64", "does not parse"),
-        ("pih2t_onnx", "dims: 8\n", "dims: 9\n", "dims [1, 9, 8] != ONNX [1, 8, 8]"),
-        ("pih2t_onnx", 'name: "pih2t_onnx"', 'name: "other"', "differs from its folder name"),
-        ("pih2t", 'model_name: "pih2t_onnx"', 'model_name: "pih2t_onxx"', "not in the repository"),
-        ("pih2t", 'key: "image"', 'key: "picture"', "not an input of pih2t_preprocess"),
-        ("pih2t_onnx", "data_type: TYPE_FP32\n  dims: 1", "data_type: TYPE_FP16\n  dims: 1", "is TYPE_FP16, ONNX has"),
+        (
+            "pih2t_onnx",
+            "max_batch_size: 64",
+            "max_batch_sizee: 64",
+            [
+                'pih2t_onnx: config.pbtxt does not parse: 8:1 : Message type "inference.ModelConfig" has no field '
+                'named "max_batch_sizee".',
+                "pih2t: step 1 names model 'pih2t_onnx', which is not in the repository",
+                "pih2t: output 'logits' is produced by no step",
+            ],
+        ),
+        ("pih2t_onnx", "dims: 8\n", "dims: 9\n", ["pih2t_onnx: input 'input' dims [1, 9, 8] != ONNX [1, 8, 8]"]),
+        (
+            "pih2t_onnx",
+            'name: "pih2t_onnx"',
+            'name: "other"',
+            ["pih2t_onnx: config name 'other' differs from its folder name"],
+        ),
+        (
+            "pih2t",
+            'model_name: "pih2t_onnx"',
+            'model_name: "pih2t_onxx"',
+            [
+                "pih2t: step 1 names model 'pih2t_onxx', which is not in the repository",
+                "pih2t: output 'logits' is produced by no step",
+            ],
+        ),
+        ("pih2t", 'key: "image"', 'key: "picture"', ["pih2t: step 0 maps 'picture', not an input of pih2t_preprocess"]),
+        (
+            "pih2t_onnx",
+            "data_type: TYPE_FP32\n  dims: 1",
+            "data_type: TYPE_FP16\n  dims: 1",
+            ["pih2t_onnx: input 'input' is TYPE_FP16, ONNX has TYPE_FP32"],
+        ),
         (
             "pih2t",
             'input_map {\n      key: "input"\n      value: "preprocessed"',
             'input_map {\n      key: "input"\n      value: "x"',
-            "reads 'x'",
+            ["pih2t: step 1 reads 'x', which no earlier step produces"],
         ),
-        ("pih2t", 'value: "logits"', 'value: "scores"', "output 'logits' is produced by no step"),
+        ("pih2t", 'value: "logits"', 'value: "scores"', ["pih2t: output 'logits' is produced by no step"]),
+        ("pih2t", 'key: "logits"', 'key: "probs"', ["pih2t: step 1 maps 'probs', not an output of pih2t_onnx"]),
+        (
+            "pih2t_onnx",
+            'name: "input"',
+            'name: "pixels"',
+            [
+                "pih2t_onnx: input 'pixels' is not in the ONNX graph (input)",
+                "pih2t: step 1 maps 'input', not an input of pih2t_onnx",
+            ],
+        ),
+        (
+            "pih2t_onnx",
+            'name: "logits"',
+            'name: "scores"',
+            [
+                "pih2t_onnx: output 'scores' is not in the ONNX graph (logits)",
+                "pih2t: step 1 maps 'logits', not an output of pih2t_onnx",
+            ],
+        ),
     ],
 )
-def test_validate_catches_what_breaks_deployments(tmp_path, digits_artifact, model, find, replace, message):
+def test_validate_catches_what_breaks_deployments(tmp_path, digits_artifact, model, find, replace, problems):
+    """One broken config per rule; the report holds exactly the problems it causes, word for word."""
     _, artifact = digits_artifact
     build_repository(artifact, tmp_path / "repo", RepositorySettings())
     config = tmp_path / "repo" / model / "config.pbtxt"
     assert find in config.read_text()
     config.write_text(config.read_text().replace(find, replace, 1))
     report = validate_repository(tmp_path / "repo")
-    assert any(message in problem for problem in report.problems), report.problems
+    assert report.problems == problems
+    assert report.models == ["pih2t", "pih2t_onnx", "pih2t_preprocess"]
+
+
+def test_validate_batching_rules_hidden_entries_openvino_weights_and_empty_repositories(tmp_path, digits_artifact):
+    _, artifact = digits_artifact
+    repo = tmp_path / "repo"
+    build_repository(artifact, repo, RepositorySettings())
+    config = repo / "pih2t_onnx" / "config.pbtxt"
+    original = config.read_text()
+    # batching off: the config's dims are the graph's whole shape, batch axis included
+    unbatched = original.replace("max_batch_size: 64", "max_batch_size: 0")
+    unbatched = unbatched.replace("dims: 1\n", "dims: -1\n  dims: 1\n", 1).replace(
+        "dims: 10\n", "dims: -1\n  dims: 10\n"
+    )
+    config.write_text(unbatched)
+    assert validate_repository(repo).problems == []
+    # max_batch_size 1 is batching too: a fixed first dim is refused
+    import onnx
+
+    path = repo / "pih2t_onnx" / "1" / "model.onnx"
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    onnx.save(model, str(path))
+    config.write_text(original.replace("max_batch_size: 64", "max_batch_size: 1"))
+    assert validate_repository(repo).problems == [
+        "pih2t_onnx: input 'input' has a fixed first dim 4 but batching is on"
+    ]
+    config.write_text(original)
+    (repo / ".pih2t_staging").mkdir()  # hidden folders and plain files are not models
+    (repo / "README.txt").write_text("notes")
+    openvino = repo / "vino"
+    (openvino / "1").mkdir(parents=True)
+    (openvino / "1" / "model.xml").write_text("<net/>")
+    (openvino / "config.pbtxt").write_text('name: "vino"\nbackend: "openvino"\nmax_batch_size: 0\n')
+    report = validate_repository(repo)
+    assert report.models == ["pih2t", "pih2t_onnx", "pih2t_preprocess", "vino"]
+    assert report.problems == [
+        "pih2t_onnx: input 'input' has a fixed first dim 4 but batching is on",
+        "vino: version 1 has model.xml but no model.bin (the weights)",
+    ]
+    with pytest.raises(UserError) as missing:
+        validate_repository(tmp_path / "nowhere")
+    assert str(missing.value) == f"model repository {tmp_path / 'nowhere'} does not exist"
+    (tmp_path / "empty" / ".hidden").mkdir(parents=True)
+    with pytest.raises(UserError) as empty:
+        validate_repository(tmp_path / "empty")
+    assert str(empty.value) == f"{tmp_path / 'empty'} holds no model folders; build one with pih2t-triton build"
 
 
 def test_validate_catches_a_fixed_batch_axis_and_a_missing_version_folder(tmp_path, digits_artifact):
@@ -140,8 +235,10 @@ def test_validate_catches_labels_and_missing_files(tmp_path, digits_artifact):
     labels.write_text("\n".join(labels.read_text().splitlines()[:-1]) + "\n")
     (tmp_path / "repo" / "pih2t_onnx" / "1" / "model.onnx").unlink()
     problems = validate_repository(tmp_path / "repo").problems
-    assert any("9 lines for [10] classes" in p for p in problems), problems
-    assert any("has no model.onnx" in p for p in problems), problems
+    assert problems == [
+        "pih2t_onnx: version 1 has no model.onnx for onnxruntime_onnx",
+        "pih2t_onnx: labels.txt has 9 lines for [10] classes",
+    ]
     done = run_cli("triton", "validate", str(tmp_path / "repo"))
     assert done.returncode == 1 and "problem:" in done.stderr
 
