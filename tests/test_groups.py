@@ -112,3 +112,73 @@ def test_demo_tags_classes_by_the_artifacts_thresholds(digits_artifact):
     explainer = LongTailExplainer(classifier)
     assert explainer.groups == _digits_groups(meta)
     assert explainer.groups != GroupThresholds().groups(meta["class_counts"])
+
+
+def test_calibration_error_by_hand():
+    """Six predictions, 15 equal-width bins: 0.90 and 0.92 share (0.867, 0.933] (one right), 0.62, 0.41 alone,
+    0.95 and 1.0 share (0.933, 1]. ECE = 2/6 |0.5 - 0.91| + 1/6 |0 - 0.62| + 1/6 |1 - 0.41| + 2/6 |1 - 0.975|."""
+    from pih2t_deploy.training.evaluate import expected_calibration_error
+
+    probs = np.array(
+        [
+            [0.90, 0.05, 0.05],
+            [0.92, 0.08, 0.00],
+            [0.38, 0.62, 0.00],
+            [0.30, 0.29, 0.41],
+            [0.95, 0.05, 0.00],
+            [1.00, 0.00, 0.00],
+        ]
+    )
+    targets = np.array([0, 1, 0, 2, 0, 0])
+    expected = 2 / 6 * 0.41 + 1 / 6 * 0.62 + 1 / 6 * 0.59 + 2 / 6 * 0.025
+    assert expected_calibration_error(probs, targets) == pytest.approx(expected)
+    assert expected_calibration_error(np.eye(3), np.arange(3)) == 0.0  # sure and right: perfectly calibrated
+
+
+def test_top5_confusion_and_classes_without_test_images_by_hand():
+    """Seven classes, three images: class 0 ranked 7th (a top-5 miss) and 5th (a top-5 hit), class 3 first."""
+    logits = np.array(
+        [[0, 6, 5, 4, 3, 2, 1], [2, 7, 6, 5, 4, 1, 0], [0, 1, 2, 9, 3, 4, 5]],
+        dtype=np.float32,
+    )
+    targets = np.array([0, 0, 3])
+    summary = summarize(logits, targets, COUNTS, GroupThresholds(100, 20))
+    assert (summary["top1"], summary["top5"], summary["num_images"]) == (pytest.approx(1 / 3), pytest.approx(2 / 3), 3)
+    assert summary["per_class"] == [0.0, None, None, 1.0, None, None, None]
+    assert (summary["many"], summary["medium"], summary["few"]) == (0.0, 1.0, None)  # no Few image at all
+    confusion = [[0] * 7 for _ in range(7)]
+    confusion[0][1], confusion[3][3] = 2, 1
+    assert summary["confusion"] == confusion and all(type(v) is int for row in summary["confusion"] for v in row)
+    from pih2t_deploy.training.evaluate import expected_calibration_error
+
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    assert summary["ece"] == pytest.approx(expected_calibration_error(probs, targets))
+    assert summary["ece"] == pytest.approx(0.4335, abs=1e-4)
+
+
+def test_predict_runs_the_model_in_eval_mode_over_the_loader_by_hand():
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pih2t_deploy.training.evaluate import predict
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Dropout(0.9))
+    torch.nn.init.eye_(model[0].weight)
+    torch.nn.init.zeros_(model[0].bias)
+    data = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    loader = DataLoader(TensorDataset(data, torch.tensor([2, 0, 1])), batch_size=2)
+    logits, targets = predict(model, loader, torch.device("cpu"))
+    assert not model.training
+    np.testing.assert_array_equal(logits, [[1, 2, 0], [3, 4, 0], [5, 6, 0]])  # dropout off: exact
+    assert logits.dtype == np.float32 and targets.tolist() == [2, 0, 1]
+
+
+def test_the_summary_plot_is_written_by_hand(tmp_path):
+    from pih2t_deploy.training.evaluate import plot_summary
+
+    logits, targets = _predictions()
+    summary = summarize(logits, targets, COUNTS, GroupThresholds(100, 20))
+    path = plot_summary(summary, [f"c{i}" for i in range(7)], COUNTS, tmp_path / "summary.png")
+    assert path == tmp_path / "summary.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 10_000
