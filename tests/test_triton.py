@@ -196,6 +196,9 @@ def test_validate_batching_rules_hidden_entries_openvino_weights_and_empty_repos
     openvino = repo / "vino"
     (openvino / "1").mkdir(parents=True)
     (openvino / "1" / "model.xml").write_text("<net/>")
+    (openvino / "2").mkdir()
+    (openvino / "2" / "model.xml").write_text("<net/>")
+    (openvino / "2" / "model.bin").write_bytes(b"\0")  # version 2 has its weights
     (openvino / "config.pbtxt").write_text('name: "vino"\nbackend: "openvino"\nmax_batch_size: 0\n')
     report = validate_repository(repo)
     assert report.models == ["pih2t", "pih2t_onnx", "pih2t_preprocess", "vino"]
@@ -342,3 +345,46 @@ def test_triton_serve_passes_sigterm_on_and_removes_its_work_folder(tmp_path, di
             httpx.get(f"http://127.0.0.1:{ports.http}/v2/health/ready", timeout=2)
     finally:
         kill_if_running(launcher)
+
+
+def test_validate_checks_the_onnx_file_beside_a_python_model_and_reports_every_broken_entry(tmp_path, digits_artifact):
+    """The --cpu-python repository's model.onnx sits beside model.py: its dims are checked too. Two missing
+    tensors, two unknown step models, an unreadable config and an output without dims are each reported."""
+    _, artifact = digits_artifact
+    repo = tmp_path / "repo"
+    build_repository(artifact, repo, RepositorySettings(cpu_python=True))
+    python_model = repo / "pih2t_onnx_py" / "config.pbtxt"
+    python_model.write_text(python_model.read_text().replace("dims: 8\n", "dims: 9\n", 1))
+    assert validate_repository(repo).problems == ["pih2t_onnx_py: input 'input' dims [1, 9, 8] != ONNX [1, 8, 8]"]
+    python_model.write_text(
+        python_model.read_text()
+        .replace("dims: 9\n", "dims: 8\n", 1)
+        .replace('input {\n  name: "input"', 'input {\n  name: "a"\n}\ninput {\n  name: "b"', 1)
+    )
+    ensemble = repo / "pih2t" / "config.pbtxt"
+    text = ensemble.read_text()
+    ensemble.write_text(
+        text.replace('model_name: "pih2t_preprocess"', 'model_name: "gone_1"').replace(
+            'model_name: "pih2t_onnx_py"', 'model_name: "gone_2"'
+        )
+    )
+    problems = validate_repository(repo).problems
+    assert problems[:2] == [
+        "pih2t_onnx_py: input 'a' is not in the ONNX graph (input)",
+        "pih2t_onnx_py: input 'b' is not in the ONNX graph (input)",
+    ], problems
+    assert problems[-3:] == [
+        "pih2t: step 0 names model 'gone_1', which is not in the repository",
+        "pih2t: step 1 names model 'gone_2', which is not in the repository",
+        "pih2t: output 'logits' is produced by no step",
+    ], problems
+    ensemble.write_text(text.replace("  dims: 10\n  label_filename", "  label_filename"))
+    (repo / "pih2t" / "labels.txt").write_text("")  # no dims: no classes, so no label lines
+    (repo / "pih2t_preprocess" / "config.pbtxt").unlink()
+    (repo / "pih2t_preprocess" / "config.pbtxt").mkdir()
+    python_model.write_text(python_model.read_text().replace('name: "a"\n}\ninput {\n  name: "b"', 'name: "input"'))
+    assert validate_repository(repo).problems == [
+        "pih2t_preprocess: cannot read config.pbtxt (Is a directory)",
+        "pih2t: step 0 names model 'pih2t_preprocess', which is not in the repository",
+        "pih2t: step 1 reads 'preprocessed', which no earlier step produces",
+    ]
