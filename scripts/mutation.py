@@ -33,7 +33,7 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "fusion": ("fusion.py", ["tests/test_fusion.py"]),
     "longtail": ("data/longtail.py", ["tests/test_data.py", "tests/test_groups.py"]),
     "losses": ("training/losses.py", ["tests/test_samplers_losses.py"]),
-    "evaluate": ("training/evaluate.py", ["tests/test_groups.py", "-k", "by_hand or metadata"]),
+    "evaluate": ("training/evaluate.py", ["tests/test_groups.py", "-k", "by_hand or metadata or by_class_index"]),
     "fold": ("fold.py", ["tests/test_fold.py"]),
     "pif": ("models/pif.py", ["tests/test_pif.py"]),
     "preprocessing": (

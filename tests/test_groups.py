@@ -115,13 +115,15 @@ def test_demo_tags_classes_by_the_artifacts_thresholds(digits_artifact):
 
 
 def test_calibration_error_by_hand():
-    """Six predictions, 15 equal-width bins: 0.90 and 0.92 share (0.867, 0.933] (one right), 0.62, 0.41 alone,
-    0.95 and 1.0 share (0.933, 1]. ECE = 2/6 |0.5 - 0.91| + 1/6 |0 - 0.62| + 1/6 |1 - 0.41| + 2/6 |1 - 0.975|."""
+    """Six predictions, 15 equal-width bins: 0.87 (right) and 0.92 (wrong) share (0.867, 0.933]; 0.62 (wrong)
+    and 0.41 (right) are alone; 0.95 (right) and 1.0 (wrong: the top edge belongs to the last bin) share
+    (0.933, 1]. ECE = (2 |0.5 - 0.895| + |0 - 0.62| + |1 - 0.41| + 2 |0.5 - 0.975|) / 6. With 16 bins 0.87 and
+    0.92 would fall apart, and without the top edge 1.0 would count nowhere."""
     from pih2t_deploy.training.evaluate import expected_calibration_error
 
     probs = np.array(
         [
-            [0.90, 0.05, 0.05],
+            [0.87, 0.08, 0.05],
             [0.92, 0.08, 0.00],
             [0.38, 0.62, 0.00],
             [0.30, 0.29, 0.41],
@@ -129,32 +131,31 @@ def test_calibration_error_by_hand():
             [1.00, 0.00, 0.00],
         ]
     )
-    targets = np.array([0, 1, 0, 2, 0, 0])
-    expected = 2 / 6 * 0.41 + 1 / 6 * 0.62 + 1 / 6 * 0.59 + 2 / 6 * 0.025
+    targets = np.array([0, 1, 0, 2, 0, 1])
+    expected = (2 * 0.395 + 0.62 + 0.59 + 2 * 0.475) / 6
     assert expected_calibration_error(probs, targets) == pytest.approx(expected)
     assert expected_calibration_error(np.eye(3), np.arange(3)) == 0.0  # sure and right: perfectly calibrated
 
 
 def test_top5_confusion_and_classes_without_test_images_by_hand():
-    """Seven classes, three images: class 0 ranked 7th (a top-5 miss) and 5th (a top-5 hit), class 3 first."""
+    """Seven classes, four images: class 0 ranked 7th, 5th (a top-5 hit) and 6th (a miss), class 3 first."""
     logits = np.array(
-        [[0, 6, 5, 4, 3, 2, 1], [2, 7, 6, 5, 4, 1, 0], [0, 1, 2, 9, 3, 4, 5]],
+        [[0, 6, 5, 4, 3, 2, 1], [2, 7, 6, 5, 4, 1, 0], [0, 1, 2, 9, 3, 4, 5], [1, 7, 6, 5, 4, 3, 0]],
         dtype=np.float32,
     )
-    targets = np.array([0, 0, 3])
+    targets = np.array([0, 0, 3, 0])
     summary = summarize(logits, targets, COUNTS, GroupThresholds(100, 20))
-    assert (summary["top1"], summary["top5"], summary["num_images"]) == (pytest.approx(1 / 3), pytest.approx(2 / 3), 3)
+    assert (summary["top1"], summary["top5"], summary["num_images"]) == (0.25, 0.5, 4)
     assert summary["per_class"] == [0.0, None, None, 1.0, None, None, None]
     assert (summary["many"], summary["medium"], summary["few"]) == (0.0, 1.0, None)  # no Few image at all
     confusion = [[0] * 7 for _ in range(7)]
-    confusion[0][1], confusion[3][3] = 2, 1
+    confusion[0][1], confusion[3][3] = 3, 1
     assert summary["confusion"] == confusion and all(type(v) is int for row in summary["confusion"] for v in row)
     from pih2t_deploy.training.evaluate import expected_calibration_error
 
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     assert summary["ece"] == pytest.approx(expected_calibration_error(probs, targets))
-    assert summary["ece"] == pytest.approx(0.4335, abs=1e-4)
 
 
 def test_predict_runs_the_model_in_eval_mode_over_the_loader_by_hand():
