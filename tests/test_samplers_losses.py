@@ -157,3 +157,24 @@ def test_build_loss_hands_counts_head_and_parameters_to_the_named_loss():
         1.0,
     )
     assert gcl.cloud.tolist() == [0.0, 1.0]
+
+
+def test_gcl_focal_weights_each_sample_by_its_own_probability():
+    """Two samples, logits [3, 2] with targets 0 and 1 (cosine_scale 10, m 0.1, s 20, no noise): CE log 2 and
+    log(1 + e^4); the focal term weighs each by (1 - p) of that sample before the mean, not the mean CE once."""
+    logits, targets = torch.tensor([[3.0, 2.0], [3.0, 2.0]]), torch.tensor([0, 1])
+    focal = GCLLoss([3, 1], cosine_scale=10.0, m=0.1, s=20.0, noise_mul=0.0, gamma=1.0)
+    ces = [math.log(2), math.log(1 + math.exp(4))]
+    expected = sum((1 - math.exp(-ce)) * ce for ce in ces) / 2
+    assert focal(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_balanced_softmax_refuses_a_class_without_training_images_in_one_line():
+    from pih2t_deploy.errors import ConfigError
+    from pih2t_deploy.training.losses import BalancedSoftmax
+
+    with pytest.raises(ConfigError) as refused:
+        BalancedSoftmax([3, 0, 2])
+    assert str(refused.value) == (
+        "balanced_softmax: class 1 has 0 training images: the class prior needs a positive count for every class"
+    )
