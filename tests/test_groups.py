@@ -183,3 +183,28 @@ def test_the_summary_plot_is_written_by_hand(tmp_path):
     path = plot_summary(summary, [f"c{i}" for i in range(7)], COUNTS, tmp_path / "summary.png")
     assert path == tmp_path / "summary.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 10_000
+
+
+def test_ties_keep_the_lower_class_first_and_k_zero_is_empty_by_hand():
+    """Forty scores in two tied blocks: the best k are the lower indices of the higher block, in order (numpy's
+    default sort reorders ties beyond 16 elements: [24, 25, 26, 27, 31, 30, ...])."""
+    from pih2t_deploy.data.longtail import log_prior, top_k
+
+    scores = np.array([1.0] * 20 + [2.0] * 20)
+    assert top_k(scores, 6).tolist() == [20, 21, 22, 23, 24, 25]
+    assert top_k(np.zeros((2, 40)), 0).shape == (2, 0)
+    with pytest.raises(ValueError) as refused:
+        log_prior([5, 0])
+    assert str(refused.value) == (
+        "class 1 has 0 training images: the class prior needs a positive count for every class"
+    )
+
+
+def test_the_default_selection_is_numpys_generator_by_hand():
+    from pih2t_deploy.data.longtail import select_longtail
+
+    labels = [c for c in range(3) for _ in range(10)]
+    default = select_longtail(labels, [6, 3, 1], seed=4)
+    assert default.tolist() == select_longtail(labels, [6, 3, 1], seed=4, method="generator").tolist()
+    assert default.tolist() != select_longtail(labels, [6, 3, 1], seed=4, method="authors").tolist()
+    assert len(default) == 10
