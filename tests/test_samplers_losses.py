@@ -178,3 +178,12 @@ def test_balanced_softmax_refuses_a_class_without_training_images_in_one_line():
     assert str(refused.value) == (
         "balanced_softmax: class 1 has 0 training images: the class prior needs a positive count for every class"
     )
+
+
+def test_plain_cross_entropy_by_hand():
+    """Logits [2, 0] and [0, 0], targets 0 and 1: (log(1 + e^-2) + log 2) / 2."""
+    from pih2t_deploy.training.losses import build_loss
+
+    loss = build_loss("ce", [5, 1], head="linear", cosine_scale=16.0)
+    value = loss(torch.tensor([[2.0, 0.0], [0.0, 0.0]]), torch.tensor([0, 1]), epoch=3).item()
+    assert value == pytest.approx((math.log(1 + math.exp(-2)) + math.log(2)) / 2, rel=1e-6)
