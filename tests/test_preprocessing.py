@@ -136,3 +136,17 @@ def test_default_preprocessing_per_architecture(arch, channels, expected):
     prep = default_preprocessing(arch, channels)
     assert (prep.input_size, prep.resize, prep.mode, prep.mean, prep.std) == expected
     assert prep.interpolation == "bilinear"
+
+
+def test_the_torch_transform_gives_the_numpy_pixels_and_three_channels_by_default():
+    import torch
+
+    from pih2t_deploy.data.preprocessing import default_preprocessing
+
+    prep = Preprocessing(**GOOD)
+    image = Image.fromarray(np.arange(100, dtype=np.uint8).reshape(10, 10), mode="L")
+    tensor = prep.transform()(image)
+    assert isinstance(tensor, torch.Tensor) and tensor.shape == (1, 8, 8)
+    np.testing.assert_array_equal(tensor.numpy(), prep.to_numpy([image])[0])
+    np.testing.assert_array_equal(prep.to_tensor([image, image]).numpy(), prep.to_numpy([image, image]))
+    assert default_preprocessing("resnet32").mode == "RGB"
