@@ -25,7 +25,9 @@ def serve(
     ] = 8001,
     name: Annotated[str | None, typer.Option(help="model name in URLs (default: the recipe name)")] = None,
     max_batch: Annotated[int, typer.Option(help="largest micro-batch")] = 32,
-    max_wait_ms: Annotated[float, typer.Option(help="longest wait for a batch to fill")] = 5.0,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="longest wait for a batch to fill, while more requests are on their way")
+    ] = 5.0,
     max_queue: Annotated[int, typer.Option(help="images allowed to wait; more get 503")] = 256,
     max_upload_mb: Annotated[float, typer.Option(help="largest request body")] = 10.0,
     max_request_pixels: Annotated[
