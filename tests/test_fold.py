@@ -113,3 +113,27 @@ def test_logit_adjustment_needs_counts():
         fold(net, input_shape=(1, 8, 8), logit_adjust_tau=1.0)
     with pytest.raises(ConfigError, match="positive"):
         fold(net, input_shape=(1, 8, 8), logit_adjust_tau=1.0, class_counts=[0, 1, 1, 1, 1, 1, 1])
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet32"])
+def test_every_batchnorm_is_fused_including_downsample_branches(arch):
+    """Every BatchNorm2d of the backbone (after a named conv, or after the conv of a downsample Sequential) is
+    fused and counted, none is left, and with non-trivial statistics the fused model still matches."""
+    net = make_net(arch, size=SMALL[arch], method="ce", head="linear", lws=False)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.5)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.2)
+    batchnorms = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    shape = (net.config.in_channels, SMALL[arch], SMALL[arch])
+    folded, report = fold(net, input_shape=shape, fuse_bn=True)
+    assert report.bn_fused == batchnorms and batchnorms > 10
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    downsample = [m for m in folded.modules() if isinstance(m, nn.Sequential) and isinstance(m[0], nn.Conv2d)]
+    assert len(downsample) == (3 if arch == "resnet18" else 0)  # torchvision's conv + BN shortcuts
+    assert all(isinstance(m[1], nn.Identity) for m in downsample)
