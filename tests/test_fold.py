@@ -137,3 +137,17 @@ def test_every_batchnorm_is_fused_including_downsample_branches(arch):
     downsample = [m for m in folded.modules() if isinstance(m, nn.Sequential) and isinstance(m[0], nn.Conv2d)]
     assert len(downsample) == (3 if arch == "resnet18" else 0)  # torchvision's conv + BN shortcuts
     assert all(isinstance(m[1], nn.Identity) for m in downsample)
+
+
+def test_the_fold_report_is_json_and_keeps_the_adjustment_out():
+    import json
+
+    net = make_net("digits_net", size=8, method="pih2t", head="linear", lws=True)
+    _, report = fold(net, input_shape=(1, 8, 8), logit_adjust_tau=1.0, class_counts=COUNTS)
+    data = json.loads(json.dumps(report.to_dict()))
+    assert "adjustment" not in data and data["logit_adjust_tau"] == 1.0 and data["pif_folded"] is True
+    assert set(data) == {
+        "max_abs_diff", "max_rel_diff", "max_abs_diff_fp32", "tolerance", "pif_folded", "pif_kept_in_graph",
+        "bn_fused", "logit_adjust_tau", "head", "parameters_before", "parameters_after",
+    }  # fmt: skip
+    assert torch.allclose(report.adjustment, LOG_PRIOR)  # tau 1: the log prior, kept for the export's reference
