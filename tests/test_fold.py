@@ -151,3 +151,12 @@ def test_the_fold_report_is_json_and_keeps_the_adjustment_out():
         "bn_fused", "logit_adjust_tau", "head", "parameters_before", "parameters_after",
     }  # fmt: skip
     assert torch.allclose(report.adjustment, LOG_PRIOR)  # tau 1: the log prior, kept for the export's reference
+
+
+@pytest.mark.parametrize(("method", "pre"), [("ce", nn.Identity), ("pih2t", nn.Linear)])
+def test_a_cosine_head_without_pif_gets_no_extra_layer(method, pre):
+    from pih2t_deploy.models.heads import CosineClassifier
+
+    net = make_net("digits_net", size=8, method=method, head="cosine", lws=True)
+    folded, _ = fold(net, input_shape=(1, 8, 8))
+    assert isinstance(folded.fc, CosineClassifier) and type(folded.fc.pre) is pre
