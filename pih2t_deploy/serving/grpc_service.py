@@ -56,9 +56,7 @@ def _tensors(request: service_pb2.ModelInferRequest) -> list[Tensor]:
         raise ProtocolError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
     tensors = []
     for index, entry in enumerate(request.inputs):
-        shape = list(entry.shape)
-        if any(d < 0 for d in shape):
-            raise ProtocolError(f"input {entry.name!r}: shape must be a list of non-negative integers")
+        shape = list(entry.shape)  # decode_tensor refuses negative dimensions, as for HTTP
         field = CONTENTS.get(entry.datatype.upper())
         values = list(getattr(entry.contents, field)) if field and not raw else None
         tensors.append(decode_tensor(entry.name, entry.datatype, shape, raw[index] if raw else None, values))
