@@ -10,7 +10,8 @@ from torch import nn
 
 import pih2t_deploy.fold as fold_module
 from pih2t_deploy.errors import ConfigError, VerificationError
-from pih2t_deploy.fold import PIFClassifier, fold
+from pih2t_deploy.fold import PIFClassifier, compare_logits, fold
+from pih2t_deploy.models import PIH2TNet
 from pih2t_deploy.models.heads import CosineHead, LinearHead
 from pih2t_deploy.models.pif import PIF
 from tests.helpers import make_net
@@ -99,12 +100,14 @@ def test_a_corrupted_fold_is_refused(monkeypatch):
 
 
 def test_fold_does_not_modify_the_network():
-    net = make_net("digits_net", method="pih2t", lws=True)
+    """Neither the weights nor the mode: a network in training mode is still training after its fold."""
+    net = make_net("digits_net", method="pih2t", lws=True).train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     fold(net, input_shape=(1, 8, 8), fuse_bn=True, logit_adjust_tau=1.0, class_counts=COUNTS)
     after = net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert all(m.training for m in net.modules())
 
 
 def test_logit_adjustment_needs_counts():
@@ -151,6 +154,109 @@ def test_the_fold_report_is_json_and_keeps_the_adjustment_out():
         "bn_fused", "logit_adjust_tau", "head", "parameters_before", "parameters_after",
     }  # fmt: skip
     assert torch.allclose(report.adjustment, LOG_PRIOR)  # tau 1: the log prior, kept for the export's reference
+    assert data["head"] == "linear"
+    # the fold removes exactly PIF's and LWS's parameters; the rest is the plain network's
+    assert data["parameters_before"] == sum(p.numel() for p in net.parameters())
+    removed = sum(p.numel() for p in net.pif.parameters()) + net.head.lws.numel()
+    assert data["parameters_before"] - data["parameters_after"] == removed > 0
+
+
+def test_the_report_measures_the_fold_on_its_seeded_inputs():
+    """Both differences in the report are those of ``compare_logits`` on the seed and batch fold was given."""
+    net = make_net("digits_net", size=8, method="pih2t", head="linear", lws=True)
+    shape = (1, 8, 8)
+    folded, report = fold(net, input_shape=shape, logit_adjust_tau=1.0, class_counts=COUNTS, seed=3, check_batch=2)
+    in_float64 = compare_logits(net, folded, shape, report.adjustment, 2, 3, torch.float64)
+    assert (report.max_abs_diff, report.max_rel_diff) == in_float64
+    assert report.max_abs_diff_fp32 == compare_logits(net, folded, shape, report.adjustment, 2, 3)[0]
+    assert report.max_abs_diff_fp32 != compare_logits(net, folded, shape, report.adjustment, 2, 0)[0]
+
+
+def _scaled_head(factor: float) -> PIH2TNet:
+    net = make_net("digits_net", size=8, method="pih2t", head="linear", lws=True)
+    with torch.no_grad():
+        net.head.fc.weight.mul_(factor)
+        net.head.fc.bias.mul_(factor)
+    return net
+
+
+def test_the_tolerance_is_absolute_for_logits_up_to_one_and_relative_above():
+    """The fold is refused when its float64 difference exceeds tolerance * max(1, largest |logit|), and returned
+    when it equals it: the first fold measures the difference, the next ones are given tolerances around it."""
+    small = _scaled_head(1e-3)
+    _, report = fold(small, input_shape=(1, 8, 8))
+    largest = report.max_abs_diff / report.max_rel_diff
+    assert largest < 1 and report.max_abs_diff > 0  # float32 storage of the folded weights rounds
+    fold(small, input_shape=(1, 8, 8), tolerance=report.max_abs_diff)  # exactly at the bound: returned
+    with pytest.raises(VerificationError, match="exceeds tolerance"):
+        fold(small, input_shape=(1, 8, 8), tolerance=report.max_abs_diff / 1.5)
+
+    large = _scaled_head(100.0)
+    _, report = fold(large, input_shape=(1, 8, 8))
+    assert report.max_abs_diff / report.max_rel_diff > 2
+    fold(large, input_shape=(1, 8, 8), tolerance=report.max_rel_diff * 1.1)
+    with pytest.raises(VerificationError, match="exceeds tolerance"):
+        fold(large, input_shape=(1, 8, 8), tolerance=report.max_rel_diff / 1.1)
+
+
+def test_a_head_it_does_not_know_is_refused_by_name():
+    class MysteryHead(nn.Module):
+        lws = None
+
+    net = make_net("digits_net", size=8, method="ce", head="linear")
+    net.head = MysteryHead()
+    with pytest.raises(TypeError, match=r"^cannot fold head of type MysteryHead$"):
+        fold(net, input_shape=(1, 8, 8))
+
+
+@pytest.mark.parametrize("where", ["plain network", "trained backbone"])
+def test_a_backbone_that_does_not_match_its_architecture_is_refused(monkeypatch, where):
+    """A weight the plain network lacks (or one it has that the backbone lacks) must stop the fold."""
+    net = make_net("digits_net", size=8, method="ce", head="linear")
+    if where == "trained backbone":
+        net.backbone.extra = nn.Linear(2, 2)
+    else:
+        create_arch = fold_module.create_arch
+
+        def with_an_extra_layer(*args):
+            model = create_arch(*args)
+            model.extra = nn.Linear(2, 2)
+            return model
+
+        monkeypatch.setattr(fold_module, "create_arch", with_an_extra_layer)
+    with pytest.raises(RuntimeError, match=r"backbone weights do not match digits_net: .*extra\.weight"):
+        fold(net, input_shape=(1, 8, 8))
+
+
+def test_only_batchnorms_after_a_known_convolution_are_fused():
+    """convX/bnX pairs and neighbours in a Sequential are fused; a BatchNorm with another name, in a ModuleList
+    (not run in order) or first in a Sequential is left alone, and those after it are still fused."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4)
+            self.norm = nn.BatchNorm2d(4)
+            self.pair = nn.ModuleList([nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)])
+            self.seq = nn.Sequential(nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+
+    block = Block()
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for module in block.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn(4, generator=generator))
+                module.running_var.copy_(torch.rand(4, generator=generator) + 0.5)
+    block.eval()
+    original = copy.deepcopy(block)
+    assert fold_module.fuse_conv_bn(block) == 2
+    assert isinstance(block.bn1, nn.Identity) and isinstance(block.seq[2], nn.Identity)
+    assert all(isinstance(m, nn.BatchNorm2d) for m in (block.norm, block.pair[1], block.seq[0]))
+    x = torch.randn(2, 4, 5, 5, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(block.seq(x), original.seq(x))
+        y = torch.randn(2, 2, 7, 7, generator=generator)
+        torch.testing.assert_close(block.bn1(block.conv1(y)), original.bn1(original.conv1(y)))
 
 
 @pytest.mark.parametrize(("method", "pre"), [("ce", nn.Identity), ("pih2t", nn.Linear)])
