@@ -10,6 +10,9 @@ on 2 cores): not part of `make test`.
     python scripts/mutation.py                      # every target below
     python scripts/mutation.py fusion losses        # some of them
     python scripts/mutation.py --output runs/mutation
+    # only some mutants of one target, e.g. to check that new tests kill the survivors of the last run:
+    python scripts/mutation.py fold --mutants \
+        $(grep -o '^# pih2t_deploy[^:]*' docs/mutation/fold.survivors.diff | cut -c3-)
 
 Needs mutmut (`pip install mutmut==3.8.1`, in the dev extra).
 """
@@ -79,8 +82,11 @@ def _prebuilt_digits(folder: Path) -> Path:
     return folder
 
 
-def run_target(name: str, output: Path) -> dict[str, int]:
-    """Run mutmut on one target in a scratch copy; returns counts per mutant status."""
+def run_target(name: str, output: Path, mutants: list[str] | None = None) -> dict[str, int]:
+    """Run mutmut on one target in a scratch copy; returns counts per mutant status.
+
+    ``mutants`` (mutmut names or fnmatch patterns) limits the run to those; the others are left out of the counts.
+    """
     module, tests = TARGETS[name]
     with tempfile.TemporaryDirectory(prefix=f"pih2t-mutation-{name}-") as scratch:
         work = Path(scratch) / "repo"
@@ -88,7 +94,7 @@ def run_target(name: str, output: Path) -> dict[str, int]:
         pyproject = work / "pyproject.toml"
         pyproject.write_text(pyproject.read_text() + "\n" + _config(module, tests))
         env = {**os.environ, "PIH2T_TEST_DIGITS": str(_prebuilt_digits(Path(scratch) / "digits"))}
-        subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=work, check=False, env=env)
+        subprocess.run([sys.executable, "-m", "mutmut", "run", *(mutants or [])], cwd=work, check=False, env=env)
         listing = subprocess.run(
             [sys.executable, "-m", "mutmut", "results", "--all", "true"],
             cwd=work,
@@ -100,7 +106,7 @@ def run_target(name: str, output: Path) -> dict[str, int]:
         missed: dict[str, list[str]] = {"survived": [], "no tests": []}
         for line in listing.splitlines():
             mutant, _, status = line.strip().rpartition(": ")
-            if not mutant:
+            if not mutant or status == "not checked":
                 continue
             counts[status] = counts.get(status, 0) + 1
             if status in missed:
@@ -116,12 +122,19 @@ def run_target(name: str, output: Path) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("targets", nargs="*", choices=[*TARGETS, []], default=list(TARGETS))
+    parser.add_argument("targets", nargs="*", metavar="TARGET", help=f"default: all of {', '.join(TARGETS)}")
     parser.add_argument("--output", type=Path, default=Path("runs/mutation"))
+    parser.add_argument(
+        "--mutants", nargs="+", metavar="NAME", help="only these mutants (one target; fnmatch patterns)"
+    )
     args = parser.parse_args()
+    if unknown := sorted(set(args.targets) - set(TARGETS)):
+        parser.error(f"unknown target {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    if args.mutants and len(args.targets) != 1:
+        parser.error("--mutants needs exactly one target, e.g. `fold --mutants 'pih2t_deploy.fold.x_fold__*'`")
     rows = {}
     for name in args.targets or list(TARGETS):
-        rows[name] = run_target(name, args.output)
+        rows[name] = run_target(name, args.output, args.mutants)
         print(f"{name}: {rows[name]}", flush=True)
     print(
         "\n| module | mutants | detected (killed + timeout) | survived | no test | score |\n|---|---|---|---|---|---|"
