@@ -237,8 +237,10 @@ def test_validate_catches_labels_and_missing_files(tmp_path, digits_artifact):
     labels = tmp_path / "repo" / "pih2t_onnx" / "labels.txt"
     labels.write_text("\n".join(labels.read_text().splitlines()[:-1]) + "\n")
     (tmp_path / "repo" / "pih2t_onnx" / "1" / "model.onnx").unlink()
+    (tmp_path / "repo" / "pih2t" / "labels.txt").unlink()
     problems = validate_repository(tmp_path / "repo").problems
     assert problems == [
+        "pih2t: label file labels.txt is missing",
         "pih2t_onnx: version 1 has no model.onnx for onnxruntime_onnx",
         "pih2t_onnx: labels.txt has 9 lines for [10] classes",
     ]
