@@ -56,6 +56,9 @@ def test_the_authors_split_by_class_index_is_the_mean_per_class_accuracy_of_inde
     assert (split["many"], split["medium"], split["few"]) == pytest.approx((0.625, 2 / 3, 0.125))
     assert summary["many"] == pytest.approx(5 / 6), "the split by training count is unchanged beside it"
     assert "by_class_index" not in summarize(logits, targets, COUNTS, GroupThresholds(100, 20))
+    # bounds (5, 7): the "few" range [7, 7) holds no class, so it has no accuracy (None, not NaN)
+    empty = summarize(logits, targets, COUNTS, GroupThresholds(100, 20), index_groups=(5, 7))["by_class_index"]
+    assert empty["few"] is None and empty["many"] == pytest.approx((0.75 + 0.5 + 1 + 0 + 1) / 5)
 
 
 def test_prior_softmax_and_top_k_of_the_long_tail_module():
@@ -135,6 +138,10 @@ def test_calibration_error_by_hand():
     expected = (2 * 0.395 + 0.62 + 0.59 + 2 * 0.475) / 6
     assert expected_calibration_error(probs, targets) == pytest.approx(expected)
     assert expected_calibration_error(np.eye(3), np.arange(3)) == 0.0  # sure and right: perfectly calibrated
+    # 2 bins, (0, 0.5] and (0.5, 1]: a confidence of exactly 0.5 belongs to the lower one only.
+    # ECE = 1/3 |1 - 0.5| + 2/3 |0.5 - 0.8|
+    two = np.array([[0.5, 0.5], [0.3, 0.7], [0.9, 0.1]])
+    assert expected_calibration_error(two, np.zeros(3, dtype=int), bins=2) == pytest.approx(0.5 / 3 + 0.6 / 3)
 
 
 def test_top5_confusion_and_classes_without_test_images_by_hand():
