@@ -97,6 +97,8 @@ def test_ldam_against_hand_computed_numbers():
     assert loss(batch, targets, epoch=4).item() == pytest.approx(1.0292392984, rel=1e-6)
     never = LDAMLoss([16, 1], cosine_scale=4.0, s=2.0, reweight_epoch=-1, beta=0.5)
     assert never(batch, targets, epoch=500).item() == pytest.approx((1.7014132780 + math.log(2)) / 2, rel=1e-6)
+    at_once = LDAMLoss([16, 1], cosine_scale=4.0, max_m=0.5, s=2.0, reweight_epoch=0, beta=0.5)  # 0 is an epoch
+    assert at_once(batch, targets, epoch=1).item() == pytest.approx(1.0292392984, rel=1e-6)
 
 
 def test_gcl_without_noise_has_the_margin_at_the_target_and_the_focal_term():
