@@ -71,6 +71,10 @@ def test_prior_softmax_and_top_k_of_the_long_tail_module():
     assert logit_adjusted(np.zeros(2), [3, 1], 1.0).tolist() == pytest.approx([-np.log(0.75), -np.log(0.25)])
     probabilities = softmax(np.array([[0.0, np.log(3.0)], [1000.0, 1000.0]]))
     np.testing.assert_allclose(probabilities, [[0.25, 0.75], [0.5, 0.5]], rtol=1e-12)
+    # one row (1-D) and float32 scores: still the last axis, computed in float64
+    single = softmax(np.array([0.0, 1.0], dtype=np.float32))
+    assert single.dtype == np.float64
+    np.testing.assert_allclose(single, [1 / (1 + np.e), np.e / (1 + np.e)], rtol=1e-15)
     assert top_k(np.array([[0.1, 0.5, 0.5, 0.2]]), 3).tolist() == [[1, 2, 3]], "ties: the lower index first"
     assert top_k(np.array([2.0, 1.0]), 5).tolist() == [0, 1]
 
