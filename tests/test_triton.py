@@ -180,12 +180,7 @@ def test_validate_batching_rules_hidden_entries_openvino_weights_and_empty_repos
     config.write_text(unbatched)
     assert validate_repository(repo).problems == []
     # max_batch_size 1 is batching too: a fixed first dim is refused
-    import onnx
-
-    path = repo / "pih2t_onnx" / "1" / "model.onnx"
-    model = onnx.load(str(path))
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
-    onnx.save(model, str(path))
+    _fix_the_batch_axis(repo / "pih2t_onnx" / "1" / "model.onnx", 4)
     config.write_text(original.replace("max_batch_size: 64", "max_batch_size: 1"))
     assert validate_repository(repo).problems == [
         "pih2t_onnx: input 'input' has a fixed first dim 4 but batching is on"
@@ -215,15 +210,19 @@ def test_validate_batching_rules_hidden_entries_openvino_weights_and_empty_repos
     assert str(empty.value) == f"{tmp_path / 'empty'} holds no model folders; build one with pih2t-triton build"
 
 
-def test_validate_catches_a_fixed_batch_axis_and_a_missing_version_folder(tmp_path, digits_artifact):
+def _fix_the_batch_axis(path: Path, size: int) -> None:
+    """Rewrite an ONNX graph's first input dimension to ``size``, as ``--static-batch size`` exports it."""
     import onnx
 
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = size
+    onnx.save(model, str(path))
+
+
+def test_validate_catches_a_fixed_batch_axis_and_a_missing_version_folder(tmp_path, digits_artifact):
     _, artifact = digits_artifact
     build_repository(artifact, tmp_path / "repo", RepositorySettings())
-    path = tmp_path / "repo" / "pih2t_onnx" / "1" / "model.onnx"
-    model = onnx.load(str(path))
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4  # a graph exported with --static-batch 4
-    onnx.save(model, str(path))
+    _fix_the_batch_axis(tmp_path / "repo" / "pih2t_onnx" / "1" / "model.onnx", 4)
     problems = validate_repository(tmp_path / "repo").problems
     assert problems == ["pih2t_onnx: input 'input' has a fixed first dim 4 but batching is on"], problems
     (tmp_path / "repo" / "pih2t_preprocess" / "1").rename(tmp_path / "repo" / "pih2t_preprocess" / "latest")
