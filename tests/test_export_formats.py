@@ -20,7 +20,8 @@ from pih2t_deploy.data.preprocessing import Preprocessing
 from pih2t_deploy.errors import ConfigError, DataError, UserError, VerificationError
 from pih2t_deploy.export.exporter import export_checkpoint
 from pih2t_deploy.export.onnx_export import read_metadata
-from pih2t_deploy.export.options import FORMATS, ExportOptions
+from pih2t_deploy.export.options import ExportOptions
+from pih2t_deploy.formats import FORMATS
 from pih2t_deploy.models import NetworkConfig, PIH2TNet, arch_names
 from pih2t_deploy.runtime import load_classifier
 from tests import images
@@ -266,7 +267,7 @@ def test_the_int8_gate_refuses_a_model_that_loses_only_tail_accuracy(tmp_path, d
     must refuse it for Few; a gate that looked at top-1 alone would let it through."""
     from pih2t_deploy.checkpoint import load_checkpoint
     from pih2t_deploy.data.longtail import GroupThresholds
-    from pih2t_deploy.export import exporter
+    from pih2t_deploy.export import builders
     from pih2t_deploy.export.real_images import load_images
 
     ckpt_path, artifact = digits_artifact
@@ -279,7 +280,7 @@ def test_the_int8_gate_refuses_a_model_that_loses_only_tail_accuracy(tmp_path, d
     tail_hits = [i for i, label in enumerate(found.labels) if groups[label] == "few" and predicted[i] == label]
     spoiled = {inputs[i].tobytes() for i in tail_hits[:6]}
     assert len(spoiled) == 6
-    real_builder = exporter.BUILDERS["onnx-int8"]
+    real_builder = builders.build_onnx_int8
 
     def tail_losing_builder(inputs, folder):
         built = real_builder(inputs, folder)
@@ -294,7 +295,7 @@ def test_the_int8_gate_refuses_a_model_that_loses_only_tail_accuracy(tmp_path, d
 
         return dataclasses.replace(built, runner=run)
 
-    monkeypatch.setitem(exporter.BUILDERS, "onnx-int8", tail_losing_builder)
+    monkeypatch.setattr(builders, "build_onnx_int8", tail_losing_builder)
     options = ExportOptions(output=tmp_path / "q", format="onnx-int8", calib_data="recipe", eval_data="recipe")
     with pytest.raises(VerificationError, match=r"INT8 quantization costs [3-9]\.\d points of accuracy on few"):
         export_checkpoint(ckpt_path, options)

@@ -199,7 +199,7 @@ def test_validate_batching_rules_hidden_entries_openvino_weights_and_empty_repos
     assert report.models == ["pih2t", "pih2t_onnx", "pih2t_preprocess", "vino"]
     assert report.problems == [
         "pih2t_onnx: input 'input' has a fixed first dim 4 but batching is on",
-        "vino: version 1 has model.xml but no model.bin (the weights)",
+        "vino: version 1 has model.xml but no model.bin",
     ]
     with pytest.raises(UserError) as missing:
         validate_repository(tmp_path / "nowhere")

@@ -23,27 +23,22 @@ from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint, versions
 from pih2t_deploy.data.longtail import GroupThresholds
 from pih2t_deploy.errors import ConfigError, UserError, VerificationError
 from pih2t_deploy.export.exporter import export_checkpoint
-from pih2t_deploy.export.options import FORMATS, ExportOptions
+from pih2t_deploy.export.options import ExportOptions
 from pih2t_deploy.export.real_images import load_images
 from pih2t_deploy.export.runners import Runner, run_chunked, torch_runner
+from pih2t_deploy.formats import bench_entries
 from pih2t_deploy.runtime import load_classifier
 from pih2t_deploy.timing import time_interleaved
 from pih2t_deploy.training.evaluate import summarize
 
 logger = logging.getLogger(__name__)
 
-# bench name -> (export format, export options beyond the defaults, runtime backend)
-BENCH_FORMATS: dict[str, tuple[str | None, dict[str, Any], str | None]] = {
-    "torch": (None, {}, None),
-    "onnx": ("onnx", {}, "onnxruntime"),
-    "onnx-int8": ("onnx-int8", {}, "onnxruntime"),
-    "openvino": ("openvino", {}, "openvino"),
-    "openvino-bf16": ("openvino", {"bf16": True}, "openvino"),
-    "openvino-int8": ("openvino-int8", {}, "openvino"),
-    "trt": ("trt", {}, "tensorrt"),
-    "torch-export": ("torch", {}, "torch"),
-}
-NEEDS_CALIBRATION = ("onnx-int8", "openvino-int8")
+BASELINE = "torch"
+
+
+def installed_formats() -> list[str]:
+    """The default ``--formats``: the baseline and every bench name whose runtime is installed here."""
+    return [BASELINE, *(name for name, (spec, _) in bench_entries().items() if spec.runtime_installed())]
 
 
 @dataclass
@@ -52,7 +47,7 @@ class BenchOptions:
 
     ckpt: Path
     output: Path
-    formats: list[str] = field(default_factory=lambda: ["torch", "onnx", "onnx-int8", "trt", "torch-export"])
+    formats: list[str] = field(default_factory=installed_formats)
     max_group_drop: float = 2.0
     batches: list[int] = field(default_factory=lambda: [1, 8, 32])
     eval_data: str | None = None
@@ -64,9 +59,10 @@ class BenchOptions:
 
     def validate(self) -> None:
         """ConfigError for unknown formats, bad batch sizes or devices."""
-        unknown = [f for f in self.formats if f not in BENCH_FORMATS]
+        known = [BASELINE, *bench_entries()]
+        unknown = [f for f in self.formats if f not in known]
         if unknown:
-            raise ConfigError(f"unknown format {unknown[0]!r}; choose from: {', '.join(BENCH_FORMATS)}")
+            raise ConfigError(f"unknown format {unknown[0]!r}; choose from: {', '.join(known)}")
         if not self.batches or any(b < 1 for b in self.batches):
             raise ConfigError("--batch takes positive batch sizes, e.g. 1,8,32")
         if self.device not in ("cpu", "cuda"):
@@ -80,26 +76,26 @@ class BenchOptions:
 def _prepare_format(
     name: str, options: BenchOptions, ckpt: Checkpoint, log: Callable[[str], None]
 ) -> tuple[Runner, dict]:
-    export_format, extra, backend = BENCH_FORMATS[name]
+    spec, extra = bench_entries()[name]
     calib = options.calib_data or ("recipe" if "data" in ckpt.meta else None)
-    if export_format in NEEDS_CALIBRATION and calib is None:
+    if spec.needs_calibration and calib is None:
         raise UserError("INT8 needs calibration images: pass --calib-data FOLDER")
     if extra.get("bf16") and options.eval_data is None:
         raise UserError("bf16 is judged on labelled images: pass --eval-data")
     export_options = ExportOptions(
         output=options.output / "artifacts" / name,
-        format=export_format,
+        format=spec.name,
         force=True,
         max_batch=max(options.batches),
-        calib_data=calib if export_format in NEEDS_CALIBRATION else None,
+        calib_data=calib if spec.needs_calibration else None,
         eval_data=options.eval_data if extra.get("bf16") else None,
         **extra,
-        **({"max_group_drop": options.max_group_drop} if "max_group_drop" in FORMATS[export_format].options else {}),
+        **({"max_group_drop": options.max_group_drop} if "max_group_drop" in spec.options else {}),
     )
     log(f"exporting {name}")
     manifest = export_checkpoint(options.ckpt, export_options).manifest
     classifier = load_classifier(
-        options.output / "artifacts" / name, backend, device=options.device, threads=options.threads
+        options.output / "artifacts" / name, spec.backend, device=options.device, threads=options.threads
     )
     return classifier.predict, {
         "verification": manifest.verification,
@@ -117,7 +113,7 @@ def _repeats(runner: Runner, x: np.ndarray, min_seconds: float) -> int:
 def passes_accuracy_gate(accuracy: dict[str, Any], name: str, max_group_drop: float) -> bool:
     """``name`` loses at most ``max_group_drop`` points against the PyTorch baseline on top-1 and on every
     Many/Medium/Few group that has test images."""
-    base, own = accuracy["torch"], accuracy[name]
+    base, own = accuracy[BASELINE], accuracy[name]
     groups = [k for k in ("top1", "many", "medium", "few") if base.get(k) is not None]
     return all(100 * (base[k] - own[k]) <= max_group_drop for k in groups)
 
@@ -148,7 +144,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = logger.info) -
     runners: dict[str, Runner] = {}
     formats: dict[str, dict[str, Any]] = {}
     for name in options.formats:
-        if name == "torch":
+        if name == BASELINE:
             runners[name] = torch_runner(ckpt.net, options.device)
             formats[name] = {"status": "ok", "note": "PyTorch eager, unfolded PI-H2T model (baseline)"}
             continue
@@ -158,19 +154,19 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = logger.info) -
         except (UserError, VerificationError) as exc:
             formats[name] = {"status": "skipped", "reason": str(exc)}
             log(f"skipped {name}: {exc}")
-    if "torch" not in runners:
-        runners = {"torch": torch_runner(ckpt.net, options.device), **runners}
-        formats = {"torch": {"status": "ok", "note": "baseline"}, **formats}
+    if BASELINE not in runners:
+        runners = {BASELINE: torch_runner(ckpt.net, options.device), **runners}
+        formats = {BASELINE: {"status": "ok", "note": "baseline"}, **formats}
     shape = ckpt.preprocessing.input_shape
     timings: dict[str, dict[str, Any]] = {name: {} for name in runners}
     for batch in options.batches:
         x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
-        repeats = _repeats(runners["torch"], x, options.min_seconds)
+        repeats = _repeats(runners[BASELINE], x, options.min_seconds)
         log(f"timing batch {batch} ({options.rounds} rounds x {repeats} calls per format)")
         measured = time_interleaved(
             {n: (lambda r=r, x=x: r(x)) for n, r in runners.items()}, rounds=options.rounds, repeats=repeats
         )
-        base = measured["torch"].median
+        base = measured[BASELINE].median
         for name, t in measured.items():
             timings[name][str(batch)] = {
                 "p50_ms": 1000 * t.median,

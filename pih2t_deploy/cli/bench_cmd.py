@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from pih2t_deploy.cli.common import console, log, parse_int_list, parse_str_list
+from pih2t_deploy.formats import bench_entries
 
 Opt = typer.Option
 
@@ -18,9 +19,13 @@ Opt = typer.Option
 def bench(
     ckpt: Annotated[Path, Opt("--ckpt", help="model.pt to benchmark")],
     formats: Annotated[
-        str,
-        Opt(help="comma-separated: torch,onnx,onnx-int8,openvino,openvino-bf16,openvino-int8,trt,torch-export"),
-    ] = "torch,onnx,onnx-int8,trt,torch-export",
+        str | None,
+        Opt(
+            help="comma-separated, of: torch (the baseline), "
+            + ", ".join(bench_entries())
+            + " (default: every format whose runtime is installed here)"
+        ),
+    ] = None,
     batch: Annotated[str, Opt(help="comma-separated batch sizes")] = "1,8,32",
     eval_data: Annotated[str | None, Opt(help="accuracy per format: a folder (class sub-folders) or 'recipe'")] = None,
     calib_data: Annotated[str | None, Opt(help="INT8 calibration images (default: 'recipe' when recorded)")] = None,
@@ -42,12 +47,12 @@ def bench(
 ) -> None:
     """Export to every format, verify each against the unfolded model, and time each; ratios to PyTorch eager."""
     from pih2t_deploy.bench.report import write_reports
-    from pih2t_deploy.bench.runner import BenchOptions, run_bench
+    from pih2t_deploy.bench.runner import BenchOptions, installed_formats, run_bench
 
     options = BenchOptions(
         ckpt=ckpt,
         output=output,
-        formats=parse_str_list(formats) or [],
+        formats=parse_str_list(formats) if formats is not None else installed_formats(),
         batches=parse_int_list(batch, "--batch") or [],
         eval_data=eval_data,
         calib_data=calib_data,

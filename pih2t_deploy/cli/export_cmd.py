@@ -10,7 +10,8 @@ from rich.table import Table
 
 from pih2t_deploy.artifact import MANIFEST_FILE
 from pih2t_deploy.cli.common import console, log, parse_int_list, parse_str_list
-from pih2t_deploy.export.options import DEFAULT_OPSET, FormatName, formats_help
+from pih2t_deploy.export.options import DEFAULT_OPSET
+from pih2t_deploy.formats import formats_help
 
 Opt = typer.Option
 
@@ -29,7 +30,7 @@ def graph_summary(graph: dict, arch: str) -> str:
 def export(
     ckpt: Annotated[Path, Opt("--ckpt", help="model.pt (pih2t/1), or a file saved by the authors' H2T code")],
     output: Annotated[Path, Opt("--output", "-o", help="artifact folder to write")] = Path("exports/model"),
-    format: Annotated[FormatName, Opt("--format", help=formats_help())] = "onnx",
+    format: Annotated[str, Opt("--format", help=formats_help())] = "onnx",
     opset: Annotated[int, Opt(help="ONNX opset (onnx, onnx-int8, trt, openvino)")] = DEFAULT_OPSET,
     static_batch: Annotated[int | None, Opt(help="fix the batch axis to N (default: dynamic)")] = None,
     max_batch: Annotated[int, Opt(min=1, help="largest verified batch; TensorRT profile maximum")] = 8,

@@ -1,6 +1,7 @@
-"""Per-format artifact builders: each writes its model file into the artifact folder and returns what it
-built (a BuildResult): the runner of that file, the manifest sections it measured (operator counts, OpenVINO
-or TensorRT details) and, for INT8, the runner of the fp32 graph it quantized. Builders read their inputs
+"""Per-format artifact builders (each named by its format's entry in ``pih2t_deploy.formats``): each writes its
+model file into the artifact folder and returns what it built (a BuildResult): the runner of that file, the
+manifest sections it measured (operator counts, OpenVINO or TensorRT details) and, for INT8, the runner of the
+fp32 graph it quantized. Builders read their inputs
 (BuildInputs) and share no mutable state; the exporter verifies every format through its runner against the
 unfolded PyTorch model.
 """
@@ -42,6 +43,10 @@ class BuildInputs:
     metadata: dict[str, Any]
     calibration: Callable[[], np.ndarray]
     log: Callable[[str], None]
+
+    def model_path(self, folder: Path) -> Path:
+        """Where the builder writes the model file: the name its format's entry gives, inside ``folder``."""
+        return folder / self.options.spec.model_file
 
     def wrap(self, module: nn.Module, half: bool | None = None) -> ExportModule:
         """``module`` with this export's input/output options."""
@@ -103,7 +108,7 @@ def _export_counted(
 
 def build_onnx(ctx: BuildInputs, folder: Path) -> BuildResult:
     """``model.onnx`` (fp32 or fp16 compute), plus operator counts beside a vanilla export."""
-    path = folder / "model.onnx"
+    path = ctx.model_path(folder)
     graph = _export_counted(ctx, path, simplify=ctx.options.simplify)
     return BuildResult(onnx_runner(path), {"graph": graph})
 
@@ -132,7 +137,7 @@ def _quantized_graph(ctx: BuildInputs, work: Path) -> _Quantized:
 
 def build_onnx_int8(ctx: BuildInputs, folder: Path) -> BuildResult:
     """``model.int8.onnx``: the QDQ INT8 graph (``_quantized_graph``) with this export's metadata."""
-    path = folder / "model.int8.onnx"
+    path = ctx.model_path(folder)
     with tempfile.TemporaryDirectory() as work:
         quantized = _quantized_graph(ctx, Path(work))
         model = onnx.load(str(quantized.path))
@@ -151,9 +156,9 @@ def build_openvino(ctx: BuildInputs, folder: Path) -> BuildResult:
     with tempfile.TemporaryDirectory() as work:
         onnx_path = Path(work) / "model.onnx"
         graph = _export_counted(ctx, onnx_path, half=False)
-        save_ir(onnx_path, folder / "model.xml")
+        save_ir(onnx_path, ctx.model_path(folder))
     sections = {"graph": graph, "openvino": {**cpu_description(), "inference_precision": precision}}
-    return BuildResult(ir_runner(folder / "model.xml", precision), sections)
+    return BuildResult(ir_runner(ctx.model_path(folder), precision), sections)
 
 
 def build_openvino_int8(ctx: BuildInputs, folder: Path) -> BuildResult:
@@ -163,15 +168,15 @@ def build_openvino_int8(ctx: BuildInputs, folder: Path) -> BuildResult:
 
     with tempfile.TemporaryDirectory() as work:
         quantized = _quantized_graph(ctx, Path(work))
-        save_ir(quantized.path, folder / "model.xml")
+        save_ir(quantized.path, ctx.model_path(folder))
     sections = {"graph": quantized.graph, "openvino": {**cpu_description(), "inference_precision": "f32"}}
-    return BuildResult(ir_runner(folder / "model.xml", "f32"), sections, quantized.fp32_reference)
+    return BuildResult(ir_runner(ctx.model_path(folder), "f32"), sections, quantized.fp32_reference)
 
 
 def build_torch(ctx: BuildInputs, folder: Path) -> BuildResult:
     """``model.pt2``: a torch.export program of the folded model (and ATen op counts beside a vanilla one)."""
     o = ctx.options
-    path = folder / "model.pt2"
+    path = ctx.model_path(folder)
     example = example_input(ctx.prep, o.static_batch or 2, o.embed_preprocessing, torch.Generator().manual_seed(o.seed))
     program = export_program(ctx.wrap(ctx.folded), example, path, o.static_batch)
     with tempfile.TemporaryDirectory() as work:
@@ -216,7 +221,7 @@ def build_tensorrt(ctx: BuildInputs, folder: Path) -> BuildResult:
     with tempfile.TemporaryDirectory() as work:
         onnx_path = tensorrt_onnx(ctx, precision, settings.calibration, Path(work))
         plan = build_plan(trt, onnx_path.read_bytes(), settings, ctx.log)
-    (folder / "model.plan").write_bytes(plan)
+    ctx.model_path(folder).write_bytes(plan)
     cuda = torch.cuda.get_device_properties(0)
     details = {
         **settings.details,
@@ -228,14 +233,4 @@ def build_tensorrt(ctx: BuildInputs, folder: Path) -> BuildResult:
     from pih2t_deploy.runtime.tensorrt_backend import TensorRTClassifier
 
     info = ModelInfo("export-check", "1", [str(i) for i in range(ctx.num_classes)], None, ctx.prep)
-    return BuildResult(TensorRTClassifier(folder / "model.plan", info).predict, {"tensorrt": details})
-
-
-BUILDERS: dict[str, Callable[[BuildInputs, Path], BuildResult]] = {
-    "onnx": build_onnx,
-    "onnx-int8": build_onnx_int8,
-    "torch": build_torch,
-    "trt": build_tensorrt,
-    "openvino": build_openvino,
-    "openvino-int8": build_openvino_int8,
-}
+    return BuildResult(TensorRTClassifier(ctx.model_path(folder), info).predict, {"tensorrt": details})

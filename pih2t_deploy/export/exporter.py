@@ -25,7 +25,7 @@ from pih2t_deploy.atomic import atomic_dir, require_writable_folder
 from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint, versions
 from pih2t_deploy.data.longtail import GroupThresholds
 from pih2t_deploy.errors import DataError, UserError
-from pih2t_deploy.export.builders import BUILDERS, BuildInputs, BuildResult
+from pih2t_deploy.export.builders import BuildInputs, BuildResult
 from pih2t_deploy.export.gates import AccuracyGate, ParityGate
 from pih2t_deploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from pih2t_deploy.export.options import ExportOptions
@@ -165,7 +165,7 @@ def export_checkpoint(
     )
     try:
         with atomic_dir(output) as tmp:
-            built = BUILDERS[options.format](inputs, tmp)
+            built = options.spec.builder_function()(inputs, tmp)
             write_labels(tmp, ckpt.class_names)
             if eval_images is None and options.quantized:  # INT8 is judged on real images it was not calibrated on
                 eval_images = calibration_and_holdout()[1]

@@ -1,14 +1,14 @@
-"""One table of export formats and the options each accepts, validated before any work starts."""
+"""The options of one export, validated against its format's entry (``pih2t_deploy.formats``) before any work
+starts."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
 
 from pih2t_deploy.errors import ConfigError
+from pih2t_deploy.formats import FormatSpec, get_format
 
-FormatName = Literal["onnx", "onnx-int8", "trt", "torch", "openvino", "openvino-int8"]
 DEFAULT_OPSET = 18  # the ONNX opset every ONNX-based format is exported at unless --opset says otherwise
 ONNX_TOLERANCE = 1e-3
 HALF_TOLERANCE = 5e-2
@@ -16,16 +16,7 @@ HALF_TOLERANCE = 5e-2
 BF16_TOLERANCE = 1e-1
 
 
-@dataclass(frozen=True)
-class FormatSpec:
-    """A format: the file it writes, the options (beyond the common ones) that apply to it, and the one-line
-    description ``pih2t-export --help`` shows."""
-
-    model_file: str
-    options: frozenset[str]
-    description: str
-
-
+# options every format accepts; each format's entry (pih2t_deploy.formats) names the others it takes
 COMMON = frozenset(
     {
         "output",
@@ -41,34 +32,6 @@ COMMON = frozenset(
         "force",
     }
 )
-FORMATS: dict[str, FormatSpec] = {
-    "onnx": FormatSpec(
-        "model.onnx",
-        frozenset({"opset", "static_batch", "half", "simplify", "embed_preprocessing", "probs"}),
-        "ONNX, fp32 or fp16, dynamic batch axis",
-    ),
-    "onnx-int8": FormatSpec(
-        "model.int8.onnx",
-        frozenset({"opset", "calib_data", "calib_count", "max_group_drop"}),
-        "ONNX with static INT8 quantization (QDQ, per-channel weights)",
-    ),
-    "trt": FormatSpec(
-        "model.plan",
-        frozenset({"opset", "half", "int8", "calib_data", "calib_count", "workspace_gb", "timing_cache", "opt_batch"}),
-        "TensorRT plan (needs TensorRT and an NVIDIA GPU)",
-    ),
-    "torch": FormatSpec("model.pt2", frozenset({"static_batch"}), "torch.export program of the folded model"),
-    "openvino": FormatSpec(
-        "model.xml",
-        frozenset({"opset", "bf16", "max_group_drop"}),
-        "OpenVINO IR with fp32 weights; --bf16 runs it in bfloat16 (AVX512-BF16 / AMX CPUs)",
-    ),
-    "openvino-int8": FormatSpec(
-        "model.xml",
-        frozenset({"opset", "calib_data", "calib_count", "max_group_drop"}),
-        "OpenVINO IR of the statically quantized INT8 (QDQ) model",
-    ),
-}
 
 
 @dataclass
@@ -103,14 +66,14 @@ class ExportOptions:
 
     @property
     def spec(self) -> FormatSpec:
-        """The format's table entry."""
-        return FORMATS[self.format]
+        """The format's entry in the format table (ConfigError for an unknown format)."""
+        return get_format(self.format)
 
     @property
     def quantized(self) -> bool:
-        """INT8 output (onnx-int8, openvino-int8, or trt --int8): judged on real-image accuracy, not on logit
+        """INT8 output (a format that needs calibration, or trt --int8): judged on real-image accuracy, not on logit
         parity."""
-        return self.format in ("onnx-int8", "openvino-int8") or self.int8
+        return self.spec.needs_calibration or self.int8
 
     @property
     def reduced_precision(self) -> str | None:
@@ -127,10 +90,9 @@ class ExportOptions:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first problem, before any work starts."""
-        if self.format not in FORMATS:
-            raise ConfigError(f"unknown format {self.format!r}; choose one of: {', '.join(FORMATS)}")
+        spec = self.spec
         defaults = ExportOptions(output=self.output)
-        allowed = COMMON | self.spec.options
+        allowed = COMMON | spec.options
         for item in fields(self):
             if item.name not in allowed and getattr(self, item.name) != getattr(defaults, item.name):
                 flag = "--" + item.name.replace("_", "-")
@@ -149,7 +111,7 @@ class ExportOptions:
             raise ConfigError("--tolerance must be positive")
         if self.half and self.int8:
             raise ConfigError("choose one of --half and --int8")
-        if self.format in ("onnx-int8", "openvino-int8") and not self.calib_data:
+        if spec.needs_calibration and not self.calib_data:
             raise ConfigError(
                 f"--format {self.format} needs --calib-data (an image folder, or 'recipe' for the training set)"
             )
@@ -163,8 +125,3 @@ class ExportOptions:
             raise ConfigError(f"--calib-count must be at least 16, got {self.calib_count}")
         if self.max_group_drop < 0 or self.workspace_gb <= 0:
             raise ConfigError("--max-group-drop must be >= 0 and --workspace-gb > 0")
-
-
-def formats_help() -> str:
-    """The ``--format`` help text: every format with its description."""
-    return "; ".join(f"{name}: {spec.description}" for name, spec in FORMATS.items())

@@ -11,19 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
-from pih2t_deploy.artifact import read_labels, read_manifest
+from pih2t_deploy.artifact import Manifest, read_labels, read_manifest
 from pih2t_deploy.data.preprocessing import Preprocessing
 from pih2t_deploy.errors import ConfigError, UserError
+from pih2t_deploy.formats import FORMATS, formats_of_backend
 from pih2t_deploy.runtime.classifier import Classifier, ModelInfo
 
 BackendName = Literal["onnxruntime", "openvino", "torch", "tensorrt"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
-MODEL_FILES = {
-    "onnxruntime": ("model.onnx", "model.int8.onnx"),
-    "openvino": ("model.xml",),
-    "torch": ("model.pt2",),
-    "tensorrt": ("model.plan",),
-}
 
 
 def read_artifact_info(folder: Path, name: str | None = None) -> ModelInfo:
@@ -77,7 +72,7 @@ def load_classifier(
         import_tensorrt()
     folder = target if target.is_dir() else target.parent
     info = read_artifact_info(folder, name)
-    model_file = target if target.is_file() else _find_model_file(folder, backend)
+    model_file = target if target.is_file() else _model_file(folder, backend, info.manifest)
     if backend == "onnxruntime":
         from pih2t_deploy.runtime.onnx_backend import OnnxClassifier
 
@@ -95,9 +90,14 @@ def load_classifier(
     return TensorRTClassifier(model_file, info, device=device)
 
 
-def _find_model_file(folder: Path, backend: str) -> Path:
-    for candidate in MODEL_FILES[backend]:
+def _model_file(folder: Path, backend: str, manifest: Manifest | None) -> Path:
+    """The artifact's own model file when its format runs on ``backend``; else the first file of a format that
+    does (by the format table); a UserError naming what is missing."""
+    own = FORMATS.get(manifest.model_format) if manifest else None
+    if manifest and own and own.backend == backend:
+        return folder / manifest.model_file
+    wanted = list(dict.fromkeys(spec.model_file for spec in formats_of_backend(backend)))
+    for candidate in wanted:
         if (folder / candidate).is_file():
             return folder / candidate
-    wanted = " or ".join(MODEL_FILES[backend])
-    raise UserError(f"{folder} has no {wanted} for backend {backend}; export that format first")
+    raise UserError(f"{folder} has no {' or '.join(wanted)} for backend {backend}; export that format first")

@@ -1,10 +1,12 @@
 """``pih2t-triton build``: a versioned Triton model repository generated from an exported artifact.
 
-Models (``<name>`` is --name): ``<name>_onnx`` (onnxruntime backend), ``<name>_trt`` (when the artifact has a
-plan), ``<name>_preprocess`` (Python backend: encoded image -> input tensor), ``<name>`` (ensemble: image in,
-logits out), and with --cpu-python ``<name>_onnx_py`` (Python backend running onnxruntime, for Triton builds
-without the onnxruntime backend) in place of ``<name>_onnx``. Every model folder is written under a
-temporary name inside REPO and renamed when complete; nothing is written outside REPO.
+Models (``<name>`` is --name): the artifact's model, served as its format's entry in ``pih2t_deploy.formats``
+says (``<name>_onnx`` on the onnxruntime backend for onnx and onnx-int8, ``<name>_trt`` for a TensorRT plan,
+``<name>_openvino`` for an OpenVINO IR), ``<name>_preprocess`` (Python backend: encoded image -> input tensor),
+``<name>`` (ensemble: image in, logits out), and with --cpu-python ``<name>_onnx_py`` (Python backend running
+onnxruntime, for Triton builds without the onnxruntime backend) in place of ``<name>_onnx``. Every model
+folder is written under a temporary name inside REPO and renamed when complete; nothing is written outside
+REPO.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from google.protobuf import text_format
 from pih2t_deploy.artifact import LABELS_FILE
 from pih2t_deploy.atomic import require_writable_folder
 from pih2t_deploy.errors import ConfigError, UserError
+from pih2t_deploy.formats import FORMATS
 from pih2t_deploy.runtime.classifier import ModelInfo
 from pih2t_deploy.runtime.loader import read_artifact_info
 
@@ -116,13 +119,11 @@ def backend_config(
     return config
 
 
-def openvino_config(name: str, info: ModelInfo, settings: RepositorySettings, shape: list[int], dtype: str):
-    """ModelConfig of the OpenVINO-backend model (NVIDIA's container runs it on the CPU): the IR in the version
-    folder, bfloat16 asked for (HINT_BF16) when the artifact was exported and verified with --bf16."""
-    config = backend_config(name, info, settings, shape, dtype, backend="openvino", kind="cpu")
+def _openvino_precision(config, info: ModelInfo) -> None:
+    """Ask NVIDIA's OpenVINO backend for bfloat16 (HINT_BF16) when the artifact was exported and verified with
+    --bf16."""
     if ((info.manifest.openvino if info.manifest else None) or {}).get("inference_precision") == "bf16":
         config.parameters["HINT_BF16"].string_value = "YES"
-    return config
 
 
 def preprocess_config(name: str, info: ModelInfo, settings: RepositorySettings, shape: list[int], dtype: str):
@@ -159,61 +160,47 @@ def build_repository(artifact: Path, repo: Path, settings: RepositorySettings) -
     settings.validate()
     artifact = Path(artifact)
     info = read_artifact_info(artifact)
-    has_ir = (artifact / "model.xml").is_file()
-    if not (artifact / "model.onnx").is_file() and not has_ir:
-        raise UserError(
-            f"{artifact} has no model.onnx or model.xml: build the repository from an --format onnx or "
-            "--format openvino / openvino-int8 artifact"
-        )
-    if has_ir and settings.cpu_python:
-        raise ConfigError(
-            "--cpu-python runs onnxruntime in the Python backend: build it from an --format onnx artifact"
-        )
-    input_spec = info.manifest.input if info.manifest else None
-    if input_spec is None:
+    manifest = info.manifest
+    if manifest is None:
         raise UserError(f"{artifact} is not an exported artifact; run pih2t-export first")
-    dtype = TYPES[input_spec.dtype]
-    shape = [int(d) for d in input_spec.shape[1:]]
-    if input_spec.shape[0] != "batch":
+    spec = FORMATS.get(manifest.model_format)
+    if spec is None or spec.triton is None:
+        servable = ", ".join(name for name, other in FORMATS.items() if other.triton is not None)
+        raise UserError(
+            f"{artifact} is a --format {manifest.model_format} artifact, which Triton does not serve; "
+            f"build the repository from one of: {servable}"
+        )
+    triton = spec.triton
+    if settings.cpu_python and triton.platform != "onnxruntime_onnx":
+        raise ConfigError(
+            "--cpu-python runs onnxruntime in the Python backend: build it from an ONNX artifact "
+            f"(this one is --format {spec.name})"
+        )
+    dtype = TYPES[manifest.input.dtype]
+    shape = [int(d) for d in manifest.input.shape[1:]]
+    if manifest.input.shape[0] != "batch":
         raise UserError(f"{artifact} was exported with a fixed batch size; re-export without --static-batch")
     name, version = settings.name, str(settings.version)
-    has_plan = (artifact / "model.plan").is_file()
-    target = (
-        f"{name}_openvino"
-        if has_ir
-        else f"{name}_onnx_py"
-        if settings.cpu_python
-        else f"{name}_trt"
-        if has_plan
-        else f"{name}_onnx"
-    )
+    copies = {inside: artifact / source for inside, source in triton.files.items()}
+    if settings.cpu_python:
+        target = f"{name}_onnx_py"
+        config = backend_config(target, info, settings, shape, dtype, backend="python", kind="cpu")
+        copies["model.py"] = _backend_file("onnx_model")
+    else:
+        target = f"{name}_{triton.suffix}"
+        config = backend_config(
+            target, info, settings, shape, dtype, platform=triton.platform, backend=triton.backend, kind=triton.kind
+        )
+        if triton.backend == "openvino":
+            _openvino_precision(config, info)
     models: dict[str, tuple[object, dict[str, Path | str]]] = {
         f"{name}_preprocess": (
             preprocess_config(f"{name}_preprocess", info, settings, shape, dtype),
             {"model.py": _backend_file("preprocess")},
         ),
         name: (ensemble_config(name, target, info, settings), {}),
+        target: (config, copies),
     }
-    if has_ir:
-        models[f"{name}_openvino"] = (
-            openvino_config(f"{name}_openvino", info, settings, shape, dtype),
-            {"model.xml": artifact / "model.xml", "model.bin": artifact / "model.bin"},
-        )
-    elif settings.cpu_python:
-        models[f"{name}_onnx_py"] = (
-            backend_config(f"{name}_onnx_py", info, settings, shape, dtype, backend="python", kind="cpu"),
-            {"model.py": _backend_file("onnx_model"), "model.onnx": artifact / "model.onnx"},
-        )
-    else:
-        models[f"{name}_onnx"] = (
-            backend_config(f"{name}_onnx", info, settings, shape, dtype, platform="onnxruntime_onnx"),
-            {"model.onnx": artifact / "model.onnx"},
-        )
-        if has_plan:
-            models[f"{name}_trt"] = (
-                backend_config(f"{name}_trt", info, settings, shape, dtype, platform="tensorrt_plan", kind="gpu"),
-                {"model.plan": artifact / "model.plan"},
-            )
     repo = Path(repo)
     require_writable_folder(repo, f"--repo {repo}")
     others = sorted(entry.name for entry in repo.iterdir() if entry.name not in models)

@@ -15,14 +15,10 @@ import onnx
 from google.protobuf import text_format
 
 from pih2t_deploy.errors import UserError
+from pih2t_deploy.formats import FORMATS
 from pih2t_deploy.serving.triton.repository import model_config_pb2
 
-MODEL_FILES = {
-    "onnxruntime_onnx": "model.onnx",
-    "tensorrt_plan": "model.plan",
-    "python": "model.py",
-    "openvino": "model.xml",
-}
+PYTHON_FILES = ("model.py",)
 ONNX_TYPES = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",
     onnx.TensorProto.UINT8: "TYPE_UINT8",
@@ -56,6 +52,16 @@ def _load(folder: Path, report: ValidationReport):
 
 def _kind(config) -> str:
     return config.platform or config.backend
+
+
+def _required_files(kind: str) -> tuple[str, ...]:
+    """The files a version folder of a model of ``kind`` (platform or backend) holds, by the format table."""
+    if kind == "python":
+        return PYTHON_FILES
+    for spec in FORMATS.values():
+        if spec.triton and kind in (spec.triton.platform, spec.triton.backend):
+            return tuple(spec.triton.files)
+    return ()
 
 
 def _check_onnx(name: str, config, path: Path, report: ValidationReport) -> None:
@@ -94,13 +100,14 @@ def _check_model(folder: Path, config, report: ValidationReport) -> None:
     versions = [p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
     if not versions:
         report.problems.append(f"{name}: no version folder (e.g. {name}/1/)")
-    wanted = MODEL_FILES.get(_kind(config))
+    wanted = _required_files(_kind(config))
     for version in versions:
-        if wanted and not (version / wanted).is_file():
-            report.problems.append(f"{name}: version {version.name} has no {wanted} for {_kind(config)}")
-        elif wanted == "model.xml" and not (version / "model.bin").is_file():
-            report.problems.append(f"{name}: version {version.name} has model.xml but no model.bin (the weights)")
-        elif wanted == "model.onnx" or (version / "model.onnx").is_file():
+        missing = [file for file in wanted if not (version / file).is_file()]
+        if missing and missing[0] == wanted[0]:
+            report.problems.append(f"{name}: version {version.name} has no {wanted[0]} for {_kind(config)}")
+        elif missing:
+            report.problems.append(f"{name}: version {version.name} has {wanted[0]} but no {missing[0]}")
+        elif "model.onnx" in wanted or (version / "model.onnx").is_file():
             _check_onnx(name, config, version / "model.onnx", report)
     for output in config.output:
         if output.label_filename:
