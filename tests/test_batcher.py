@@ -109,20 +109,20 @@ def test_a_batch_waits_only_for_requests_on_their_way():
     """With a one-minute window: a lone request (nothing queued, nothing on its way) runs at once; while
     another request is on its way (being read or decoded) the batch stays open and both run together."""
     sizes: list[int] = []
-    on_the_way = {"n": 0}
 
     async def scenario() -> None:
         batcher = MicroBatcher(
-            _predict, max_wait_ms=60_000, timeout_s=120, on_batch=sizes.append, arrivals=lambda: on_the_way["n"]
+            _predict, max_wait_ms=60_000, timeout_s=120, on_batch=sizes.append, hold_for_arrivals=True
         )
         batcher.start()
         lone = await asyncio.wait_for(batcher.submit(np.ones((1, 1, 2, 2), dtype=np.float32)), 10)
         np.testing.assert_array_equal(lone, [[2.0, 2.0]])
-        on_the_way["n"] = 1
-        first = asyncio.ensure_future(batcher.submit(np.ones((2, 1, 2, 2), dtype=np.float32)))
-        await asyncio.sleep(0.05)
-        assert not first.done(), "the batch ran although a request was on its way"
-        on_the_way["n"] = 0
+        with batcher.arriving():
+            assert batcher.on_the_way == 1
+            first = asyncio.ensure_future(batcher.submit(np.ones((2, 1, 2, 2), dtype=np.float32)))
+            await asyncio.sleep(0.05)
+            assert not first.done(), "the batch ran although a request was on its way"
+        assert batcher.on_the_way == 0
         second = await asyncio.wait_for(batcher.submit(np.ones((1, 1, 2, 2), dtype=np.float32)), 10)
         assert (await first).shape == (2, 2) and second.shape == (1, 2)
         await batcher.stop()

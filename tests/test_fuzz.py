@@ -8,7 +8,7 @@ import sys
 
 from pih2t_deploy.runtime import load_classifier
 from pih2t_deploy.serving.rest import create_app
-from pih2t_deploy.serving.service import ServeSettings
+from pih2t_deploy.serving.settings import ServeSettings
 from tests.servers import running_server
 
 

@@ -15,7 +15,7 @@ from pih2t_deploy.export.options import BF16_TOLERANCE, ExportOptions
 from pih2t_deploy.runtime import load_classifier
 from pih2t_deploy.runtime.openvino_backend import compile_ir, cpu_description
 from pih2t_deploy.serving.rest import create_app
-from pih2t_deploy.serving.service import ServeSettings
+from pih2t_deploy.serving.settings import ServeSettings
 from pih2t_deploy.serving.triton.repository import RepositorySettings, build_repository
 from pih2t_deploy.serving.triton.validate import validate_repository
 from tests import images

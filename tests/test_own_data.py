@@ -131,7 +131,7 @@ def test_the_quickstart_server_start_refuses_to_talk_to_another_server(digits_ar
     """make quickstart's serve step: a port where another server already answers must fail, not report the
     other server's answers as ours."""
     from pih2t_deploy.serving.rest import create_app
-    from pih2t_deploy.serving.service import ServeSettings
+    from pih2t_deploy.serving.settings import ServeSettings
 
     classifier = load_classifier(digits_artifact[1])
     with running_server(create_app(lambda: classifier, ServeSettings())) as (url, _):

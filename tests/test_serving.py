@@ -17,7 +17,7 @@ from PIL import Image
 
 from pih2t_deploy.runtime import load_classifier
 from pih2t_deploy.serving.rest import create_app
-from pih2t_deploy.serving.service import ServeSettings
+from pih2t_deploy.serving.settings import ServeSettings
 from tests import images
 from tests.helpers import run_cli
 from tests.servers import running_server
@@ -228,7 +228,11 @@ MALFORMED_V2 = {
         {},
         "classification must be an integer",
     ),
-    "non-numeric header length": (json.dumps(_tensor()).encode(), {"Inference-Header-Content-Length": "abc"}, "does"),
+    "non-numeric header length": (
+        json.dumps(_tensor()).encode(),
+        {"Inference-Header-Content-Length": "abc"},
+        "not a byte",
+    ),
     "NaN in the data": (json.dumps(_tensor()).replace("0.0,", "NaN,", 1).encode(), {}, "non-finite number NaN"),
     "Infinity in the data": (json.dumps(_tensor()).replace("0.0,", "-Infinity,", 1).encode(), {}, "non-finite"),
     "1e39 as FP32": (json.dumps(_tensor(data=[1e39] + [0.0] * 63)).encode(), {}, "finite FP32"),

@@ -17,7 +17,7 @@ from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.runtime import load_classifier
 from pih2t_deploy.serving.process import free_port, start_rest_server
 from pih2t_deploy.serving.rest import create_app
-from pih2t_deploy.serving.service import ServeSettings
+from pih2t_deploy.serving.settings import ServeSettings
 from tests import images
 from tests.browser import headless_chromium
 from tests.helpers import kill_if_running, run_cli

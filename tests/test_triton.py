@@ -19,7 +19,7 @@ from PIL import Image
 from pih2t_deploy.errors import ConfigError, UserError
 from pih2t_deploy.runtime import load_classifier
 from pih2t_deploy.serving.rest import create_app
-from pih2t_deploy.serving.service import ServeSettings
+from pih2t_deploy.serving.settings import ServeSettings
 from pih2t_deploy.serving.triton.client import classify_files
 from pih2t_deploy.serving.triton.repository import RepositorySettings, build_repository
 from pih2t_deploy.serving.triton.server import Ports, start_server, wait_until_ready

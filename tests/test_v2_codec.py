@@ -93,9 +93,11 @@ def _one(**entry) -> bytes:
         (_one(datatype="INT32", data=[1.5]), None, "input 'x': data is not INT32"),
         (_one(datatype="COMPLEX", data=[1]), None, "input 'x': unsupported datatype COMPLEX"),
         (_one(datatype="BYTES", shape=[2], data=["a"]), None, "input 'x': 1 elements for shape [2]"),
-        (_one(parameters={"binary_data_size": 8}), "", "Inference-Header-Content-Length does not fit the body"),
-        (b"{}", "999", "Inference-Header-Content-Length does not fit the body"),
-        (b"{}", "-1", "Inference-Header-Content-Length does not fit the body"),
+        (_one(parameters={"binary_data_size": 8}), "", "Inference-Header-Content-Length '' is not a byte count"),
+        (b"{}", "999", "Inference-Header-Content-Length '999' is not a byte count that fits the body"),
+        (b"{}", "-1", "Inference-Header-Content-Length '-1' is not a byte count that fits the body"),
+        (b"{}", "\xb2", "Inference-Header-Content-Length '\xb2' is not a byte count"),
+        (b"{}", "\u0662", "Inference-Header-Content-Length '\u0662' is not a byte count"),
     ],
 )
 def test_malformed_requests_name_the_problem(body, length, message):
@@ -177,7 +179,10 @@ def test_every_reason_word_for_word():
         "the request body is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
         "(char 1))"
     )
-    assert _refused(b"{}", "9") == "Inference-Header-Content-Length does not fit the body"
+    assert _refused(b"{}", "9") == "Inference-Header-Content-Length '9' is not a byte count that fits the body"
+    assert _refused(b"{}", "9" * 100_000) == (
+        f"Inference-Header-Content-Length '{'9' * 39}... (100002 characters) is not a byte count that fits the body"
+    )
     assert _refused(b"{}") == "the request needs a non-empty 'inputs' list"
     assert _refused(b'{"inputs": [{"name": "x"}]}') == "each input needs 'name', 'datatype' and 'shape'"
     assert _refused(_one(parameters=[1], data=[1])) == "input 'x': 'parameters' must be a JSON object"

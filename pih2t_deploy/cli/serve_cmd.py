@@ -57,7 +57,7 @@ def serve(
     from pih2t_deploy.serving.process import require_free_port
     from pih2t_deploy.serving.rest import create_app
     from pih2t_deploy.serving.runner import run_service
-    from pih2t_deploy.serving.service import ServeSettings
+    from pih2t_deploy.serving.settings import ServeSettings
 
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {port}")

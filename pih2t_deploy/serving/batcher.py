@@ -12,21 +12,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from pih2t_deploy.serving.errors import DeadlineExceeded, Unavailable
+
 logger = logging.getLogger(__name__)
 
 
-class QueueFullError(Exception):
-    """The queue holds ``max_queue`` images already; the client should retry later (HTTP 503)."""
+class QueueFullError(Unavailable):
+    """The queue holds ``max_queue`` images already; the client should retry later."""
 
 
-class RequestTimeoutError(Exception):
-    """The request waited longer than its timeout (HTTP 504)."""
+class RequestTimeoutError(DeadlineExceeded):
+    """The request waited longer than its timeout."""
 
 
 @dataclass
@@ -38,9 +40,10 @@ class _Pending:
 class MicroBatcher:
     """Batches calls to ``predict`` (float32 [N, C, H, W] -> [N, K]) from many coroutines.
 
-    A batch is held open up to ``max_wait_ms`` for more requests. With ``arrivals`` (how many requests are on
-    their way: read or decoded but not yet submitted) it is held only while some are on their way, so a lone
-    request runs at once; without it the batch always waits out the window.
+    A batch is held open up to ``max_wait_ms`` for more requests. The batcher also counts the requests on
+    their way to it (callers wrap reading and decoding a request in ``arriving()``); with
+    ``hold_for_arrivals`` a batch is held only while some are on their way, so a lone request runs at once;
+    without it the batch always waits out the window.
     """
 
     def __init__(
@@ -52,11 +55,12 @@ class MicroBatcher:
         max_queue: int = 256,
         timeout_s: float = 30.0,
         on_batch: Callable[[int], None] = lambda _size: None,
-        arrivals: Callable[[], int] | None = None,
+        hold_for_arrivals: bool = False,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0 or timeout_s <= 0:
             raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms >= 0, timeout_s > 0")
-        self.predict, self.on_batch, self.arrivals = predict, on_batch, arrivals
+        self.predict, self.on_batch, self.hold_for_arrivals = predict, on_batch, hold_for_arrivals
+        self.on_the_way = 0  # requests being read or decoded, not yet submitted
         self.max_batch, self.max_wait, self.max_queue, self.timeout = (
             max_batch,
             max_wait_ms / 1000,
@@ -101,6 +105,15 @@ class MicroBatcher:
                 await self.worker
         self.executor.shutdown(wait=True)
 
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Count a request as on its way to this batcher while its body is read and its images decoded."""
+        self.on_the_way += 1
+        try:
+            yield
+        finally:
+            self.on_the_way -= 1
+
     @property
     def depth(self) -> int:
         """Images waiting in the queue."""
@@ -130,7 +143,7 @@ class MicroBatcher:
         batch, size = [first], len(first.images)
         deadline = time.monotonic() + self.max_wait
         while size < self.max_batch:
-            if self.queue.empty() and self.arrivals is not None and self.arrivals() == 0:
+            if self.queue.empty() and self.hold_for_arrivals and self.on_the_way == 0:
                 break  # nothing queued and nothing on its way: waiting cannot fill the batch
             remaining = deadline - time.monotonic()
             try:

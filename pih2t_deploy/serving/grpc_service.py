@@ -1,10 +1,10 @@
 """The same service on the KServe v2 gRPC protocol (``inference.GRPCInferenceService``, the definition
 tritonclient ships), so ``tritonclient.grpc`` and perf_analyzer ``-i grpc`` work unchanged.
 
-Health, server and model metadata, model configuration and inference; the models, inputs, outputs and
-checks are those of the HTTP routes (``v2.py``), so both protocols give the same answers and the same errors
-(HTTP 400 -> INVALID_ARGUMENT, 404 -> NOT_FOUND, 413 -> RESOURCE_EXHAUSTED, 503 -> UNAVAILABLE, 504 ->
-DEADLINE_EXCEEDED). Tensors arrive as raw contents (what tritonclient sends) or typed contents.
+A thin adapter over the data plane (``dataplane.py``), as ``v2.py`` is over HTTP: health, server and model
+metadata, model configuration and inference give the same answers as HTTP, and the core's named errors map
+to gRPC codes in one table (``GRPC_STATUS``). Tensors arrive as raw contents (what tritonclient sends) or
+typed contents.
 """
 
 from __future__ import annotations
@@ -17,20 +17,30 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from pih2t_deploy import __version__
-from pih2t_deploy.serving import v2
-from pih2t_deploy.serving.service import ApiError, InferenceService
+from pih2t_deploy.serving.dataplane import DataPlane, InferRequest
+from pih2t_deploy.serving.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    InvalidParameter,
+    ModelNotFound,
+    PayloadTooLarge,
+    ServingError,
+    Unavailable,
+    UnsupportedMediaType,
+    status_of,
+)
 from pih2t_deploy.serving.v2_codec import ProtocolError, Tensor, decode_tensor, serialize_bytes
 
 log = logging.getLogger(__name__)
 
-STATUS = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+GRPC_STATUS: dict[type[ServingError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidParameter: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    UnsupportedMediaType: grpc.StatusCode.INVALID_ARGUMENT,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 CONTENTS = {  # datatype -> the typed-contents field that carries it
     "FP32": "fp32_contents",
@@ -63,16 +73,13 @@ def _tensors(request: service_pb2.ModelInferRequest) -> list[Tensor]:
     return tensors
 
 
-def _requested(request: service_pb2.ModelInferRequest) -> list[dict]:
-    if not request.outputs:
-        return [{"name": v2.OUTPUT}]
-    requested = []
-    for output in request.outputs:
-        if output.name != v2.OUTPUT:
-            raise ProtocolError(f"unknown output {output.name!r}; this model has one output, {v2.OUTPUT!r}")
-        parameters = {key: _parameter(value) for key, value in output.parameters.items()}
-        requested.append({"name": output.name, "parameters": parameters})
-    return requested
+def infer_request(request: service_pb2.ModelInferRequest) -> InferRequest:
+    """The data plane's request for a ModelInferRequest: its tensors, the outputs asked for, its id."""
+    outputs = [
+        {"name": output.name, "parameters": {key: _parameter(value) for key, value in output.parameters.items()}}
+        for output in request.outputs
+    ]
+    return InferRequest(_tensors(request), outputs, request.id)
 
 
 def _metadata_tensors(tensors: list) -> list[service_pb2.ModelMetadataResponse.TensorMetadata]:
@@ -83,46 +90,39 @@ def _metadata_tensors(tensors: list) -> list[service_pb2.ModelMetadataResponse.T
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """GRPCInferenceService over an InferenceService; methods not listed answer UNIMPLEMENTED."""
+    """GRPCInferenceService over a DataPlane; methods not listed answer UNIMPLEMENTED."""
 
-    def __init__(self, service: InferenceService) -> None:
-        self.service = service
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
-        if isinstance(exc, ProtocolError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if isinstance(exc, ApiError):
-            await context.abort(STATUS.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), str(exc))
+        if isinstance(exc, ServingError):
+            await context.abort(status_of(exc, GRPC_STATUS), str(exc))
         log.exception("gRPC request failed")
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
     async def ServerLive(self, request, context):  # noqa: N802 - names of the service definition
         """Live unless the model failed to load."""
-        return service_pb2.ServerLiveResponse(live=self.service.load_error is None)
+        return service_pb2.ServerLiveResponse(live=self.plane.live)
 
     async def ServerReady(self, request, context):  # noqa: N802
         """Ready once loaded and warmed up, until shutdown begins."""
-        return service_pb2.ServerReadyResponse(ready=self.service.ready)
+        return service_pb2.ServerReadyResponse(ready=self.plane.ready)
 
     async def ModelReady(self, request, context):  # noqa: N802
         """Ready when the server is and ``name`` (and version) is served here."""
-        try:
-            v2.resolve_model(self.service, request.name, request.version or None)
-        except ApiError:
-            return service_pb2.ModelReadyResponse(ready=False)
-        return service_pb2.ModelReadyResponse(ready=self.service.ready)
+        return service_pb2.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version or None))
 
     async def ServerMetadata(self, request, context):  # noqa: N802
         """Name, version and protocol extensions."""
-        return service_pb2.ServerMetadataResponse(
-            name="pih2t-serve", version=__version__, extensions=["classification", "binary_tensor_data"]
-        )
+        found = self.plane.server_metadata()
+        return service_pb2.ServerMetadataResponse(name=found.name, version=found.version, extensions=found.extensions)
 
     async def ModelMetadata(self, request, context):  # noqa: N802
         """The input a client sends to this model, and its output (as over HTTP)."""
         try:
-            found = v2.describe_model(self.service, request.name, request.version or None)
-        except ApiError as exc:
+            found = self.plane.model_metadata(request.name, request.version or None)
+        except ServingError as exc:
             return await self._fail(context, exc)
         return service_pb2.ModelMetadataResponse(
             name=found.name,
@@ -135,40 +135,41 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request, context):  # noqa: N802
         """Triton's model configuration (as over HTTP)."""
         try:
-            config = v2.model_configuration(self.service, request.name, request.version or None)
-        except ApiError as exc:
+            config = self.plane.model_config(request.name, request.version or None)
+        except ServingError as exc:
             return await self._fail(context, exc)
         return service_pb2.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
 
     async def ModelInfer(self, request, context):  # noqa: N802
         """Logits, or the top k with ``classification``; outputs as raw contents."""
+
+        async def read() -> InferRequest:
+            return infer_request(request)
+
         try:
-            classifier, _ = v2.resolve_model(self.service, request.model_name, request.model_version or None)
-            with self.service.arriving():
-                tensors, requested = _tensors(request), _requested(request)
-            outputs = await v2.run_inference(self.service, classifier, tensors, requested)
-        except (ApiError, ProtocolError) as exc:
+            result = await self.plane.infer(request.model_name, request.model_version or None, read)
+        except ServingError as exc:
             return await self._fail(context, exc)
         response = service_pb2.ModelInferResponse(
-            model_name=request.model_name, model_version=classifier.info.version, id=request.id
+            model_name=result.model_name, model_version=result.model_version, id=result.id or ""
         )
-        for output in outputs:
-            response.outputs.add(name=output["name"], datatype=output["datatype"], shape=output["shape"])
-            values = output["values"]
-            raw = serialize_bytes(values) if output["datatype"] == "BYTES" else np.ascontiguousarray(values).tobytes()
+        for output in result.outputs:
+            response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
+            values = output.values
+            raw = serialize_bytes(values) if output.datatype == "BYTES" else np.ascontiguousarray(values).tobytes()
             response.raw_output_contents.append(raw)
         return response
 
 
-async def start_grpc_server(service: InferenceService, address: str, max_message_bytes: int) -> grpc.aio.Server:
-    """A started gRPC server for ``service`` listening on ``address`` ("host:port")."""
+async def start_grpc_server(plane: DataPlane, address: str, max_message_bytes: int) -> grpc.aio.Server:
+    """A started gRPC server for ``plane`` listening on ``address`` ("host:port")."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen for gRPC on {address}")
     await server.start()

@@ -1,8 +1,9 @@
-"""The FastAPI application: ``create_app`` puts the service, its routers (/v1, /v2), /metrics, the
+"""The FastAPI application: ``create_app`` puts the data plane, its routers (/v1, /v2), /metrics, the
 middleware (request metrics, body size limit) and the exception handlers together.
 
 Every error answer is ``{"error": "..."}`` with a 4xx status, except 503 (queue full, not ready) and 504
-(timeout). Where things go: a route in ``v1.py`` or ``v2.py``; shared state and steps in ``service.py``.
+(timeout); the core's named errors get their status from ``http_edge.HTTP_STATUS``. Where things go: a route
+in ``v1.py`` or ``v2.py``; operations and shared state in ``dataplane.py``.
 """
 
 from __future__ import annotations
@@ -22,15 +23,13 @@ from pih2t_deploy import __version__
 from pih2t_deploy.runtime import Classifier
 from pih2t_deploy.serving import v1, v2
 from pih2t_deploy.serving.body_limit import BodyLimitMiddleware
+from pih2t_deploy.serving.dataplane import DataPlane
+from pih2t_deploy.serving.errors import ServingError
+from pih2t_deploy.serving.http_edge import serving_error
 from pih2t_deploy.serving.metrics import RequestMetricsMiddleware
-from pih2t_deploy.serving.service import ApiError, InferenceService, ServeSettings
+from pih2t_deploy.serving.settings import ServeSettings
 
 DOCS_ASSETS = "/docs-assets"
-
-
-async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -53,15 +52,15 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
     """The ASGI application. ``load`` builds the classifier in the background after start-up, so the server
     answers liveness at once; readiness turns true after load and warm-up, and false again when shutdown
     begins. Settings are checked before anything else (ConfigError for a value out of range)."""
-    service = InferenceService(load, settings)
+    plane = DataPlane(load, settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.get_running_loop().create_task(service.start())
+        loading = asyncio.get_running_loop().create_task(plane.start())
         yield
-        service.draining = True
+        plane.draining = True
         await loading
-        await service.stop()
+        await plane.stop()
 
     # /docs and /redoc load their JavaScript and CSS from this server (fastapi-offline's copy), not a CDN
     app = FastAPIOffline(
@@ -71,8 +70,8 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
         lifespan=lifespan,
         static_url=DOCS_ASSETS,
     )
-    app.state.service = service
-    app.add_exception_handler(ApiError, _api_error)
+    app.state.plane = plane
+    app.add_exception_handler(ServingError, serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
@@ -81,12 +80,12 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        if service.batcher is not None:
-            service.metrics.queue_depth.set(service.batcher.depth)
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        if plane.batcher is not None:
+            plane.metrics.queue_depth.set(plane.batcher.depth)
+        return Response(generate_latest(plane.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(
-        BodyLimitMiddleware, max_bytes=service.settings.max_upload_bytes, timeout_s=service.settings.body_timeout_s
+        BodyLimitMiddleware, max_bytes=plane.settings.max_upload_bytes, timeout_s=plane.settings.body_timeout_s
     )
-    app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics)
+    app.add_middleware(RequestMetricsMiddleware, metrics=plane.metrics)
     return app

@@ -19,9 +19,9 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from pih2t_deploy.serving.dataplane import DataPlane
 from pih2t_deploy.serving.header_deadline import header_deadline_protocol
 from pih2t_deploy.serving.log_limit import limit_repeated_logs
-from pih2t_deploy.serving.service import InferenceService
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +29,16 @@ GC_THRESHOLD = 50_000  # allocations between young-generation collections (CPyth
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn.Server whose first SIGTERM marks ``service`` draining and exits ``drain_s`` seconds later."""
+    """uvicorn.Server whose first SIGTERM marks ``plane`` draining and exits ``drain_s`` seconds later."""
 
-    def __init__(self, config: uvicorn.Config, service: InferenceService, drain_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, plane: DataPlane, drain_s: float) -> None:
         super().__init__(config)
-        self.service, self.drain_s = service, drain_s
+        self.plane, self.drain_s = plane, drain_s
         self.exit_at: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """First SIGTERM: not ready now, stop after the drain period; anything else: uvicorn's own rule."""
-        self.service.draining = True
+        self.plane.draining = True
         if sig == signal.SIGTERM and self.exit_at is None and self.drain_s > 0:
             self.exit_at = time.monotonic() + self.drain_s
             self._captured_signals.append(sig)
@@ -81,15 +81,15 @@ def run_service(
     # collection over the long-lived ones (the model, the libraries) shows up as tail latency
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 50, 100)
-    service = app.state.service
-    server = DrainingServer(config, service, drain_s)
+    plane = app.state.plane
+    server = DrainingServer(config, plane, drain_s)
 
     async def serve() -> None:
         grpc_server = None
         if grpc_port:
             from pih2t_deploy.serving.grpc_service import start_grpc_server
 
-            grpc_server = await start_grpc_server(service, f"{host}:{grpc_port}", service.settings.max_upload_bytes)
+            grpc_server = await start_grpc_server(plane, f"{host}:{grpc_port}", plane.settings.max_upload_bytes)
         try:
             await server.serve()
         finally:

@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from pih2t_deploy.serving.client_numbers import parse_whole_number
+from pih2t_deploy.serving.errors import InvalidInput, quote
+
 HEADER = "inference-header-content-length"
 NUMPY_TYPES = {
     "FP32": np.float32,
@@ -31,8 +34,8 @@ NUMPY_TYPES = {
 }
 
 
-class ProtocolError(ValueError):
-    """A malformed inference request (HTTP 400)."""
+class ProtocolError(InvalidInput):
+    """A malformed inference request (the protocol's body or message; HTTP 400, gRPC INVALID_ARGUMENT)."""
 
 
 def _refuse_constant(token: str) -> float:
@@ -81,9 +84,12 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any],
     if header_length is None:
         json_part, rest = body, b""
     else:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise ProtocolError("Inference-Header-Content-Length does not fit the body")
-        json_part, rest = body[: int(header_length)], body[int(header_length) :]
+        length = parse_whole_number(header_length)
+        if length is None or not 0 <= length <= len(body):
+            raise ProtocolError(
+                f"Inference-Header-Content-Length {quote(header_length)} is not a byte count that fits the body"
+            )
+        json_part, rest = body[:length], body[length:]
     request = load_json(json_part)
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise ProtocolError("the request needs a non-empty 'inputs' list")
