@@ -28,7 +28,7 @@ from pih2t_deploy.atomic import atomic_file
 from pih2t_deploy.data.preprocessing import Preprocessing, default_preprocessing
 from pih2t_deploy.errors import CheckpointError, ConfigError
 from pih2t_deploy.h2t_import import import_authors_network, is_authors_checkpoint
-from pih2t_deploy.models import NetworkConfig, PIH2TNet
+from pih2t_deploy.models import NetworkConfig, PIH2TNet, get_arch
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def build_meta(
     """A complete, validated meta dict for ``config`` (``validate_meta``); names default to the class indices;
     ``stage`` None means the stage is not known (an imported file that does not record it)."""
     names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(config.num_classes)]
-    prep = preprocessing or default_preprocessing(config.arch, config.in_channels)
+    prep = preprocessing or default_preprocessing(get_arch(config.arch).default_input_size, config.in_channels)
     meta = config.to_dict()
     meta.update(
         class_names=names,

@@ -36,7 +36,7 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "fusion": ("fusion.py", ["tests/test_fusion.py"]),
     "longtail": ("data/longtail.py", ["tests/test_data.py", "tests/test_groups.py"]),
     "losses": ("training/losses.py", ["tests/test_samplers_losses.py"]),
-    "evaluate": ("training/evaluate.py", ["tests/test_groups.py", "-k", "by_hand or metadata or by_class_index"]),
+    "evaluate": ("evaluation.py", ["tests/test_groups.py", "-k", "by_hand or metadata or by_class_index"]),
     # the strict-loading test of the two largest torchvision nets adds 3 s to every surviving mutant
     "fold": ("fold.py", ["tests/test_fold.py", "-k", "not resnet152 and not resnext50"]),
     "pif": ("models/pif.py", ["tests/test_pif.py"]),

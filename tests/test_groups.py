@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pih2t_deploy.data.longtail import GroupThresholds
-from pih2t_deploy.training.evaluate import summarize
+from pih2t_deploy.evaluation import summarize
 from tests.helpers import run_cli
 
 # 7 classes; with thresholds 100/20: 150 and 101 are Many, 100, 50 and 20 Medium, 19 and 5 Few.
@@ -126,7 +126,7 @@ def test_calibration_error_by_hand():
     and 0.41 (right) are alone; 0.95 (right) and 1.0 (wrong: the top edge belongs to the last bin) share
     (0.933, 1]. ECE = (2 |0.5 - 0.895| + |0 - 0.62| + |1 - 0.41| + 2 |0.5 - 0.975|) / 6. With 16 bins 0.87 and
     0.92 would fall apart, and without the top edge 1.0 would count nowhere."""
-    from pih2t_deploy.training.evaluate import expected_calibration_error
+    from pih2t_deploy.evaluation import expected_calibration_error
 
     probs = np.array(
         [
@@ -162,7 +162,7 @@ def test_top5_confusion_and_classes_without_test_images_by_hand():
     confusion = [[0] * 7 for _ in range(7)]
     confusion[0][1], confusion[3][3] = 3, 1
     assert summary["confusion"] == confusion and all(type(v) is int for row in summary["confusion"] for v in row)
-    from pih2t_deploy.training.evaluate import expected_calibration_error
+    from pih2t_deploy.evaluation import expected_calibration_error
 
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
@@ -173,7 +173,7 @@ def test_predict_runs_the_model_in_eval_mode_over_the_loader_by_hand():
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from pih2t_deploy.training.evaluate import predict
+    from pih2t_deploy.training.predict import predict
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Dropout(0.9))
     torch.nn.init.eye_(model[0].weight)
@@ -187,7 +187,7 @@ def test_predict_runs_the_model_in_eval_mode_over_the_loader_by_hand():
 
 
 def test_the_summary_plot_is_written_by_hand(tmp_path):
-    from pih2t_deploy.training.evaluate import plot_summary
+    from pih2t_deploy.evaluation import plot_summary
 
     logits, targets = _predictions()
     summary = summarize(logits, targets, COUNTS, GroupThresholds(100, 20))

@@ -132,8 +132,9 @@ def test_transparency_is_composited_over_white_in_every_mode():
 )
 def test_default_preprocessing_per_architecture(arch, channels, expected):
     from pih2t_deploy.data.preprocessing import default_preprocessing
+    from pih2t_deploy.models import get_arch
 
-    prep = default_preprocessing(arch, channels)
+    prep = default_preprocessing(get_arch(arch).default_input_size, channels)
     assert (prep.input_size, prep.resize, prep.mode, prep.mean, prep.std) == expected
     assert prep.interpolation == "bilinear"
 
@@ -149,4 +150,4 @@ def test_the_torch_transform_gives_the_numpy_pixels_and_three_channels_by_defaul
     assert isinstance(tensor, torch.Tensor) and tensor.shape == (1, 8, 8)
     np.testing.assert_array_equal(tensor.numpy(), prep.to_numpy([image])[0])
     np.testing.assert_array_equal(prep.to_tensor([image, image]).numpy(), prep.to_numpy([image, image]))
-    assert default_preprocessing("resnet32").mode == "RGB"
+    assert default_preprocessing(32).mode == "RGB"

@@ -22,6 +22,7 @@ from pih2t_deploy.bench.machine import cpu_info
 from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint, versions
 from pih2t_deploy.data.longtail import GroupThresholds
 from pih2t_deploy.errors import ConfigError, UserError, VerificationError
+from pih2t_deploy.evaluation import summarize
 from pih2t_deploy.export.exporter import export_checkpoint
 from pih2t_deploy.export.options import ExportOptions
 from pih2t_deploy.export.real_images import load_images
@@ -29,7 +30,6 @@ from pih2t_deploy.export.runners import Runner, run_chunked, torch_runner
 from pih2t_deploy.formats import bench_entries
 from pih2t_deploy.runtime import load_classifier
 from pih2t_deploy.timing import time_interleaved
-from pih2t_deploy.training.evaluate import summarize
 
 logger = logging.getLogger(__name__)
 

@@ -163,14 +163,12 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
-def default_preprocessing(arch: str, in_channels: int = 3) -> Preprocessing:
-    """The usual preprocessing for ``arch`` (Digits 8x8 L, CIFAR 32x32, ImageNet 224 from 256)."""
-    from pih2t_deploy.models import get_arch
-
-    spec = get_arch(arch)
+def default_preprocessing(input_size: int, in_channels: int = 3) -> Preprocessing:
+    """The usual preprocessing for a network made for ``input_size`` pixels (its architecture's default):
+    ImageNet's 224 from 256 for 224 and up, else the size itself with CIFAR's statistics (RGB) or 0.5/0.5 (L)."""
     mode = "L" if in_channels == 1 else "RGB"
-    if spec.default_input_size >= 224:
+    if input_size >= 224:
         return Preprocessing(input_size=224, resize=256, mode="RGB")
     if in_channels == 1:
-        return Preprocessing(spec.default_input_size, spec.default_input_size, mode, (0.5,), (0.5,))
-    return Preprocessing(spec.default_input_size, spec.default_input_size, mode, CIFAR_MEAN, CIFAR_STD)
+        return Preprocessing(input_size, input_size, mode, (0.5,), (0.5,))
+    return Preprocessing(input_size, input_size, mode, CIFAR_MEAN, CIFAR_STD)

@@ -25,6 +25,7 @@ from pih2t_deploy.atomic import atomic_dir, require_writable_folder
 from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint, versions
 from pih2t_deploy.data.longtail import GroupThresholds
 from pih2t_deploy.errors import DataError, UserError
+from pih2t_deploy.evaluation import summarize
 from pih2t_deploy.export.builders import BuildInputs, BuildResult
 from pih2t_deploy.export.gates import AccuracyGate, ParityGate
 from pih2t_deploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME
@@ -35,7 +36,6 @@ from pih2t_deploy.export.verify import VerificationReport, compare, verify
 from pih2t_deploy.export.wrappers import ExportModule
 from pih2t_deploy.fold import FoldReport, fold
 from pih2t_deploy.models import create_arch
-from pih2t_deploy.training.evaluate import summarize
 
 logger = logging.getLogger(__name__)
 

@@ -34,11 +34,12 @@ from pih2t_deploy.checkpoint import build_meta, read_weights_only, save_checkpoi
 from pih2t_deploy.data.samplers import make_sampler
 from pih2t_deploy.data.sources import DataBundle, build_data
 from pih2t_deploy.errors import ConfigError, DataError
+from pih2t_deploy.evaluation import summarize
 from pih2t_deploy.fusion import h2t_fuse
 from pih2t_deploy.models import NetworkConfig, PIH2TNet, check_input_fits
 from pih2t_deploy.training import distributed as dist_utils
-from pih2t_deploy.training.evaluate import predict, summarize
 from pih2t_deploy.training.losses import build_loss
+from pih2t_deploy.training.predict import predict
 from pih2t_deploy.training.progress import epoch_progress
 from pih2t_deploy.training.recipe import Recipe, StageSettings
 from pih2t_deploy.training.schedule import lr_factor

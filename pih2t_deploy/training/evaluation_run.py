@@ -15,8 +15,9 @@ from pih2t_deploy.atomic import write_text_atomic
 from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint
 from pih2t_deploy.data.sources import DataBundle, DataConfig, build_data
 from pih2t_deploy.errors import DataError
+from pih2t_deploy.evaluation import plot_summary, summarize
 from pih2t_deploy.training.engine import resolve_device
-from pih2t_deploy.training.evaluate import plot_summary, predict, summarize
+from pih2t_deploy.training.predict import predict
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,9 @@
-"""Evaluation: top-1/top-5, Many/Medium/Few, per-class accuracy, calibration error, confusion matrix, plots."""
+"""Evaluation of a classifier's outputs: top-1/top-5, Many/Medium/Few, per-class accuracy, calibration error,
+confusion matrix, plots.
+
+It works on logits and labels (numpy) and knows no framework, so training, export and bench (which all score
+models) import it from here, below all three.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
-from torch.utils.data import DataLoader
 
 from pih2t_deploy.data.longtail import GroupThresholds, softmax, top_k
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(logits [N, K] float32, targets [N]) over ``loader`` with ``model`` in eval mode."""
-    model.eval()
-    outputs, targets = [], []
-    for images, labels in loader:
-        outputs.append(model(images.to(device)).float().cpu())
-        targets.append(labels)
-    return torch.cat(outputs).numpy(), torch.cat(targets).numpy()
 
 
 def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> float:
