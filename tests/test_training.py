@@ -115,17 +115,17 @@ def test_show_prints_the_resolved_recipe_with_the_authors_stage2_values():
 def test_each_stage_builds_its_loss_with_its_own_parameters(tmp_path, monkeypatch):
     """GCL as published: stage 1 with m 0, s 30; the classifier's re-training with m 0.1, s 20 and the focal
     term (loss.stage2_params replaces those of loss.params in stage 2)."""
-    from pih2t_deploy.training import engine
+    from pih2t_deploy.training import stages
 
     built = []
-    original = engine.build_loss
+    original = stages.build_loss
 
     def recording(name, counts, **kwargs):
         loss = original(name, counts, **kwargs)
         built.append((type(loss).__name__, loss.m, loss.s, loss.gamma, loss.noise_mul))
         return loss
 
-    monkeypatch.setattr(engine, "build_loss", recording)
+    monkeypatch.setattr(stages, "build_loss", recording)
     _train(
         tmp_path,
         "model.head=cosine",
