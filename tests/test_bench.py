@@ -83,3 +83,40 @@ def test_bench_serve_mode_load_tests_pih2t_serve_and_local_triton(tmp_path, digi
         assert [row["concurrency"] for row in rows] == [1, 2]
         assert all(row["requests"] > 0 and row["errors"] == 0 for row in rows), rows
     assert "| triton | 2 |" in (tmp_path / "b" / "bench.md").read_text()
+
+
+def test_latency_percentiles_keep_their_names_from_clock_to_report(monkeypatch):
+    """Calls that take 1, 2, ..., 100 ms: the median is 50.5 ms, the 90th percentile 90 ms, the 99th 99 ms;
+    the report row and the markdown table show each under its own name."""
+    from pih2t_deploy import timing
+    from pih2t_deploy.bench.report import to_markdown
+    from pih2t_deploy.bench.runner import timing_row
+
+    clock = {"now": 0.0}
+    durations = iter([0.0] * 2 + [ms / 1000 for ms in range(1, 101)])  # two warm-up calls, then 100 timed
+
+    def call() -> None:
+        clock["now"] += next(durations)
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock["now"])
+    measured = timing.time_interleaved({"onnx": call}, rounds=4, repeats=25, warmup=2)["onnx"]
+    assert (measured.median, measured.p90, measured.p99, measured.calls) == pytest.approx((0.0505, 0.090, 0.099, 100))
+    baseline = timing.Timing(median=0.101, p90=0.2, p99=0.3, calls=10)
+    row = timing_row(measured, batch=8, baseline=baseline)
+    assert row == pytest.approx(
+        {"p50_ms": 50.5, "p90_ms": 90.0, "p99_ms": 99.0, "images_per_s": 8 / 0.0505, "speedup_vs_torch": 2.0}
+    )
+    report = {
+        "arch": "a",
+        "method": "m",
+        "input_shape": [1],
+        "machine": "x",
+        "device": "cpu",
+        "threads": 1,
+        "date": "d",
+        "cpu": {"model": "c", "flags": []},
+        "timings": {"onnx": {"8": row}},
+        "formats": {},
+        "accuracy": {},
+    }
+    assert "| onnx | 8 | 50.50 | 90.00 | 99.00 | 158.4 | 2.00 |" in to_markdown(report, "cmd")

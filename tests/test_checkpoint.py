@@ -20,6 +20,7 @@ def test_round_trip_keeps_weights_and_meta(tmp_path, digits_net):
     loaded = load_checkpoint(path)
     assert loaded.meta == meta
     assert loaded.class_names == list("abcdefg")
+    assert loaded.class_counts == [50, 30, 20, 10, 5, 3, 1]
     assert loaded.preprocessing.input_shape == (1, 8, 8)
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
@@ -208,5 +209,22 @@ def test_authors_imagenet_checkpoints_find_their_backbone(tmp_path, arch):
     ckpt = load_checkpoint(tmp_path / "inet.pth.tar")
     assert ckpt.meta["arch"] == arch and ckpt.preprocessing.input_size == 224
     x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt.net(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_authors_resnet152_file_is_never_read_as_the_resnet50_its_keys_contain(tmp_path):
+    """Every key of a ResNet-50 (and its shape) is also in a ResNet-152: loading tried non-strictly would pick
+    ResNet-50, the first candidate, and silently drop 33 blocks. The import must find ResNet-152."""
+    torch.manual_seed(0)
+    net = PIH2TNet(NetworkConfig(arch="resnet152", num_classes=3, method="ce")).eval()
+    backbone = {k.removeprefix("backbone."): v for k, v in net.state_dict().items() if k.startswith("backbone.")}
+    resnet50 = PIH2TNet(NetworkConfig(arch="resnet50", num_classes=3, method="ce")).backbone.state_dict()
+    assert set(resnet50) < set(backbone)
+    classifier = {"fc.weight": net.head.fc.weight.detach(), "fc.bias": net.head.fc.bias.detach()}
+    torch.save({"epoch": 1, "state_dict_model": backbone, "state_dict_classifier": classifier}, tmp_path / "r152.pth")
+    ckpt = load_checkpoint(tmp_path / "r152.pth")
+    assert ckpt.meta["arch"] == "resnet152"
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ckpt.net(x), net(x), rtol=1e-5, atol=1e-5)

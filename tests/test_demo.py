@@ -159,3 +159,18 @@ def test_demo_cli_refuses_share_links_and_bad_examples(tmp_path, digits_artifact
     ):
         done = run_cli("demo", "--model", str(digits_artifact[1]), *args)
         assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_the_top_k_shown_is_ranked_by_the_adjusted_probabilities():
+    """Three classes with 120, 30 and 6 training images. As tau grows, the tail class 'eel' climbs: at tau 0
+    the top two are cat and dog; at tau 1.5 eel leads and cat drops out of the top two."""
+    from tests.fakes import FakeClassifier
+
+    explainer = LongTailExplainer(FakeClassifier())
+    log_probs = np.log(np.array([0.6, 0.3, 0.1]))
+    assert list(explainer.ranked(log_probs, tau=0.0, k=2)) == ["cat (Many)", "dog (Medium)"]
+    adjusted = explainer.ranked(log_probs, tau=1.5, k=2)
+    weights = np.array([0.6, 0.3, 0.1]) * np.array([120, 30, 6], dtype=float) ** -1.5
+    expected = weights / weights.sum()
+    assert list(adjusted) == ["eel (Few)", "dog (Medium)"]
+    assert list(adjusted.values()) == pytest.approx([expected[2], expected[1]])

@@ -88,3 +88,23 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, ckpt):
     failed = run_cli("export", "--ckpt", str(path), "--output", str(tmp_path / "y"), "--tolerance", "1e-30")
     assert failed.returncode == 1 and "verification failed" in failed.stderr
     assert not (tmp_path / "y").exists()
+
+
+def test_the_cli_passes_fold_and_graph_options_on(tmp_path, ckpt):
+    """Each export flag reaches the export (run in-process through the command's own parser): --fuse-bn folds
+    every BatchNorm into its convolution, --logit-adjust folds tau, --max-batch sets the verified batches."""
+    from typer.testing import CliRunner
+
+    from pih2t_deploy.cli import COMMANDS, _typer_app
+
+    path, _ = ckpt
+    runner = CliRunner()
+    for name, flags in (("plain", []), ("fused", ["--fuse-bn", "--logit-adjust", "0.5", "--max-batch", "3"])):
+        done = runner.invoke(_typer_app(COMMANDS), ["export", "--ckpt", str(path), "-o", str(tmp_path / name), *flags])
+        assert done.exit_code == 0, done.output
+    plain = json.loads((tmp_path / "plain" / "model.json").read_text())
+    fused = json.loads((tmp_path / "fused" / "model.json").read_text())
+    assert (plain["fold"]["bn_fused"], plain["export"]["fuse_bn"]) == (0, False)
+    assert fused["fold"]["bn_fused"] > 0 and fused["export"]["fuse_bn"] is True
+    assert (plain["fold"]["logit_adjust_tau"], fused["fold"]["logit_adjust_tau"]) == (0.0, 0.5)
+    assert [r["batch"] for r in fused["verification"][0]["results"]] == [1, 2, 3]

@@ -55,7 +55,8 @@ def _check(arch, head, method, tau, fuse_bn):
             ["digits_net", "resnet32", "resnet18"], ["linear", "cosine"], ["pih2t", "ce"], [0.0, 1.0], [False, True]
         )
     ]
-    + [("resnet50", "linear", "pih2t", 1.0, True), ("resnet50", "cosine", "pih2t", 0.0, False)],
+    + [("resnet50", "linear", "pih2t", 1.0, True), ("resnet50", "cosine", "pih2t", 0.0, False)]
+    + [("digits_net", "linear", "pih2t", 0.37, False), ("digits_net", "cosine", "pih2t", 2.5, True)],
 )
 def test_fold_parity_within_1e_5(arch, head, method, tau, fuse_bn):
     folded = _check(arch, head, method, tau, fuse_bn)

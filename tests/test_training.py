@@ -315,3 +315,25 @@ def test_seeded_accuracy_floors_on_digits_lt(digits_artifact, ce_metrics):
     assert ce_metrics["top1"] >= 0.55, ce_metrics["top1"]
     assert pih2t["top1"] >= 0.75 and pih2t["few"] >= 0.45, (pih2t["top1"], pih2t["few"])
     assert pih2t["few"] > ce_metrics["few"] + 0.2, "PI-H2T's gain is on the tail"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss.params.tau=1.5"], "unknown setting loss.params.tau; loss ce takes: none"),
+        (
+            ["model.head=cosine", "loss.name=ldam", "loss.stage2_params.tau=1.5"],
+            "unknown setting loss.stage2_params.tau; loss ldam takes: beta, max_m, reweight_epoch, s",
+        ),
+        (
+            ["model.head=cosine", "loss.name=gcl", "loss.params={m: 0.1, mm: 1}"],
+            "unknown setting loss.params.mm; loss gcl takes: gamma, m, noise_mul, s",
+        ),
+    ],
+)
+def test_a_loss_parameter_the_loss_does_not_take_is_refused_with_the_ones_it_does(overrides, message):
+    """Before any training: a parameter no loss reads would otherwise be carried silently in the recipe."""
+    with pytest.raises(ConfigError) as refused:
+        load_recipe("digits-lt", overrides)
+    assert str(refused.value) == message
+    assert load_recipe("digits-lt", ["loss.name=balanced_softmax", "loss.params.tau=1.5"]).loss.params == {"tau": 1.5}

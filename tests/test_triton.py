@@ -389,3 +389,22 @@ def test_validate_checks_the_onnx_file_beside_a_python_model_and_reports_every_b
         "pih2t: step 0 names model 'pih2t_preprocess', which is not in the repository",
         "pih2t: step 1 reads 'preprocessed', which no earlier step produces",
     ]
+
+
+def test_every_batching_model_gets_the_queue_delay_instances_and_preferred_batches_asked_for(tmp_path, digits_artifact):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    settings = RepositorySettings(max_queue_delay_us=2000, preferred_batch=[4, 16], instances=3, max_batch=32)
+    build_repository(digits_artifact[1], tmp_path / "repo", settings)
+    configs = {
+        folder.name: text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        for folder in (tmp_path / "repo").iterdir()
+    }
+    batching = {name: config for name, config in configs.items() if config.platform != "ensemble"}
+    assert sorted(batching) == ["pih2t_onnx", "pih2t_preprocess"]
+    for name, config in batching.items():
+        assert config.dynamic_batching.max_queue_delay_microseconds == 2000, name
+        assert list(config.dynamic_batching.preferred_batch_size) == [4, 16], name
+        assert [group.count for group in config.instance_group] == [3], name
+    assert {config.max_batch_size for config in configs.values()} == {32}

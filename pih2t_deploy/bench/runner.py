@@ -29,7 +29,7 @@ from pih2t_deploy.export.real_images import load_images
 from pih2t_deploy.export.runners import Runner, run_chunked, torch_runner
 from pih2t_deploy.formats import bench_entries
 from pih2t_deploy.runtime import load_classifier
-from pih2t_deploy.timing import time_interleaved
+from pih2t_deploy.timing import Timing, time_interleaved
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,18 @@ def _repeats(runner: Runner, x: np.ndarray, min_seconds: float) -> int:
     return max(2, min(50, int(min_seconds / once)))
 
 
+def timing_row(timing: Timing, batch: int, baseline: Timing) -> dict[str, float]:
+    """One format's figures at one batch size: median, 90th and 99th percentile latency in ms, images per
+    second at the median, and the speed-up over the baseline's median."""
+    return {
+        "p50_ms": 1000 * timing.median,
+        "p90_ms": 1000 * timing.p90,
+        "p99_ms": 1000 * timing.p99,
+        "images_per_s": batch / timing.median,
+        "speedup_vs_torch": baseline.median / timing.median,
+    }
+
+
 def passes_accuracy_gate(accuracy: dict[str, Any], name: str, max_group_drop: float) -> bool:
     """``name`` loses at most ``max_group_drop`` points against the PyTorch baseline on top-1 and on every
     Many/Medium/Few group that has test images."""
@@ -166,15 +178,8 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = logger.info) -
         measured = time_interleaved(
             {n: (lambda r=r, x=x: r(x)) for n, r in runners.items()}, rounds=options.rounds, repeats=repeats
         )
-        base = measured[BASELINE].median
-        for name, t in measured.items():
-            timings[name][str(batch)] = {
-                "p50_ms": 1000 * t.median,
-                "p90_ms": 1000 * t.p90,
-                "p99_ms": 1000 * t.p99,
-                "images_per_s": batch / t.median,
-                "speedup_vs_torch": base / t.median,
-            }
+        for name, timing in measured.items():
+            timings[name][str(batch)] = timing_row(timing, batch, measured[BASELINE])
     accuracy: dict[str, Any] = {}
     if options.eval_data:
         found = load_images(options.eval_data, ckpt, split="test")

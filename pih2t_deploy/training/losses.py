@@ -8,6 +8,7 @@ scale out and apply their own scale ``s`` (as the authors' code does with its no
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -121,6 +122,13 @@ class GCLLoss(nn.Module):
 def focal_weight(per_sample_ce: torch.Tensor, gamma: float) -> torch.Tensor:
     """(1 - p_target)^gamma with p_target = exp(-CE), detached from the graph (as the GCL code's focal term)."""
     return (1.0 - torch.exp(-per_sample_ce.detach())) ** gamma
+
+
+def loss_parameters(name: str) -> list[str]:
+    """The parameters loss ``name`` takes in ``loss.params`` / ``loss.stage2_params`` (sorted)."""
+    classes = {"ce": CrossEntropy, "ldam": LDAMLoss, "balanced_softmax": BalancedSoftmax, "gcl": GCLLoss}
+    signature = inspect.signature(classes[name].__init__)
+    return sorted(set(signature.parameters) - {"self", "counts", "cosine_scale", "args", "kwargs"})
 
 
 def build_loss(name: str, counts: Sequence[int], *, head: str, cosine_scale: float, **params: float) -> nn.Module:

@@ -19,7 +19,7 @@ from pydantic import AfterValidator, Field
 from pih2t_deploy.data.sources import DataConfig
 from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.settings import FORBID_UNKNOWN_KEYS, validate_settings
-from pih2t_deploy.training.losses import LossName, require_head_for_loss
+from pih2t_deploy.training.losses import LossName, loss_parameters, require_head_for_loss
 
 RECIPES = resources.files("pih2t_deploy") / "recipes"
 
@@ -60,6 +60,15 @@ class LossSettings:
     name: LossName = "ce"
     params: dict[str, float] = field(default_factory=dict)
     stage2_params: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        known = loss_parameters(self.name)
+        for section in ("params", "stage2_params"):
+            unknown = sorted(set(getattr(self, section)) - set(known))
+            if unknown:
+                raise ConfigError(
+                    f"unknown setting loss.{section}.{unknown[0]}; loss {self.name} takes: {', '.join(known) or 'none'}"
+                )
 
     def for_stage(self, stage: int) -> dict[str, float]:
         """The loss parameters of ``stage`` (1 or 2)."""

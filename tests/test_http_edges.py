@@ -1,0 +1,94 @@
+"""The HTTP edge around the data plane on a real uvicorn server (fake classifier, so it starts at once): the
+upload limit at its exact boundary, error answers counted in /metrics, the timeout answer."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+from pih2t_deploy.serving.rest import create_app
+from pih2t_deploy.serving.settings import ServeSettings
+from tests.fakes import FakeClassifier
+from tests.servers import running_server
+
+LIMIT = 1024  # --max-upload-mb 1/1024
+
+
+def body_of_size(size: int) -> bytes:
+    """A valid v2 request for the fake model padded with JSON whitespace to exactly ``size`` bytes."""
+    request = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 4, 4], "data": [0.5] * 16}]}
+    text = json.dumps(request).encode()
+    assert len(text) <= size
+    return text + b" " * (size - len(text))
+
+
+@pytest.fixture(scope="module")
+def url():
+    settings = ServeSettings(max_upload_mb=LIMIT / (1024 * 1024))
+    with running_server(create_app(FakeClassifier, settings)) as (address, _):
+        yield address
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_of_exactly_the_limit_is_served_and_one_byte_more_is_413(url, chunked):
+    def send(body: bytes) -> httpx.Response:
+        content = iter([body[:100], body[100:]]) if chunked else body
+        return httpx.post(f"{url}/v2/models/fake/infer", content=content, timeout=10)
+
+    exact = send(body_of_size(LIMIT))
+    assert exact.status_code == 200, exact.text
+    expected = FakeClassifier.expected(np.full((1, 1, 4, 4), 0.5))
+    np.testing.assert_allclose(exact.json()["outputs"][0]["data"], expected.ravel(), rtol=1e-6)
+    over = send(body_of_size(LIMIT + 1))
+    assert over.status_code == 413
+    assert over.json() == {"error": "request body exceeds the upload limit of 1,024 bytes"}
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text ``text`` (0 when absent)."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    found = re.search(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_error_answers_are_counted_by_route_and_status():
+    """Every answer counts, errors included: 404 (unknown model), 400 (bad body), 422 (bad top_k), 413 from the
+    body limit (before any route is matched), beside the 200s."""
+    settings = ServeSettings(max_upload_mb=LIMIT / (1024 * 1024))
+    with running_server(create_app(FakeClassifier, settings)) as (address, _):
+        infer = "/v2/models/{name}/infer"
+        assert httpx.post(f"{address}/v2/models/fake/infer", content=body_of_size(500)).status_code == 200
+        assert httpx.post(f"{address}/v2/models/nope/infer", content=body_of_size(500)).status_code == 404
+        for _ in range(2):
+            assert httpx.post(f"{address}/v2/models/fake/infer", content=b"{").status_code == 400
+        assert httpx.post(f"{address}/v1/classify?top_k=x", json={"images": ["AA=="]}).status_code == 422
+        assert httpx.post(f"{address}/v2/models/fake/infer", content=b" " * 2000).status_code == 413
+        text = httpx.get(f"{address}/metrics").text
+    assert metric(text, "pih2t_requests_total", route=infer, status="200") == 1
+    assert metric(text, "pih2t_requests_total", route=infer, status="404") == 1
+    assert metric(text, "pih2t_requests_total", route=infer, status="400") == 2
+    assert metric(text, "pih2t_requests_total", route="/v1/classify", status="422") == 1
+    assert metric(text, "pih2t_requests_total", route="unmatched", status="413") == 1
+
+
+class SlowFake(FakeClassifier):
+    """Holds every batch after warm-up until ``release`` is set."""
+
+    release = threading.Event()
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        if len(self.calls) >= 2:  # the two warm-up batches pass
+            self.release.wait(10)
+        return super().predict(batch)
+
+
+def test_a_request_without_an_answer_in_time_is_504_with_the_timeout_named():
+    with running_server(create_app(SlowFake, ServeSettings(timeout_s=0.3))) as (address, _):
+        late = httpx.post(f"{address}/v2/models/fake/infer", content=body_of_size(500), timeout=10)
+        SlowFake.release.set()
+    assert late.status_code == 504 and late.json() == {"error": "no answer within 0.3 s"}
