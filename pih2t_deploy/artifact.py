@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,12 +120,48 @@ def check_format(value: Any, where: str) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# (device, inode, size, mtime) of a file already hashed in this process -> its sha256
+_DIGESTS: dict[tuple[int, int, int, int], str] = {}
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def verify_files(folder: Path, manifest: Manifest) -> None:
+    """ArtifactError unless every file ``model.json`` lists is a regular file (no link, device or FIFO)
+    directly in ``folder`` whose sha256 is the one recorded, and the model file is among them.
+
+    The manifest itself is not covered (it holds the digests): ``pih2t-export --sign-key`` signs the whole
+    folder for that. A file is hashed once per process (streamed; keyed by device, inode, size and mtime).
+    """
+    names = [*manifest.files, manifest.model_file]
+    bad = next((name for name in names if not FILE_NAME.fullmatch(name) or name == MANIFEST_FILE), None)
+    if bad is not None:
+        raise ArtifactError(f"{folder}/{MANIFEST_FILE} names {bad[:80]!r}, which is not a file name of an artifact")
+    if manifest.model_file not in manifest.files:
+        raise ArtifactError(f"{folder}/{MANIFEST_FILE} records no sha256 for its model file {manifest.model_file}")
+    for name, recorded in manifest.files.items():
+        path = folder / name
+        try:
+            info = path.lstat()
+        except OSError:
+            raise ArtifactError(f"{folder}: {name} is missing (model.json lists it); export the model again") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise ArtifactError(f"{folder}: {name} is not a regular file (a link, folder or device); refusing it")
+        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        if key not in _DIGESTS:
+            _DIGESTS[key] = sha256_file(path)
+        if _DIGESTS[key] != recorded:
+            raise ArtifactError(
+                f"{folder}: {name} has changed since it was exported (its sha256 differs from the one model.json "
+                "records); refusing to load it. Export the model again, or restore the file"
+            )
 
 
 def write_labels(folder: Path, class_names: list[str]) -> Path:

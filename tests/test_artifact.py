@@ -15,6 +15,7 @@ from pih2t_deploy.artifact import (
     ArtifactError,
     read_manifest,
     sha256_file,
+    write_manifest,
 )
 from pih2t_deploy.runtime import load_classifier
 from tests.helpers import run_cli
@@ -62,6 +63,9 @@ def test_missing_pieces_are_named(digits_artifact, tmp_path):
     folder = tmp_path / "artifact"
     shutil.copytree(digits_artifact[1], folder)
     (folder / LABELS_FILE).write_text("only one line\n")
+    with pytest.raises(ArtifactError, match=r"labels.txt has changed since it was exported"):
+        load_classifier(folder)
+    write_manifest(folder, read_manifest(folder))  # the digests made anew: a consistent folder, but a bad file
     with pytest.raises(ArtifactError, match=r"labels.txt has 1 lines for 10 classes"):
         load_classifier(folder)
     raw = json.loads((folder / MANIFEST_FILE).read_text())

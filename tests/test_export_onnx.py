@@ -90,13 +90,19 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, ckpt):
     assert not (tmp_path / "y").exists()
 
 
-def test_the_cli_passes_fold_and_graph_options_on(tmp_path, ckpt):
+def test_the_cli_passes_fold_and_graph_options_on(tmp_path, ckpt, monkeypatch):
     """Each export flag reaches the export (run in-process through the command's own parser): --fuse-bn folds
     every BatchNorm into its convolution, --logit-adjust folds tau, --max-batch sets the verified batches."""
+    import logging
+
     from typer.testing import CliRunner
 
     from pih2t_deploy.cli import COMMANDS, _typer_app
 
+    library = logging.getLogger("pih2t_deploy")  # the command configures the library's logger: undo it after
+    monkeypatch.setattr(library, "handlers", list(library.handlers))
+    for attribute in ("level", "propagate"):
+        monkeypatch.setattr(library, attribute, getattr(library, attribute))
     path, _ = ckpt
     runner = CliRunner()
     for name, flags in (("plain", []), ("fused", ["--fuse-bn", "--logit-adjust", "0.5", "--max-batch", "3"])):

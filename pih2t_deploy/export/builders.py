@@ -28,6 +28,7 @@ from pih2t_deploy.export.quantize import quantize_int8
 from pih2t_deploy.export.runners import Runner, onnx_runner, torch_runner
 from pih2t_deploy.export.torch_program import export_program, program_op_counts
 from pih2t_deploy.export.wrappers import ExportModule, example_input
+from pih2t_deploy.runtime.program_archive import read_program
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,8 @@ def build_torch(ctx: BuildInputs, folder: Path) -> BuildResult:
     with tempfile.TemporaryDirectory() as work:
         vanilla = export_program(ctx.wrap(ctx.vanilla), example, Path(work) / "vanilla.pt2", o.static_batch)
     graph = compare_counts(program_op_counts(program), program_op_counts(vanilla))
-    return BuildResult(torch_runner(torch.export.load(str(path)).module(), exported=True), {"graph": graph})
+    # read back through the same check serving applies, so an artifact that could not be served is never written
+    return BuildResult(torch_runner(read_program(path).module(), exported=True), {"graph": graph})
 
 
 def tensorrt_onnx(ctx: BuildInputs, precision: str, calibration: np.ndarray | None, work: Path) -> Path:

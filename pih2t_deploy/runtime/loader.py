@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
-from pih2t_deploy.artifact import Manifest, read_labels, read_manifest
+from pih2t_deploy.artifact import Manifest, read_labels, read_manifest, verify_files
 from pih2t_deploy.data.preprocessing import Preprocessing
 from pih2t_deploy.errors import ConfigError, UserError
 from pih2t_deploy.formats import FORMATS, formats_of_backend
@@ -22,9 +22,11 @@ BACKENDS: tuple[str, ...] = get_args(BackendName)
 
 
 def read_artifact_info(folder: Path, name: str | None = None) -> ModelInfo:
-    """ModelInfo from an artifact folder (its manifest and labels, read through ``pih2t_deploy.artifact``);
-    one-line UserErrors when they are absent, unreadable or of a newer format."""
+    """ModelInfo from an artifact folder (its manifest and labels, read through ``pih2t_deploy.artifact``)
+    after checking every file against the sha256 the manifest records; one-line UserErrors when they are
+    absent, unreadable, changed or of a newer format."""
     manifest = read_manifest(folder)
+    verify_files(folder, manifest)
     meta = manifest.meta
     try:
         prep = Preprocessing.from_dict(meta["preprocessing"])
@@ -73,6 +75,8 @@ def load_classifier(
     folder = target if target.is_dir() else target.parent
     info = read_artifact_info(folder, name)
     model_file = target if target.is_file() else _model_file(folder, backend, info.manifest)
+    if info.manifest is not None and model_file.name not in info.manifest.files:
+        raise UserError(f"{model_file} is not a file of the artifact in {folder} (model.json does not list it)")
     if backend == "onnxruntime":
         from pih2t_deploy.runtime.onnx_backend import OnnxClassifier
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from pih2t_deploy.errors import UserError
 from pih2t_deploy.runtime.classifier import Classifier, ModelInfo
+from pih2t_deploy.runtime.program_archive import read_program
 
 
 class TorchClassifier(Classifier):
@@ -30,11 +31,9 @@ class TorchClassifier(Classifier):
 
     @classmethod
     def from_program(cls, path: Path, info: ModelInfo, *, device: str, threads: int | None) -> TorchClassifier:
-        """Load a ``torch.export`` program (``model.pt2``); no pickled Python objects are involved."""
-        try:
-            program = torch.export.load(str(path))
-        except Exception as exc:  # torch.export raises several types for unreadable archives
-            raise UserError(f"cannot load {path} as a torch.export program: {str(exc).splitlines()[0]}") from None
+        """Load a ``torch.export`` program (``model.pt2``) after checking that nothing in it is unpickled
+        unrestricted (``program_archive``): a crafted archive is refused before torch reads it."""
+        program = read_program(path)
         return cls(program.module(), info, device=device, threads=threads, source=path.name)
 
     @classmethod
