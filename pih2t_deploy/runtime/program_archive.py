@@ -23,6 +23,7 @@ import io
 import json
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,9 @@ def _check_weights_only(data: bytes, member: str, where: str) -> None:
     import torch
 
     try:
-        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore")
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         what = f" ({found.group(1)})" if found else ""
