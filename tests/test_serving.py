@@ -213,7 +213,7 @@ def _tensor(**changes):
 MALFORMED_V2 = {
     "nested 1,000 deep": (b"[" * 1000 + b"]" * 1000, {}, "nested too deeply"),
     "a 5,000-digit integer": (b'{"inputs": [], "id": ' + b"9" * 5000 + b"}", {}, "not valid JSON"),
-    "shape of 2**32 x 2**32": (json.dumps(_tensor(shape=[2**32, 2**32, 1, 1], data=[])).encode(), {}, "0 values for"),
+    "shape of 2**32 x 2**32": (json.dumps(_tensor(shape=[2**32, 2**32, 1, 1], data=[])).encode(), {}, "below 2**31"),
     "a boolean in the shape": (json.dumps(_tensor(shape=[True, 1, 8, 8])).encode(), {}, "shape must be a list of"),
     "parameters as a list": (json.dumps({**_tensor(), "parameters": [1]}).encode(), {}, "'parameters' must be"),
     "input parameters as a string": (json.dumps(_tensor(parameters="x")).encode(), {}, "'parameters' must be"),

@@ -85,13 +85,15 @@ def _one(**entry) -> bytes:
         (b'{"inputs": [{"name": "x", "datatype": "FP32"}]}', None, "each input needs 'name', 'datatype' and 'shape'"),
         (_one(), None, "input 'x' has neither 'data' nor binary data"),
         (_one(shape=[-1], data=[]), None, "input 'x': shape must be a list of non-negative integers"),
-        (_one(shape=3, data=[1]), None, "input 'x': shape must be a list of non-negative integers"),
+        (_one(shape=3, data=[1]), None, "input 'x': shape must be a list of at most 8 dimensions, got one"),
+        (_one(shape=[1] * 9, data=[1]), None, "input 'x': shape must be a list of at most 8 dimensions, got one of 9"),
+        (_one(shape=[2**31], data=[1]), None, "input 'x': shape must be a list of non-negative integers below 2**31"),
         (_one(shape=[2], data=[1]), None, "input 'x': 1 values for shape [2]"),
         (_one(data=["a"]), None, "input 'x': data is not FP32"),
         (_one(datatype="UINT8", data=[300]), None, "input 'x': data is not UINT8"),
         (_one(datatype="INT8", data=[-129]), None, "input 'x': data is not INT8"),
         (_one(datatype="INT32", data=[1.5]), None, "input 'x': data is not INT32"),
-        (_one(datatype="COMPLEX", data=[1]), None, "input 'x': unsupported datatype COMPLEX"),
+        (_one(datatype="COMPLEX", data=[1]), None, "input 'x': unsupported datatype 'COMPLEX'"),
         (_one(datatype="BYTES", shape=[2], data=["a"]), None, "input 'x': 1 elements for shape [2]"),
         (_one(parameters={"binary_data_size": 8}), "", "Inference-Header-Content-Length '' is not a byte count"),
         (b"{}", "999", "Inference-Header-Content-Length '999' is not a byte count that fits the body"),
@@ -232,3 +234,30 @@ def test_responses_never_hold_nan_and_undecodable_labels_are_replaced():
         encode_response([nan], set(), head)
     odd = {"name": "top", "datatype": "BYTES", "shape": [1], "values": [b"\xff:0:x"]}
     assert json.loads(encode_response([odd], set(), head)[0])["outputs"][0]["data"] == ["\ufffd:0:x"]
+
+
+def test_a_long_shape_is_refused_before_any_arithmetic_or_data_is_touched(monkeypatch):
+    """A shape of 300,000 dimensions (1.8 MB of JSON) once cost seconds of big-integer products on the event
+    loop; now its length alone refuses it: no product, and the data (BYTES here) is never decoded."""
+    import math
+
+    from pih2t_deploy.serving import v2_codec
+
+    products = []
+    monkeypatch.setattr(v2_codec.math, "prod", lambda values: products.append(len(values)) or math.prod(values))
+    decoded = []
+    monkeypatch.setattr(v2_codec, "_bytes_from_json", lambda *args: decoded.append(args) or [])
+    body = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [7] * 300_000, "data": ["a"]}]})
+    assert (
+        _refused(body.encode())
+        == "input 'image': shape must be a list of at most 8 dimensions, got one of 300,000 dimensions"
+    )
+    assert products == [] and decoded == []
+
+
+def test_error_messages_quote_at_most_a_short_prefix_of_the_clients_input():
+    long_name = "n" * 100_000
+    message = _refused(json.dumps({"inputs": [{"name": long_name, "datatype": "FP32", "shape": [1]}]}).encode())
+    assert len(message) < 200 and message.startswith("input 'nnnn") and "(100002 characters)" in message
+    long_type = _refused(_one(datatype="X" * 100_000, data=[1]))
+    assert len(long_type) < 200 and "unsupported datatype 'XXXX" in long_type

@@ -173,10 +173,11 @@ class DataPlane:
         served = classifier.info.name
         listed = IMAGE_INPUT if name == served + IMAGE_MODEL_SUFFIX else TENSOR_INPUT
         if name not in (served, served + IMAGE_MODEL_SUFFIX):
-            raise ModelNotFound(f"unknown model {name!r}; this server serves {served!r}")
+            raise ModelNotFound(f"unknown model {quote(name)}; this server serves {served!r}")
         if version is not None and version != classifier.info.version:
             raise ModelNotFound(
-                f"unknown version {version!r} of model {name!r}; this server serves {classifier.info.version!r}"
+                f"unknown version {quote(version)} of model {quote(name)}; this server serves "
+                f"{classifier.info.version!r}"
             )
         return classifier, listed
 
@@ -274,7 +275,7 @@ class DataPlane:
         request, batch = await self._arriving(read, lambda req: self._with_batch(req, classifier))
         for output in request.outputs:
             if output.get("name") != OUTPUT:
-                raise InvalidInput(f"unknown output {output.get('name')!r}; this model has one output, {OUTPUT!r}")
+                raise InvalidInput(f"unknown output {quote(output.get('name'))}; this model has one output, {OUTPUT!r}")
         logits = await self.predict(batch)
         if not np.isfinite(logits).all():
             raise InvalidInput("the model's outputs for this input are not finite numbers; check the input's range")
@@ -305,7 +306,7 @@ class DataPlane:
                 raise InvalidInput(f"input 'image' must have shape [N] or [N, 1], got {tensor.shape}")
             return await self.decode([(f"image[{i}]", blob) for i, blob in enumerate(tensor.data)])
         raise InvalidInput(
-            f"unknown input {tensor.name!r}; send 'input' ({_datatype(classifier)} [N, {dims}]) or 'image' (BYTES)"
+            f"unknown input {quote(tensor.name)}; send 'input' ({_datatype(classifier)} [N, {dims}]) or 'image' (BYTES)"
         )
 
     @staticmethod

@@ -10,6 +10,7 @@ typed contents.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -161,14 +162,39 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-async def start_grpc_server(plane: DataPlane, address: str, max_message_bytes: int) -> grpc.aio.Server:
-    """A started gRPC server for ``plane`` listening on ``address`` ("host:port")."""
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
+@dataclass(frozen=True)
+class GrpcLimits:
+    """The limits the gRPC server enforces, as HTTP has its own (``--max-upload-mb``, ``--max-connections``,
+    the header and body timeouts): message size both ways, calls in progress at once (more are refused with
+    RESOURCE_EXHAUSTED), streams per connection, how often a client may ping, when an idle connection is
+    closed, and the server's own keepalive pings that find dead peers."""
+
+    max_message_bytes: int
+    max_concurrent_rpcs: int = 1000
+    max_streams_per_connection: int = 100
+    idle_timeout_s: float = 300.0
+    keepalive_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    min_client_ping_interval_s: float = 10.0
+
+    def options(self) -> list[tuple[str, int]]:
+        """The gRPC core channel arguments for these limits."""
+        ms = lambda seconds: int(seconds * 1000)  # noqa: E731
+        return [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_concurrent_streams", self.max_streams_per_connection),
+            ("grpc.max_connection_idle_ms", ms(self.idle_timeout_s)),
+            ("grpc.keepalive_time_ms", ms(self.keepalive_s)),
+            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_s)),
+            ("grpc.http2.min_ping_interval_without_data_ms", ms(self.min_client_ping_interval_s)),
+            ("grpc.http2.max_ping_strikes", 2),
         ]
-    )
+
+
+async def start_grpc_server(plane: DataPlane, address: str, limits: GrpcLimits) -> grpc.aio.Server:
+    """A started gRPC server for ``plane`` listening on ``address`` ("host:port") within ``limits``."""
+    server = grpc.aio.server(options=limits.options(), maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen for gRPC on {address}")

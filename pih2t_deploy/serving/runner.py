@@ -87,9 +87,10 @@ def run_service(
     async def serve() -> None:
         grpc_server = None
         if grpc_port:
-            from pih2t_deploy.serving.grpc_service import start_grpc_server
+            from pih2t_deploy.serving.grpc_service import GrpcLimits, start_grpc_server
 
-            grpc_server = await start_grpc_server(plane, f"{host}:{grpc_port}", plane.settings.max_upload_bytes)
+            limits = GrpcLimits(plane.settings.max_upload_bytes, max_concurrent_rpcs=max_connections or 1000)
+            grpc_server = await start_grpc_server(plane, f"{host}:{grpc_port}", limits)
         try:
             await server.serve()
         finally:

@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from pih2t_deploy.runtime.classifier import ModelInfo
 from pih2t_deploy.serving import schemas
 from pih2t_deploy.serving.dataplane import ClassifyRequest
-from pih2t_deploy.serving.errors import InvalidInput, InvalidParameter, UnsupportedMediaType
+from pih2t_deploy.serving.errors import InvalidInput, InvalidParameter, UnsupportedMediaType, quote
 from pih2t_deploy.serving.http_edge import Plane
 from pih2t_deploy.serving.v2_codec import load_json
 
@@ -47,6 +47,7 @@ CLASSIFY_BODY = {
     }
 }
 CLASSIFY_ERRORS = (400, 413, 415, 422, 503, 504)
+MAX_NAME = 255
 
 
 async def read_uploads(request: Request, max_images: int) -> ClassifyRequest:
@@ -56,11 +57,12 @@ async def read_uploads(request: Request, max_images: int) -> ClassifyRequest:
         form = await request.form(max_files=max_images + 1, max_fields=16)
         uploads = [v for key in ("file", "files") for v in form.getlist(key) if isinstance(v, UploadFile)]
         if not uploads:
-            fields = ", ".join(sorted(set(form.keys()))) or "none"
+            fields = ", ".join(quote(key, 30) for key in sorted(set(form.keys()))[:8]) or "none"
             raise InvalidParameter(
                 f"no image found: send the image in multipart field 'file' (or 'files'); got fields: {fields}"
             )
-        blobs = [(u.filename or f"file {i}", await u.read()) for i, u in enumerate(uploads)]
+        # a file name longer than any file system allows is cut (it is echoed in answers and error messages)
+        blobs = [((u.filename or f"file {i}")[:MAX_NAME], await u.read()) for i, u in enumerate(uploads)]
         return ClassifyRequest(blobs, form.get("top_k", request.query_params.get("top_k")))
     if content_type.startswith("application/json"):
         body = load_json(await request.body())
@@ -77,7 +79,7 @@ async def read_uploads(request: Request, max_images: int) -> ClassifyRequest:
     if not content_type:
         raise InvalidParameter("empty request: send multipart field 'file' or JSON {\"images\": [...]}")
     raise UnsupportedMediaType(
-        f"unsupported content type {content_type!r}; use multipart/form-data or application/json"
+        f"unsupported content type {quote(content_type)}; use multipart/form-data or application/json"
     )
 
 

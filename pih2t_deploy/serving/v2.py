@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from pih2t_deploy.serving import schemas
 from pih2t_deploy.serving.dataplane import OUTPUT, InferRequest, InferResult
+from pih2t_deploy.serving.errors import quote
 from pih2t_deploy.serving.http_edge import Plane
 from pih2t_deploy.serving.v2_codec import HEADER, ProtocolError, encode_response, parameters_of, parse_request
 
@@ -81,7 +82,7 @@ def infer_request(body: dict, tensors: list) -> InferRequest:
     if not isinstance(requested, list) or not all(isinstance(item, dict) for item in requested):
         raise ProtocolError('\'outputs\' must be a list of objects such as {"name": "logits"}')
     for item in requested:
-        parameters_of(item, f"output {item.get('name')!r}")
+        parameters_of(item, f"output {quote(item.get('name'))}")
     return InferRequest(tensors, requested, str(body["id"]) if "id" in body else None)
 
 

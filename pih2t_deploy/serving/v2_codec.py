@@ -21,6 +21,8 @@ from pih2t_deploy.serving.client_numbers import parse_whole_number
 from pih2t_deploy.serving.errors import InvalidInput, quote
 
 HEADER = "inference-header-content-length"
+MAX_RANK = 8  # no model here takes more than 4 dimensions; a longer shape is refused before any arithmetic
+MAX_DIMENSION = 1 << 31
 NUMPY_TYPES = {
     "FP32": np.float32,
     "FP64": np.float64,
@@ -121,16 +123,16 @@ def _bytes_from_json(data: Any, name: str, parameters: dict[str, Any]) -> list[b
     send them, or base64-decoded when the input's ``parameters.content_type`` is ``"base64"``."""
     encoding = parameters.get("content_type")
     if encoding not in (None, "str", "base64"):
-        raise ProtocolError(f"input {name!r}: content_type must be 'str' or 'base64', got {encoding!r}")
+        raise ProtocolError(f"input {quote(name)}: content_type must be 'str' or 'base64', got {quote(encoding)}")
     flat = np.asarray(data, dtype=object).reshape(-1).tolist()
     if not all(isinstance(item, str) for item in flat):
-        raise ProtocolError(f"input {name!r}: BYTES data in JSON must be strings")
+        raise ProtocolError(f"input {quote(name)}: BYTES data in JSON must be strings")
     if encoding != "base64":
         return [item.encode("utf-8", "surrogatepass") for item in flat]
     try:
         return [base64.b64decode(item, validate=True) for item in flat]
     except ValueError:  # binascii.Error, or characters outside ASCII
-        raise ProtocolError(f"input {name!r}: content_type is 'base64' but the data is not valid base64") from None
+        raise ProtocolError(f"input {quote(name)}: content_type is 'base64' but the data is not valid base64") from None
 
 
 def _typed_values(values: Any, dtype: np.dtype) -> np.ndarray:
@@ -147,22 +149,33 @@ def _typed_values(values: Any, dtype: np.dtype) -> np.ndarray:
     return given.astype(dtype)
 
 
+def element_count(name: str, shape: Any) -> int:
+    """The number of elements of ``shape``; ProtocolError, before any arithmetic, unless it is a list of at
+    most MAX_RANK whole numbers in [0, 2**31) (so the product is small work on a small list)."""
+    if not isinstance(shape, list) or len(shape) > MAX_RANK:
+        length = f" of {len(shape):,} dimensions" if isinstance(shape, list) else ""
+        raise ProtocolError(
+            f"input {quote(name)}: shape must be a list of at most {MAX_RANK} dimensions, got one{length}"
+        )
+    if not all(is_count(d) and d < MAX_DIMENSION for d in shape):
+        raise ProtocolError(f"input {quote(name)}: shape must be a list of non-negative integers below 2**31")
+    return math.prod(shape)
+
+
 def decode_tensor(name: str, datatype: str, shape: Any, raw: bytes | None, values: Any = None) -> Tensor:
     """One input tensor from its raw bytes (binary extension, gRPC raw contents) or from its listed
     ``values`` (JSON data, gRPC typed contents; BYTES elements as bytes); ProtocolError when the shape is not a
-    list of counts, the datatype is unknown, the number of elements does not match the shape, or a
-    floating-point value is not finite."""
+    short list of counts (``element_count``), the datatype is unknown, the number of elements does not match
+    the shape, or a floating-point value is not finite."""
     datatype = str(datatype).upper()
-    if not isinstance(shape, list) or not all(is_count(d) for d in shape):
-        raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers")
-    count = math.prod(shape)  # exact for any size (numpy's product would overflow int64)
+    count = element_count(name, shape)
     if datatype == "BYTES":
         items = deserialize_bytes(raw) if raw is not None else list(values)
         if len(items) != count:
-            raise ProtocolError(f"input {name!r}: {len(items)} elements for shape {shape}")
+            raise ProtocolError(f"input {quote(name)}: {len(items)} elements for shape {shape}")
         return Tensor(name, datatype, shape, items)
     if datatype not in NUMPY_TYPES:
-        raise ProtocolError(f"input {name!r}: unsupported datatype {datatype}")
+        raise ProtocolError(f"input {quote(name)}: unsupported datatype {quote(datatype)}")
     dtype = NUMPY_TYPES[datatype]
     try:
         if raw is not None:
@@ -170,12 +183,12 @@ def decode_tensor(name: str, datatype: str, shape: Any, raw: bytes | None, value
         else:
             array = _typed_values(values, np.dtype(dtype))
     except (ValueError, TypeError, OverflowError):
-        raise ProtocolError(f"input {name!r}: data is not {datatype}") from None
+        raise ProtocolError(f"input {quote(name)}: data is not {datatype}") from None
     if array.size != count:
-        raise ProtocolError(f"input {name!r}: {array.size} values for shape {shape}")
+        raise ProtocolError(f"input {quote(name)}: {array.size} values for shape {shape}")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise ProtocolError(
-            f"input {name!r}: values must be finite {datatype} numbers (NaN, infinity, or beyond the range of "
+            f"input {quote(name)}: values must be finite {datatype} numbers (NaN, infinity, or beyond the range of "
             f"{datatype} such as 1e39 for FP32, found)"
         )
     return Tensor(name, datatype, shape, array.reshape(shape))
@@ -189,15 +202,16 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
         if not isinstance(entry, dict) or not {"name", "datatype", "shape"} <= set(entry):
             raise ProtocolError("each input needs 'name', 'datatype' and 'shape'")
         name = entry["name"]
-        parameters = parameters_of(entry, f"input {name!r}")
+        element_count(name, entry["shape"])  # before the data is looked at
+        parameters = parameters_of(entry, f"input {quote(name)}")
         size = parameters.get("binary_data_size")
         raw, values = None, None
         if size is not None:
             if not is_count(size) or offset + size > len(rest):
-                raise ProtocolError(f"input {name!r}: binary_data_size does not fit the body")
+                raise ProtocolError(f"input {quote(name)}: binary_data_size does not fit the body")
             raw, offset = rest[offset : offset + size], offset + size
         elif "data" not in entry:
-            raise ProtocolError(f"input {name!r} has neither 'data' nor binary data")
+            raise ProtocolError(f"input {quote(name)} has neither 'data' nor binary data")
         elif str(entry["datatype"]).upper() == "BYTES":
             values = _bytes_from_json(entry["data"], name, parameters)
         else:
