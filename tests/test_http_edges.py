@@ -92,3 +92,22 @@ def test_a_request_without_an_answer_in_time_is_504_with_the_timeout_named():
         late = httpx.post(f"{address}/v2/models/fake/infer", content=body_of_size(500), timeout=10)
         SlowFake.release.set()
     assert late.status_code == 504 and late.json() == {"error": "no answer within 0.3 s"}
+
+
+def test_a_one_pixel_high_strip_is_classified_like_its_centre(url):
+    """1 x 100,000 pixels: only the part the centre crop keeps is resized, so the answer is quick and equals
+    the classifier's output for that centre square."""
+    import io
+
+    from PIL import Image
+
+    strip = np.zeros((1, 100_000), np.uint8)
+    strip[0, 49_990:50_010] = 255  # a bright dash in the middle
+    buffer = io.BytesIO()
+    Image.fromarray(strip, mode="L").save(buffer, format="PNG")
+    answer = httpx.post(f"{url}/v1/classify", files={"file": ("strip.png", buffer.getvalue())}, params={"top_k": 3})
+    assert answer.status_code == 200, answer.text
+    fake = FakeClassifier()
+    probabilities = fake.probabilities(FakeClassifier.expected(fake.prepare([Image.fromarray(strip, mode="L")])))[0]
+    shown = {p["index"]: p["score"] for p in answer.json()["results"][0]["predictions"]}
+    assert shown == pytest.approx({i: probabilities[i] for i in range(3)})

@@ -3,6 +3,9 @@ the round trip through the checkpoint dict, and the resize geometry against hand
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -151,3 +154,43 @@ def test_the_torch_transform_gives_the_numpy_pixels_and_three_channels_by_defaul
     np.testing.assert_array_equal(tensor.numpy(), prep.to_numpy([image])[0])
     np.testing.assert_array_equal(prep.to_tensor([image, image]).numpy(), prep.to_numpy([image, image]))
     assert default_preprocessing(32).mode == "RGB"
+
+
+@pytest.mark.parametrize("size", [(3, 900), (900, 3), (40, 500)])
+def test_a_strip_is_resized_only_where_the_crop_keeps_it_with_the_same_pixels(size):
+    """An image far longer than wide: only the cropped square is resized (PIL's box), and the pixels equal
+    those of resizing the whole strip then cropping, up to one grey level of rounding."""
+    from pih2t_deploy.data.preprocessing import INTERPOLATIONS, MAX_RESIZED_AREA
+
+    prep = Preprocessing(input_size=8, resize=10, mode="L", mean=(0.5,), std=(0.5,))
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, size[::-1], dtype=np.uint8), mode="L")
+    width, height = prep.resized_size(*image.size)
+    assert width * height > MAX_RESIZED_AREA * prep.resize**2  # the bounded path is taken
+    whole = image.resize((width, height), resample=INTERPOLATIONS["bilinear"])
+    left, top = round((width - 8) / 2.0), round((height - 8) / 2.0)
+    expected = np.asarray(whole.crop((left, top, left + 8, top + 8)), dtype=np.int16)
+    got = prep.pixels(image)[..., 0].astype(np.int16)
+    assert np.abs(got - expected).max() <= 1 and (got == expected).mean() > 0.5
+
+
+def test_a_one_pixel_high_strip_of_two_million_costs_little_memory(tmp_path):
+    """1 x 2,000,000 pixels (a 4 kB PNG, within the pixel budget): resizing the whole strip to ImageNet's 256
+    would need a 512-million-pixel-wide image; decoding and preprocessing it grows the process by less than
+    64 MB (measured in a fresh process, peak resident memory)."""
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (2_000_000, 1), (200, 30, 90)).save(path)
+    assert path.stat().st_size < 20_000
+    code = f"""
+import resource
+from pih2t_deploy.data.images import open_image
+from pih2t_deploy.data.preprocessing import Preprocessing
+prep = Preprocessing(input_size=224, resize=256)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+batch = prep.to_numpy([open_image({str(path)!r})])
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(batch.shape, round((after - before) / 1024))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shape, grown_mb = done.stdout.rsplit(" ", 1)
+    assert shape == "(1, 3, 224, 224)" and int(grown_mb) < 64, done.stdout

@@ -27,6 +27,8 @@ INTERPOLATIONS = {
 }
 MODES = {"L": 1, "RGB": 3}
 MAX_SIZE = 4096  # the largest input_size / resize a checkpoint may ask for (pixels per side)
+# beyond this many times resize^2 pixels, only the part of the resized image that the crop keeps is computed
+MAX_RESIZED_AREA = 4
 
 
 @dataclass(frozen=True)
@@ -94,14 +96,26 @@ class Preprocessing:
         return int(self.resize * width / height), self.resize
 
     def pixels(self, image: Image.Image) -> np.ndarray:
-        """One image converted to the colour mode, resized, centre-cropped: uint8 [H, W, C]."""
+        """One image converted to the colour mode, resized, centre-cropped: uint8 [H, W, C].
+
+        An image much longer than wide (or the reverse) would be resized to a huge strip of which the crop
+        keeps a small square: beyond MAX_RESIZED_AREA x resize^2 pixels only the region the crop keeps is
+        resized (PIL's ``box``): the same pixels within one grey level (PIL's fixed-point weights round
+        differently), and memory bounded whatever the aspect ratio."""
         image = to_mode(image, self.mode)
-        size = self.resized_size(image.width, image.height)
-        if size != image.size:
-            image = image.resize(size, resample=INTERPOLATIONS[self.interpolation])
-        top = round((image.height - self.input_size) / 2.0)
-        left = round((image.width - self.input_size) / 2.0)
-        image = image.crop((left, top, left + self.input_size, top + self.input_size))
+        width, height = self.resized_size(image.width, image.height)
+        top = round((height - self.input_size) / 2.0)
+        left = round((width - self.input_size) / 2.0)
+        crop = (left, top, left + self.input_size, top + self.input_size)
+        resample = INTERPOLATIONS[self.interpolation]
+        if width * height > MAX_RESIZED_AREA * self.resize**2:
+            sx, sy = image.width / width, image.height / height
+            box = (left * sx, top * sy, crop[2] * sx, crop[3] * sy)
+            image = image.resize((self.input_size, self.input_size), resample=resample, box=box)
+        else:
+            if (width, height) != image.size:
+                image = image.resize((width, height), resample=resample)
+            image = image.crop(crop)
         return np.asarray(image, dtype=np.uint8).reshape(self.input_size, self.input_size, self.channels)
 
     @functools.cached_property
@@ -151,7 +165,9 @@ def to_mode(image: Image.Image, mode: str) -> Image.Image:
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8), mode="L")
+        np.multiply(values, 255.0 / top, out=values)  # in place: 8 bytes per pixel, not three arrays of them
+        np.clip(values, 0, 255, out=values)
+        image = Image.fromarray(np.rint(values, out=values).astype(np.uint8), mode="L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
