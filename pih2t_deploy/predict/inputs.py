@@ -7,7 +7,8 @@ after classes the model knows; then every image's true label is its folder's nam
 
 from __future__ import annotations
 
-import glob
+import itertools
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pih2t_deploy.data.images import IMAGE_SUFFIXES
 from pih2t_deploy.errors import DataError
 
 GLOB_CHARACTERS = frozenset("*?[")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class Inputs:
         elif self.kind == "folder":
             yield from (InputItem(path) for path in _walk(Path(self.source)))
         elif self.kind == "glob":
-            yield from (InputItem(path) for path in sorted(glob.iglob(self.source, recursive=True)))
+            yield from (InputItem(path) for path in _glob(self.source))
         elif self.kind == "list":
             yield from (InputItem(path) for path in _listed(Path(self.source)))
         else:
@@ -55,19 +57,40 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _walk(folder: Path) -> Iterator[str]:
-    """Image files under ``folder``, depth first, each folder's entries sorted by name; hidden entries skipped."""
+def _walk(folder: Path, seen: frozenset[tuple[int, int]] = frozenset()) -> Iterator[str]:
+    """Image files under ``folder``, depth first, each folder's entries sorted by name; hidden entries skipped.
+    A folder reached again through a symbolic link (a loop, e.g. ``a/up -> ..``) is not walked again."""
     try:
+        here = os.stat(folder)
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError as exc:
         raise DataError(f"cannot list {folder}: {exc.strerror}") from None
+    seen = seen | {(here.st_dev, here.st_ino)}
     for entry in entries:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            yield from _walk(Path(entry.path))
+            try:
+                target = entry.stat()
+            except OSError:
+                continue  # a dangling or unreadable link: nothing to walk
+            if (target.st_dev, target.st_ino) in seen:
+                logger.warning("skipped %s: a symbolic link back to a folder already being walked", entry.path)
+                continue
+            yield from _walk(Path(entry.path), seen)
         elif _is_image(entry.name):
             yield entry.path
+
+
+def _glob(pattern: str) -> list[str]:
+    """The files matching ``pattern`` (``**`` for any depth), sorted; hidden entries skipped. Matched with
+    pathlib below the pattern's fixed leading folders, which does not follow symbolic links to folders, so a
+    link loop cannot multiply the matches."""
+    parts = Path(pattern).parts
+    fixed = list(itertools.takewhile(lambda part: not GLOB_CHARACTERS & set(part), parts))
+    root, rest = Path(*fixed) if fixed else Path("."), parts[len(fixed) :]
+    found = (path for path in root.glob(str(Path(*rest))) if not path.is_dir())
+    return sorted(str(path) for path in found if not any(p.startswith(".") for p in path.relative_to(root).parts))
 
 
 def _listed(list_file: Path) -> Iterator[str]:

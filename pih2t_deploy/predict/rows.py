@@ -7,6 +7,7 @@ engines give the same rows for the same images.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,15 +58,40 @@ class PredictionRow:
 Decoded = np.ndarray | str  # the model input for one image, or the reason it has none
 
 
-def _open(path: str) -> Image.Image | str:
+def read_regular_file(path: str, limit: int | None = None) -> bytes | str:
+    """The bytes of ``path`` when it is a regular file of at most ``limit`` bytes, else a one-line reason.
+
+    Opened without blocking (a FIFO cannot stall the job) and checked on the open descriptor, so a device
+    such as /dev/zero, a FIFO or a folder is never read, whatever its name, and a file that grows while it
+    is read stops at ``limit`` (default MAX_FILE_BYTES)."""
+    limit = MAX_FILE_BYTES if limit is None else limit
     try:
-        size = os.stat(path).st_size
-        if size > MAX_FILE_BYTES:
-            return f"the file is {size:,} bytes; the limit is {MAX_FILE_BYTES:,}"
-        with open(path, "rb") as handle:
-            data = handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         return f"cannot read the file: {exc.strerror or exc}"
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file (a device, FIFO, socket or folder); only image files are read"
+        if info.st_size > limit:
+            return f"the file is {info.st_size:,} bytes; the limit is {limit:,}"
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            return f"the file grew past the limit of {limit:,} bytes while it was read"
+        return b"".join(chunks)
+    except OSError as exc:
+        return f"cannot read the file: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
+
+
+def _open(path: str) -> Image.Image | str:
+    data = read_regular_file(path)
+    if isinstance(data, str):
+        return data
     try:
         return open_image(data, name=os.path.basename(path))
     except DataError as exc:

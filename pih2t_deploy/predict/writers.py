@@ -9,6 +9,7 @@ renamed, when the run completes. An existing output is never overwritten: withou
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from abc import ABC, abstractmethod
@@ -66,25 +67,62 @@ class RowWriter(ABC):
         """Every row of the finished output, streamed from disk."""
 
 
-def _cut_partial_last_line(path: Path) -> None:
-    """Drop a last line without its newline (a write interrupted half-way)."""
-    with path.open("rb+") as handle:
-        data = handle.read()
-        if data and not data.endswith(b"\n"):
-            handle.truncate(data.rfind(b"\n") + 1)
+ROW_KEYS = frozenset(PredictionRow.__dataclass_fields__)
+
+
+def _complete_length(path: Path) -> int:
+    """The length of ``path`` up to and including its last newline (what a whole number of rows fills)."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        end = size
+        while end > 0:
+            start = max(0, end - (1 << 16))
+            handle.seek(start)
+            found = handle.read(end - start).rfind(b"\n")
+            if found >= 0:
+                return start + found + 1
+            end = start
+    return 0
+
+
+def _complete_lines(path: Path, length: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of the first ``length`` bytes of ``path``."""
+    with path.open("rb") as handle:
+        consumed, number = 0, 0
+        while consumed < length:
+            line = handle.readline()
+            consumed, number = consumed + len(line), number + 1
+            yield number, line
 
 
 class _AppendedFile(RowWriter):
-    """A text file appended to: on resume its half-written last line is cut and its rows read; ``close``
-    flushes and syncs it. Subclasses format the rows."""
+    """A text file appended to. On resume the file is first identified as an output of this command (every
+    complete line a row of its format, ``recognise``), and only then is a half-written last line cut off and
+    the rows it holds skipped; a file that is not one is refused untouched. ``close`` flushes and syncs it.
+    Subclasses format the rows."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.fresh = not path.exists() or path.stat().st_size == 0
         if not self.fresh:
-            _cut_partial_last_line(path)
-            self.done = {row.path for row in self.rows()}
+            if not path.is_file():
+                raise ConfigError(f"--output {path} is not a regular file; choose another --output")
+            complete = _complete_length(path)
+            not_ours = f"--output {path} is not a pih2t-predict {path.suffix} output"
+            if complete == 0:
+                raise ConfigError(
+                    f"{not_ours} (it holds no complete row); it was left unchanged: choose another --output"
+                )
+            self.done = self.recognise(path, complete, not_ours)
+            if complete < path.stat().st_size:
+                with path.open("rb+") as handle:
+                    handle.truncate(complete)  # the half-written last row of an interrupted run of ours
         self.handle = path.open("a", encoding="utf-8", newline="")
+
+    @abstractmethod
+    def recognise(self, path: Path, length: int, not_ours: str) -> set[str]:
+        """The paths of the rows in the first ``length`` bytes of ``path``; ConfigError starting with
+        ``not_ours`` (the file left unchanged) unless they are all rows this writer wrote."""
 
     def close(self) -> None:
         if not self.handle.closed:
@@ -95,6 +133,20 @@ class _AppendedFile(RowWriter):
 
 class JsonlWriter(_AppendedFile):
     """One JSON object per line."""
+
+    def recognise(self, path: Path, length: int, not_ours: str) -> set[str]:
+        done = set()
+        for number, line in _complete_lines(path, length):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or set(record) != ROW_KEYS:
+                raise ConfigError(f"{not_ours} (line {number} is not a prediction row); it was left unchanged")
+            done.add(str(record["path"]))
+        return done
 
     def write(self, rows: list[PredictionRow]) -> None:
         self.handle.write("".join(json.dumps(row.to_dict()) + "\n" for row in rows))
@@ -133,6 +185,14 @@ class CsvWriter(_AppendedFile):
     def rows(self) -> Iterator[PredictionRow]:
         return _csv_rows(self.path)
 
+    def recognise(self, path: Path, length: int, not_ours: str) -> set[str]:
+        header = next(_complete_lines(path, length))[1].decode("utf-8", "replace").strip()
+        if header != ",".join(CSV_COLUMNS):
+            raise ConfigError(f"{not_ours} (its header is not {','.join(CSV_COLUMNS)}); it was left unchanged")
+        with path.open(encoding="utf-8", newline="") as handle:
+            text = handle.read(length)  # whole lines only, all of them checked by the header above
+        return {record["path"] for record in csv.DictReader(io.StringIO(text))}
+
 
 class ParquetWriter(RowWriter):
     """Rows journaled to ``OUT.partial.jsonl``; ``finish`` writes OUT (earlier rows first) and drops the journal."""
@@ -142,7 +202,7 @@ class ParquetWriter(RowWriter):
         self.journal = JsonlWriter(journal_path(path))
         self.done = set(self.journal.done)
         if path.exists():
-            self.done |= {row.path for row in _parquet_rows(path)}
+            self.done |= {row.path for row in _parquet_rows(path, check=True)}
 
     def write(self, rows: list[PredictionRow]) -> None:
         self.journal.write(rows)
@@ -174,11 +234,26 @@ class ParquetWriter(RowWriter):
         return _parquet_rows(self.path)
 
 
-def _parquet_rows(path: Path) -> Iterator[PredictionRow]:
+def _parquet_rows(path: Path, check: bool = False) -> Iterator[PredictionRow]:
     import pyarrow.parquet as pq
 
+    if check:
+        _require_our_parquet(path)
     for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_CHUNK_ROWS):
         yield from (PredictionRow.from_dict(record) for record in batch.to_pylist())
+
+
+def _require_our_parquet(path: Path) -> None:
+    """ConfigError unless ``path`` is a Parquet file with the schema this command writes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        ours = pq.ParquetFile(path).schema_arrow.equals(parquet_schema())
+    except (OSError, pa.ArrowException):
+        ours = False
+    if not ours:
+        raise ConfigError(f"--output {path} is not a pih2t-predict .parquet output; it was left unchanged")
 
 
 def journal_path(path: Path) -> Path:
