@@ -80,7 +80,7 @@ def test_build_refuses_a_repository_folder_that_holds_other_models(tmp_path, dig
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: --repo {repo} already holds other entries (someone_elses_model) that tritonserver would load too; "
-        "choose an empty folder, or pass --force to add the models beside them"
+        "choose an empty folder, or pass --force to add the models beside them (they are left alone)"
     ]
     assert sorted(p.name for p in repo.iterdir()) == ["someone_elses_model"]
     models = build_repository(artifact, repo, RepositorySettings(force=True))

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from pih2t_deploy.artifact import ArtifactError, read_manifest, write_manifest
+from pih2t_deploy.errors import UserError
 from pih2t_deploy.export.exporter import export_checkpoint
 from pih2t_deploy.export.options import ExportOptions
 from pih2t_deploy.runtime import load_classifier
@@ -231,3 +232,51 @@ def test_a_model_file_replaced_by_a_link_or_a_fifo_is_refused_without_reading_it
     (folder / "labels.txt").symlink_to("/dev/zero")  # reading it would never end
     with pytest.raises(ArtifactError, match=r"labels\.txt is not a regular file"):
         load_classifier(folder)
+
+
+def test_export_force_replaces_only_an_artifact_of_its_own_and_nothing_beside_it(digits_artifact, tmp_path):
+    ckpt, _ = digits_artifact
+    lookalike = tmp_path / "lookalike"
+    lookalike.mkdir()
+    (lookalike / "model.json").write_text('{"my": "own settings"}')
+    (lookalike / "data.csv").write_text("precious\n")
+    with pytest.raises(UserError, match=r"holds a model\.json that is not a pih2t artifact's"):
+        export_checkpoint(ckpt, ExportOptions(output=lookalike, force=True))
+    assert sorted(p.name for p in lookalike.iterdir()) == ["data.csv", "model.json"]
+    ours = tmp_path / "ours"
+    export_checkpoint(ckpt, ExportOptions(output=ours))
+    (ours / "notes.txt").write_text("my notes")
+    with pytest.raises(UserError, match=r"holds files the export did not write \(notes.txt\)"):
+        export_checkpoint(ckpt, ExportOptions(output=ours, force=True))
+    assert (ours / "notes.txt").read_text() == "my notes"
+    (ours / "notes.txt").unlink()
+    export_checkpoint(ckpt, ExportOptions(output=ours, force=True, logit_adjust_tau=0.5))
+    assert read_manifest(ours).export["logit_adjust_tau"] == 0.5
+
+
+def test_triton_build_replaces_only_the_version_it_builds_and_leaves_the_users_files(digits_artifact, tmp_path):
+    from pih2t_deploy.serving.triton.repository import RepositorySettings, build_repository
+
+    _, artifact = digits_artifact
+    repo = tmp_path / "repo"
+    build_repository(artifact, repo, RepositorySettings())
+    (repo / "pih2t_onnx" / "2").mkdir()
+    (repo / "pih2t_onnx" / "2" / "model.onnx").write_bytes(b"the user's own version 2")
+    (repo / "pih2t_onnx" / "README.md").write_text("notes")
+    first = (repo / "pih2t_onnx" / "1" / "model.onnx").stat().st_ino
+    with pytest.raises(UserError, match="version 1 of pih2t_preprocess exists; pass --force"):
+        build_repository(artifact, repo, RepositorySettings())
+    build_repository(artifact, repo, RepositorySettings(force=True))
+    assert (repo / "pih2t_onnx" / "1" / "model.onnx").stat().st_ino != first  # version 1 rebuilt
+    assert (repo / "pih2t_onnx" / "2" / "model.onnx").read_bytes() == b"the user's own version 2"
+    assert (repo / "pih2t_onnx" / "README.md").read_text() == "notes"
+    build_repository(artifact, repo, RepositorySettings(version=3))
+    assert sorted(p.name for p in (repo / "pih2t_onnx").iterdir() if p.is_dir()) == ["1", "2", "3"]
+    other = tmp_path / "other"
+    (other / "pih2t_preprocess" / "1").mkdir(parents=True)  # a model of the same name the user wrote
+    with pytest.raises(UserError, match="pih2t_preprocess exists and was not written by pih2t-triton"):
+        build_repository(artifact, other, RepositorySettings(force=True))
+    assert sorted(p.name for p in other.iterdir()) == ["pih2t_preprocess"]
+    with pytest.raises(UserError, match="pih2t_onnx/2 was not written by pih2t-triton"):
+        build_repository(artifact, repo, RepositorySettings(version=2, force=True))
+    assert (repo / "pih2t_onnx" / "2" / "model.onnx").read_bytes() == b"the user's own version 2"

@@ -20,7 +20,16 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from pih2t_deploy.artifact import ARTIFACT_FORMAT, MANIFEST_FILE, Manifest, TensorSpec, write_labels, write_manifest
+from pih2t_deploy.artifact import (
+    ARTIFACT_FORMAT,
+    MANIFEST_FILE,
+    ArtifactError,
+    Manifest,
+    TensorSpec,
+    read_manifest,
+    write_labels,
+    write_manifest,
+)
 from pih2t_deploy.atomic import atomic_dir, require_writable_folder
 from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint, versions
 from pih2t_deploy.data.longtail import GroupThresholds
@@ -61,6 +70,9 @@ class Adjusted(nn.Module):
 
 
 def _check_output(output: Path, force: bool) -> None:
+    """The output is new, empty, or (with --force) an artifact this package wrote and nothing else: a folder
+    that merely contains a model.json, or an artifact beside files its manifest does not list, is refused,
+    since replacing it would delete what the export did not write."""
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file; give a folder path")
     if output.is_dir() and any(output.iterdir()):
@@ -68,6 +80,20 @@ def _check_output(output: Path, force: bool) -> None:
             raise UserError(f"--output {output} is a non-empty folder that is not an artifact; choose another path")
         if not force:
             raise UserError(f"--output {output} already holds an artifact; pass --force to replace it")
+        try:
+            listed = set(read_manifest(output).files) | {MANIFEST_FILE}
+        except ArtifactError:
+            raise UserError(
+                f"--output {output} holds a model.json that is not a pih2t artifact's; --force replaces only "
+                "artifacts: choose another --output"
+            ) from None
+        foreign = sorted(entry.name for entry in output.iterdir() if entry.name not in listed)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+            raise UserError(
+                f"--output {output} holds files the export did not write ({shown}); --force would delete them: "
+                "move them away or choose another --output"
+            )
     require_writable_folder(output.parent, f"--output {output}")
 
 

@@ -3,10 +3,10 @@
 Models (``<name>`` is --name): the artifact's model, served as its format's entry in ``pih2t_deploy.formats``
 says (``<name>_onnx`` on the onnxruntime backend for onnx and onnx-int8, ``<name>_trt`` for a TensorRT plan,
 ``<name>_openvino`` for an OpenVINO IR), ``<name>_preprocess`` (Python backend: encoded image -> input tensor),
-``<name>`` (ensemble: image in, logits out), and with --cpu-python ``<name>_onnx_py`` (Python backend running
+```<name>`` (ensemble: image in, logits out), and with --cpu-python ``<name>_onnx_py`` (Python backend running
 onnxruntime, for Triton builds without the onnxruntime backend) in place of ``<name>_onnx``. Every model
-folder is written under a temporary name inside REPO and renamed when complete; nothing is written outside
-REPO.
+folder is built under a temporary name inside REPO, then installed (``install.py``) replacing only what this
+package wrote; nothing is written outside REPO.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pih2t_deploy.errors import ConfigError, UserError
 from pih2t_deploy.formats import FORMATS
 from pih2t_deploy.runtime.classifier import ModelInfo
 from pih2t_deploy.runtime.loader import read_artifact_info
+from pih2t_deploy.serving.triton.install import check_installable, install_model
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 TYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8"}
@@ -203,16 +204,14 @@ def build_repository(artifact: Path, repo: Path, settings: RepositorySettings) -
     }
     repo = Path(repo)
     require_writable_folder(repo, f"--repo {repo}")
-    others = sorted(entry.name for entry in repo.iterdir() if entry.name not in models)
+    others = sorted(entry.name for entry in repo.iterdir() if entry.name not in models and entry.name[0] != ".")
     if others and not settings.force:
         listed = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
         raise UserError(
             f"--repo {repo} already holds other entries ({listed}) that tritonserver would load too; "
-            "choose an empty folder, or pass --force to add the models beside them"
+            "choose an empty folder, or pass --force to add the models beside them (they are left alone)"
         )
-    existing = [m for m in models if (repo / m / version).exists()]
-    if existing and not settings.force:
-        raise UserError(f"{repo}: version {version} of {', '.join(existing)} exists; pass --force to replace it")
+    check_installable(repo, list(models), version, settings.force)
     labels = (artifact / LABELS_FILE).read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory(prefix=".pih2t-build-", dir=repo) as staging:
         for model, (config, files) in models.items():
@@ -227,8 +226,5 @@ def build_repository(artifact: Path, repo: Path, settings: RepositorySettings) -
                 else:
                     (folder / version / file_name).write_text(source, encoding="utf-8")
         for model in models:
-            final = repo / model
-            if final.exists():
-                shutil.rmtree(final)
-            (Path(staging) / model).rename(final)
+            install_model(Path(staging) / model, repo / model, version)
     return list(models)
