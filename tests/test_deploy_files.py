@@ -108,3 +108,34 @@ def test_compose_mounts_the_repository_where_tritonserver_reads_it():
     assert any(v.endswith(f":{store}:ro") for v in compose["volumes"])
     assert {p.split(":")[1] for p in compose["ports"]} == {"8000", "8001", "8002"}
     assert compose["image"] == "pih2t-triton:24.10"
+
+
+def _containers() -> dict[str, tuple[dict, dict]]:
+    """Every container of the Kubernetes and KServe files: name -> (its securityContext, its pod's)."""
+    found = {}
+    serve = _documents(SERVING / "kubernetes" / "pih2t-serve.yaml")["Deployment"]["spec"]["template"]["spec"]
+    for container in serve["containers"]:
+        found[container["name"]] = (container.get("securityContext", {}), serve.get("securityContext", {}))
+    runtime = _documents(SERVING / "kubernetes" / "triton-inferenceservice.yaml")["ServingRuntime"]["spec"]
+    for container in runtime["containers"]:
+        found[container["name"]] = (container.get("securityContext", {}), runtime.get("securityContext", {}))
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(_containers()))
+def test_every_container_runs_as_a_user_without_capabilities_on_a_read_only_root(name):
+    own, pod = _containers()[name]
+    merged = {**pod, **own}
+    assert merged["runAsNonRoot"] is True and merged["runAsUser"] == 10001
+    assert own["allowPrivilegeEscalation"] is False and own["readOnlyRootFilesystem"] is True
+    assert own["capabilities"] == {"drop": ["ALL"]}
+    assert merged["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_every_image_and_the_compose_service_drop_root():
+    for dockerfile in DOCKERFILES:
+        text = dockerfile.read_text()
+        assert "useradd --create-home --uid 10001" in text and text.rstrip().count("\nUSER 10001") == 1, dockerfile
+    compose = yaml.safe_load((SERVING / "triton" / "docker-compose.yml").read_text())["services"]["triton"]
+    assert compose["user"] == "10001" and compose["cap_drop"] == ["ALL"] and compose["read_only"] is True
+    assert compose["security_opt"] == ["no-new-privileges:true"] and compose["tmpfs"] == ["/tmp"]

@@ -111,3 +111,22 @@ def test_a_one_pixel_high_strip_is_classified_like_its_centre(url):
     probabilities = fake.probabilities(FakeClassifier.expected(fake.prepare([Image.fromarray(strip, mode="L")])))[0]
     shown = {p["index"]: p["score"] for p in answer.json()["results"][0]["predictions"]}
     assert shown == pytest.approx({i: probabilities[i] for i in range(3)})
+
+
+def test_process_details_are_shown_only_when_asked_for():
+    import os
+
+    meta = {"arch": "fake_net", "versions": {"pih2t_deploy": "0.1.0", "torch": "2.14.1"}}
+    for exposed in (False, True):
+        app = create_app(lambda: FakeClassifier(meta=meta), ServeSettings(expose_process_info=exposed))
+        with running_server(app) as (address, _):
+            card = httpx.get(f"{address}/v1/model").json()
+        assert card["pid"] == (os.getpid() if exposed else None)
+        assert ("versions" in card["meta"]["meta"]) == exposed and card["meta"]["meta"]["arch"] == "fake_net"
+
+
+def test_a_ray_instance_the_run_starts_itself_stays_on_this_machine():
+    from pih2t_deploy.predict.ray_engine import local_ray_options
+
+    assert local_ray_options(None) == {"_node_ip_address": "127.0.0.1", "include_dashboard": False}
+    assert local_ray_options("ray://cluster:10001") == {}

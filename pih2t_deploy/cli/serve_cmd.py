@@ -50,6 +50,12 @@ def serve(
         ),
     ] = 0.0,
     threads: Annotated[int | None, typer.Option(help="inference threads (default: the runtime's choice)")] = None,
+    expose_process_info: Annotated[
+        bool,
+        typer.Option(
+            "--expose-process-info", help="show the process id and software versions in GET /v1/model (default: hidden)"
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve /v1/classify, the Open Inference Protocol (/v2), /metrics and /docs."""
@@ -69,6 +75,7 @@ def serve(
         max_request_pixels=max_request_pixels,
         timeout_s=timeout_s,
         body_timeout_s=body_timeout_s,
+        expose_process_info=expose_process_info,
     )
     require_free_port(host, port)
     if grpc_port:

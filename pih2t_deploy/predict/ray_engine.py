@@ -64,6 +64,15 @@ def shard_rows(folder: Path) -> Iterator[PredictionRow]:
             yield from (PredictionRow.from_dict(record) for record in batch.to_pylist())
 
 
+def local_ray_options(address: str | None) -> dict[str, Any]:
+    """``ray.init`` options for the Ray instance a run starts itself (no ``--address``): the node advertises
+    127.0.0.1 and no dashboard is started (Ray's own gRPC servers still listen on every interface in Ray
+    2.60; its token authentication guards them, see docs/security.md). A named cluster is used as it is."""
+    if address is not None:
+        return {}
+    return {"_node_ip_address": "127.0.0.1", "include_dashboard": False}
+
+
 def run_on_ray(
     model: str | Path,
     source: str,
@@ -100,7 +109,13 @@ def run_on_ray(
         shutil.rmtree(stale, ignore_errors=True)
     done = {row.path for row in shard_rows(output)}
     pending = (item for item in inputs if item.path not in done)
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR")
+    ray.init(
+        address=address,
+        **local_ray_options(address),
+        ignore_reinit_error=True,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
     ray.data.DataContext.get_current().enable_progress_bars = progress
     started, written = time.perf_counter(), 0
     actor_args = {

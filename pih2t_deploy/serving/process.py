@@ -71,6 +71,7 @@ def start_rest_server(artifact: Path, port: int, *options: str) -> subprocess.Po
         str(port),
         "--log-level",
         "warning",
+        "--expose-process-info",  # its process id tells it apart from another server on the port
         *([] if "--grpc-port" in options else ["--grpc-port", "0"]),
         *options,
     ]

@@ -45,7 +45,9 @@ class ModelCard(BaseModel):
     input_shape: list[int]
     preprocessing: dict
     meta: dict
-    pid: int = Field(description="process id of the serving process (tells two servers on one port apart)")
+    pid: int | None = Field(
+        default=None, description="process id of the serving process, with --expose-process-info (else null)"
+    )
 
 
 class LiveResponse(BaseModel):

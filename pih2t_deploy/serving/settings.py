@@ -24,6 +24,8 @@ class ServeSettings:
     max_request_pixels: int = 2 * MAX_PIXELS
     default_top_k: int = 5
     decode_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
+    # /v1/model shows the process id and the software versions only when asked (--expose-process-info)
+    expose_process_info: bool = False
 
     def __post_init__(self) -> None:
         at_least_one = ("max_batch", "max_queue", "max_pixels", "max_request_pixels", "default_top_k", "decode_workers")

@@ -83,11 +83,15 @@ async def read_uploads(request: Request, max_images: int) -> ClassifyRequest:
     )
 
 
-def _card_meta(info: ModelInfo) -> dict:
-    """The manifest (without the file digests) of an artifact, or the checkpoint's metadata."""
+def _card_meta(info: ModelInfo, with_versions: bool) -> dict:
+    """The manifest (without the file digests) of an artifact, or the checkpoint's metadata; the software
+    versions that made it only ``with_versions``."""
+    hidden = {"files"} | (set() if with_versions else {"versions"})
     if info.manifest is None:
-        return {"meta": info.meta}
-    return {k: v for k, v in info.manifest.to_dict().items() if k != "files"}
+        return {"meta": {k: v for k, v in info.meta.items() if k not in hidden}}
+    card = {k: v for k, v in info.manifest.to_dict().items() if k not in hidden}
+    card["meta"] = {k: v for k, v in card["meta"].items() if k not in hidden}
+    return card
 
 
 @router.post(
@@ -103,9 +107,11 @@ async def classify(request: Request, plane: Plane) -> schemas.ClassifyResponse:
 
 @router.get("/model", response_model=schemas.ModelCard, responses={503: {"model": schemas.ErrorResponse}})
 async def model_card(plane: Plane) -> schemas.ModelCard:
-    """What is served: labels, class counts, preprocessing and the artifact's metadata."""
+    """What is served: labels, class counts, preprocessing and the artifact's metadata; the process id and
+    software versions only when the server was started with --expose-process-info."""
     classifier = plane.require_ready()
     info = classifier.info
+    exposed = plane.settings.expose_process_info
     return schemas.ModelCard(
         name=info.name,
         version=info.version,
@@ -114,6 +120,6 @@ async def model_card(plane: Plane) -> schemas.ModelCard:
         class_counts=info.class_counts,
         input_shape=list(classifier.input_shape),
         preprocessing=info.preprocessing.to_dict(),
-        meta=_card_meta(info),
-        pid=os.getpid(),
+        meta=_card_meta(info, exposed),
+        pid=os.getpid() if exposed else None,
     )
