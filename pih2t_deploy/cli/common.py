@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -55,3 +56,16 @@ def parse_str_list(text: str | None) -> list[str] | None:
     if text is None:
         return None
     return [part.strip() for part in text.split(",")]
+
+
+VERIFY_KEY_HELP = "PEM public key: refuse the artifact unless its model.sig (pih2t-export --sign-key) verifies with it"
+
+
+def verify_signature(model: Path, verify_key: Path | None) -> None:
+    """With ``--verify-key``: SignatureError (exit 2) unless ``model`` (an artifact folder) is signed by the
+    matching private key, checked before anything else in the folder is read."""
+    if verify_key is None:
+        return
+    from pih2t_deploy.provenance import verify_folder
+
+    verify_folder(model if model.is_dir() else model.parent, verify_key)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pih2t_deploy.cli.common import err_console
+from pih2t_deploy.cli.common import VERIFY_KEY_HELP, err_console, verify_signature
 from pih2t_deploy.errors import ConfigError, DataError
 from pih2t_deploy.runtime.loader import BackendName
 
@@ -24,6 +24,7 @@ def demo(
     ] = "never",
     examples: Annotated[Path | None, Opt(help="folder of example images (default: bundled Digits samples)")] = None,
     max_file_mb: Annotated[float, Opt(help="largest upload")] = 5.0,
+    verify_key: Annotated[Path | None, Opt(help=VERIFY_KEY_HELP)] = None,
 ) -> None:
     """Serve a page to upload an image, see top-k with Many/Medium/Few tags, and re-rank with tau."""
     from pih2t_deploy.runtime import load_classifier
@@ -44,6 +45,7 @@ def demo(
         if not found:
             raise DataError(f"--examples {examples} holds no .png/.jpg/.webp images")
     require_free_port(host, port)
+    verify_signature(model, verify_key)
     classifier = load_classifier(model, backend)
     err_console.print(f"demo of {classifier.info.name} on http://{host}:{port}", markup=False)
     launch(classifier, host, port, DemoSettings(max_file_mb=max_file_mb, examples=found))

@@ -59,6 +59,9 @@ def export(
     workspace_gb: Annotated[float, Opt(help="TensorRT builder workspace")] = 4.0,
     timing_cache: Annotated[Path | None, Opt(help="TensorRT timing cache file (read and updated)")] = None,
     force: Annotated[bool, Opt("--force", help="replace an existing artifact in --output")] = False,
+    sign_key: Annotated[
+        Path | None, Opt(help="PEM elliptic-curve private key: sign the artifact (model.sig, OpenSSF model-signing)")
+    ] = None,
     class_counts: Annotated[
         str | None, Opt(help="comma-separated training counts per class (files from the authors' code)")
     ] = None,
@@ -93,6 +96,7 @@ def export(
         workspace_gb=workspace_gb,
         timing_cache=timing_cache,
         force=force,
+        sign_key=sign_key,
         class_counts=parse_int_list(class_counts, "--class-counts"),
         class_names=parse_str_list(class_names),
     )

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from pih2t_deploy.cli.common import console, log
+from pih2t_deploy.cli.common import VERIFY_KEY_HELP, console, log, verify_signature
 from pih2t_deploy.runtime.loader import BackendName
 
 
@@ -42,11 +42,13 @@ def predict(
     ] = None,
     num_workers: Annotated[int, typer.Option(min=1, help="Ray classifier actors")] = 2,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
+    verify_key: Annotated[Path | None, typer.Option(help=VERIFY_KEY_HELP)] = None,
 ) -> None:
     """Classify every image; one row per image (top-k labels, indices, scores, group; the error for a bad file).
 
     Exit status 0 when every image was classified, 3 when some rows are errors, 2 on bad arguments.
     """
+    verify_signature(model, verify_key)
     if engine == "ray":
         from pih2t_deploy.predict.ray_engine import run_on_ray
 

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from pih2t_deploy.cli.common import err_console
+from pih2t_deploy.cli.common import VERIFY_KEY_HELP, err_console, verify_signature
 from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.runtime.loader import BackendName
 
@@ -50,6 +50,7 @@ def serve(
         ),
     ] = 0.0,
     threads: Annotated[int | None, typer.Option(help="inference threads (default: the runtime's choice)")] = None,
+    verify_key: Annotated[Path | None, typer.Option(help=VERIFY_KEY_HELP)] = None,
     expose_process_info: Annotated[
         bool,
         typer.Option(
@@ -77,6 +78,7 @@ def serve(
         body_timeout_s=body_timeout_s,
         expose_process_info=expose_process_info,
     )
+    verify_signature(model, verify_key)
     require_free_port(host, port)
     if grpc_port:
         if grpc_port == port:

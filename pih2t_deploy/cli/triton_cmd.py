@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pih2t_deploy.cli.common import console, err_console, parse_int_list
+from pih2t_deploy.cli.common import VERIFY_KEY_HELP, console, err_console, parse_int_list, verify_signature
 from pih2t_deploy.errors import VerificationError
 
 Opt = typer.Option
@@ -34,8 +34,10 @@ def build(
     warmup: Annotated[bool, Opt("--warmup", help="add model_warmup with zero inputs")] = False,
     cpu_python: Annotated[bool, Opt("--cpu-python", help="Python-backend onnxruntime model (pytriton server)")] = False,
     force: Annotated[bool, Opt("--force", help="replace existing model versions")] = False,
+    verify_key: Annotated[Path | None, Opt(help=VERIFY_KEY_HELP)] = None,
 ) -> None:
     """Write a versioned model repository (onnx / trt / preprocess / ensemble models) for an artifact."""
+    verify_signature(model, verify_key)
     from pih2t_deploy.serving.triton.repository import RepositorySettings, build_repository
 
     settings = RepositorySettings(

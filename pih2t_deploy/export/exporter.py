@@ -45,6 +45,7 @@ from pih2t_deploy.export.verify import VerificationReport, compare, verify
 from pih2t_deploy.export.wrappers import ExportModule
 from pih2t_deploy.fold import FoldReport, fold
 from pih2t_deploy.models import create_arch
+from pih2t_deploy.provenance import SIGNATURE_FILE, sign_folder
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def _check_output(output: Path, force: bool) -> None:
         if not force:
             raise UserError(f"--output {output} already holds an artifact; pass --force to replace it")
         try:
-            listed = set(read_manifest(output).files) | {MANIFEST_FILE}
+            listed = set(read_manifest(output).files) | {MANIFEST_FILE, SIGNATURE_FILE}
         except ArtifactError:
             raise UserError(
                 f"--output {output} holds a model.json that is not a pih2t artifact's; --force replaces only "
@@ -197,6 +198,9 @@ def export_checkpoint(
                 eval_images = calibration_and_holdout()[1]
             reports, accuracy = _verify(ckpt, options, reference, built, eval_images, log)
             manifest = write_manifest(tmp, _manifest(ckpt, options, fold_report, reports, accuracy, built.sections))
+            if options.sign_key is not None:
+                sign_folder(tmp, options.sign_key)
+                log(f"signed with {options.sign_key} ({SIGNATURE_FILE})")
     except PermissionError as exc:
         raise UserError(f"cannot write {output}: {exc.strerror}") from None
     return ExportResult(output, manifest)

@@ -30,6 +30,7 @@ COMMON = frozenset(
         "eval_data",
         "tolerance",
         "force",
+        "sign_key",
     }
 )
 
@@ -61,6 +62,7 @@ class ExportOptions:
     workspace_gb: float = 4.0
     timing_cache: Path | None = None
     force: bool = False
+    sign_key: Path | None = None
     class_counts: list[int] | None = field(default=None)
     class_names: list[str] | None = field(default=None)
 
@@ -123,5 +125,7 @@ class ExportOptions:
             raise ConfigError("--int8 needs --calib-data (an image folder, or 'recipe' for the training set)")
         if self.calib_count < 16:
             raise ConfigError(f"--calib-count must be at least 16, got {self.calib_count}")
+        if self.sign_key is not None and not Path(self.sign_key).is_file():
+            raise ConfigError(f"--sign-key {self.sign_key}: no such private key file")
         if self.max_group_drop < 0 or self.workspace_gb <= 0:
             raise ConfigError("--max-group-drop must be >= 0 and --workspace-gb > 0")
