@@ -130,3 +130,12 @@ def test_a_ray_instance_the_run_starts_itself_stays_on_this_machine():
 
     assert local_ray_options(None) == {"_node_ip_address": "127.0.0.1", "include_dashboard": False}
     assert local_ray_options("ray://cluster:10001") == {}
+
+
+@pytest.mark.parametrize("length", ["\xb2", "\u0662", "-5", "1e3", "0x10", "9" * 50])
+def test_a_header_length_that_is_not_ascii_digits_is_400_never_500(url, length):
+    """The byte 0xB2 arrives as the superscript two, which str.isdigit() accepts and int() refuses."""
+    raw = length.encode("latin-1") if length == "\xb2" else length.encode("utf-8")  # the bytes on the wire
+    headers = {"Inference-Header-Content-Length": raw}
+    answer = httpx.post(f"{url}/v2/models/fake/infer", content=body_of_size(500), headers=headers)
+    assert answer.status_code == 400 and "is not a byte count" in answer.json()["error"], answer.text

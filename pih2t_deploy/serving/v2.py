@@ -58,6 +58,15 @@ _INFER_JSON = {
     },
 }
 INFER_BODY = {
+    "parameters": [
+        {
+            "name": "Inference-Header-Content-Length",
+            "in": "header",
+            "required": False,
+            "description": "binary tensor extension: the length in bytes of the JSON header that starts the body",
+            "schema": {"type": "string"},
+        }
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -68,7 +77,7 @@ INFER_BODY = {
                 "Inference-Header-Content-Length header) followed by the inputs' raw bytes",
             },
         },
-    }
+    },
 }
 
 
