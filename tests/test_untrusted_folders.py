@@ -280,3 +280,37 @@ def test_triton_build_replaces_only_the_version_it_builds_and_leaves_the_users_f
     with pytest.raises(UserError, match="pih2t_onnx/2 was not written by pih2t-triton"):
         build_repository(artifact, repo, RepositorySettings(version=2, force=True))
     assert (repo / "pih2t_onnx" / "2" / "model.onnx").read_bytes() == b"the user's own version 2"
+
+
+def test_a_tensorrt_plan_is_deserialised_with_host_code_forbidden(tmp_path, monkeypatch):
+    """TensorRT cannot be installed here, so TensorRT is a stand-in module (the GPU check is patched too):
+    the runtime must refuse the host code a version-compatible plan can embed before it reads the plan."""
+    import sys
+    import types
+
+    from pih2t_deploy.errors import UserError as PlanError
+    from pih2t_deploy.runtime.tensorrt_backend import TensorRTClassifier
+    from tests.fakes import FakeClassifier
+
+    seen = {}
+
+    class Runtime:
+        def __init__(self, _logger) -> None:
+            self.engine_host_code_allowed = True
+
+        def deserialize_cuda_engine(self, data: bytes):
+            seen["host code allowed"], seen["bytes"] = self.engine_host_code_allowed, data
+            return None  # as for a plan of another TensorRT version
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, _level: int) -> None:
+            pass
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(Runtime=Runtime, Logger=Logger))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    (tmp_path / "model.plan").write_bytes(b"plan")
+    with pytest.raises(PlanError, match="could not deserialize"):
+        TensorRTClassifier(tmp_path / "model.plan", FakeClassifier().info, device="cuda")
+    assert seen == {"host code allowed": False, "bytes": b"plan"}

@@ -51,6 +51,9 @@ class TensorRTClassifier(Classifier):
         if not torch.cuda.is_available():
             raise UserError(MISSING)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        # a version-compatible plan can carry host code (a lean runtime) that would run on deserialisation:
+        # never allowed for a plan from an artifact folder
+        runtime.engine_host_code_allowed = False
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise UserError(f"TensorRT could not deserialize {path} (built with another TensorRT version or GPU?)")
