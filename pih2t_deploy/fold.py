@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from pih2t_deploy.data.label_shift import normalised_log_prior
 from pih2t_deploy.data.longtail import log_prior
 from pih2t_deploy.errors import ConfigError, VerificationError
 from pih2t_deploy.models import PIH2TNet, create_arch
@@ -156,8 +157,10 @@ def fold(
     tolerance: float = FOLD_TOLERANCE,
     check_batch: int = 4,
     seed: int = 0,
+    deployment_prior: Sequence[float] | None = None,
 ) -> tuple[nn.Module, FoldReport]:
-    """Return ``(plain_module, report)`` in eval mode, equal to ``net`` (minus tau*log prior) within tolerance.
+    """Return ``(plain_module, report)`` in eval mode, equal to ``net`` minus tau*log prior (plus log q for a
+    ``deployment_prior`` q, normalised; see ``data.label_shift``) within tolerance.
 
     ``input_shape`` is (C, H, W) of the random inputs the check uses. The check runs both models in float64,
     so it measures the fold itself, not float32 rounding (reported apart as ``max_abs_diff_fp32``).
@@ -174,6 +177,11 @@ def fold(
         if logit_adjust_tau
         else torch.zeros(config.num_classes, dtype=torch.float64)
     )
+    if deployment_prior is not None:
+        try:
+            adjustment = adjustment - torch.from_numpy(normalised_log_prior(deployment_prior, config.num_classes))
+        except ValueError as exc:
+            raise ConfigError(f"deployment prior: {exc}") from None
     plain = create_arch(config.arch, config.num_classes, config.in_channels)
     result = plain.load_state_dict(net.backbone.state_dict(), strict=False)
     if result.unexpected_keys or any(not key.startswith("fc.") for key in result.missing_keys):

@@ -20,7 +20,10 @@ class FakeClassifier(Classifier):
     """logits = x.reshape(N, 16) @ WEIGHTS + BIAS, with ``calls`` recording every batch size it ran."""
 
     backend = "fake"
-    WEIGHTS = np.linspace(-1.0, 1.0, 16 * 3, dtype=np.float32).reshape(16, 3)
+    # pixel i votes for class i % 3 and slightly against the others, later pixels more strongly
+    WEIGHTS = np.array(
+        [[(1.0 if i % 3 == c else -0.25) * (1 + i / 16) for c in range(3)] for i in range(16)], dtype=np.float32
+    )
     BIAS = np.array([0.5, 0.0, -0.5], dtype=np.float32)
 
     def __init__(self, name: str = "fake", meta: dict | None = None) -> None:
@@ -30,6 +33,12 @@ class FakeClassifier(Classifier):
     def predict(self, batch: np.ndarray) -> np.ndarray:
         self.calls.append(len(batch))
         return np.asarray(batch, np.float32).reshape(len(batch), 16) @ self.WEIGHTS + self.BIAS
+
+    @staticmethod
+    def voting_for(classes: list[int], strength: float = 2.0) -> np.ndarray:
+        """Inputs [N, 1, 4, 4] whose top-1 class is ``classes[n]``: the pixels that vote for it lit."""
+        rows = [[strength if i % 3 == c else 0.0 for i in range(16)] for c in classes]
+        return np.asarray(rows, dtype=np.float32).reshape(-1, 1, 4, 4)
 
     @classmethod
     def expected(cls, batch: np.ndarray) -> np.ndarray:

@@ -105,3 +105,20 @@ def test_the_limits_become_grpc_channel_arguments():
         "grpc.http2.min_ping_interval_without_data_ms": 2000,
         "grpc.http2.max_ping_strikes": 2,
     }
+
+
+def test_the_prior_knob_over_grpc_answers_as_over_http():
+    """tau as a double parameter and prior as comma-separated text: the answer equals the logits shifted by
+    -(tau - 0) log p_train + log q, and says what applied."""
+
+    async def scenario(stub, _classifier):
+        request = infer_request()
+        request.parameters["tau"].double_param = 1.0
+        request.parameters["prior"].string_param = "1,1,2"
+        return await stub.ModelInfer(request)
+
+    answer = asyncio.run(serve_and(scenario, GrpcLimits(1 << 20), FakeClassifier()))
+    counts = np.array([120, 30, 6], dtype=np.float64)
+    expected = FakeClassifier.expected(np.zeros((1, 1, 4, 4))) - np.log(counts / counts.sum()) + np.log([0.25, 0.25, 0.5])
+    np.testing.assert_allclose(np.frombuffer(answer.raw_output_contents[0], np.float32), expected.ravel(), rtol=1e-5)
+    assert answer.parameters["tau"].double_param == 1.0 and answer.parameters["prior"].string_param == "given"

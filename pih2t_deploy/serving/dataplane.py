@@ -38,14 +38,18 @@ from pih2t_deploy.serving.errors import (
     InvalidInput,
     InvalidParameter,
     ModelNotFound,
+    NotSupported,
     PayloadTooLarge,
     Unavailable,
     quote,
 )
 from pih2t_deploy.serving.images import decode_batch, request_pixels
 from pih2t_deploy.serving.metrics import ServiceMetrics
+from pih2t_deploy.serving.prior_knob import PriorRequest
+from pih2t_deploy.serving.prior_knob import parse_request as parse_prior_request
 from pih2t_deploy.serving.settings import ServeSettings
 from pih2t_deploy.serving.v2_codec import Tensor
+from pih2t_deploy.serving.watch import LongTail
 
 OUTPUT = "logits"
 TENSOR_INPUT, IMAGE_INPUT = "input", "image"
@@ -59,11 +63,13 @@ Read = TypeVar("Read")
 @dataclass
 class InferRequest:
     """An Open Inference Protocol request, decoded by a front end: its input tensors, the outputs asked for
-    (each ``{"name": ..., "parameters": {...}}``; none means ``logits``) and its id."""
+    (each ``{"name": ..., "parameters": {...}}``; none means ``logits``), its id and its request-level
+    parameters (``tau``, ``prior``: the long-tail knob)."""
 
     tensors: list[Tensor]
     outputs: list[dict[str, Any]] = field(default_factory=list)
     id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,20 +85,24 @@ class OutputTensor:
 @dataclass
 class InferResult:
     """The answer to an InferRequest: the model and version that computed it, the request's id, the outputs
-    in the order they were asked for."""
+    in the order they were asked for, and the answer's parameters (what prior applied; empty when none)."""
 
     model_name: str
     model_version: str
     id: str | None
     outputs: list[OutputTensor]
+    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class ClassifyRequest:
-    """Encoded images (``(name, bytes)`` pairs) and the raw ``top_k`` a client sent (None: the default)."""
+    """Encoded images (``(name, bytes)`` pairs) and the raw ``top_k``, ``tau`` and ``prior`` a client sent
+    (None: the default)."""
 
     images: list[tuple[str, bytes]]
     top_k: object = None
+    tau: object = None
+    prior: object = None
 
 
 class DataPlane:
@@ -104,6 +114,7 @@ class DataPlane:
         self.metrics = ServiceMetrics()
         self.classifier: Classifier | None = None
         self.batcher: MicroBatcher | None = None
+        self.longtail: LongTail | None = None
         self.load_error: str | None = None
         self.draining = False
         self._loaded = False
@@ -140,6 +151,7 @@ class DataPlane:
             self.load_error = f"{type(exc).__name__}: {exc}"
             return
         self.metrics.load_seconds.set(time.perf_counter() - started)
+        self.longtail = LongTail(classifier.info, self.settings, self.metrics)
         self.classifier = classifier
         self.batcher = MicroBatcher(
             classifier.predict,
@@ -158,6 +170,8 @@ class DataPlane:
         self.draining, self._loaded = True, False
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.longtail is not None:
+            self.longtail.close()
         self.decode_pool.shutdown(wait=True)
 
     def require_ready(self) -> Classifier:
@@ -209,6 +223,7 @@ class DataPlane:
             platform=f"pih2t_{classifier.backend}",
             inputs=inputs,
             outputs=[schemas.TensorMetadata(name=OUTPUT, datatype="FP32", shape=[-1, classifier.info.num_classes])],
+            parameters=self.request_parameters() or None,
         )
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
@@ -233,6 +248,18 @@ class DataPlane:
             "input": [model_input],
             "output": [{**output, "label_filename": LABELS_FILE}],
             "dynamic_batching": {"max_queue_delay_microseconds": int(self.settings.max_wait_ms * 1000)},
+            "parameters": {key: {"string_value": text} for key, text in self.request_parameters().items()},
+        }
+
+    def request_parameters(self) -> dict[str, str]:
+        """The request parameters this model takes beyond the protocol's, described for its metadata."""
+        longtail = self._long_tail()
+        if longtail.model is None:
+            return {}
+        names = ", ".join(sorted(longtail.registered)) or "none registered"
+        return {
+            "tau": f"number in [0, 10]: logit-adjustment strength (folded at export: {longtail.model.folded_tau:g})",
+            "prior": f"deployment class prior: one non-negative number per class, or a registered name ({names})",
         }
 
     # ------------------------------------------------------------------ inference
@@ -272,20 +299,34 @@ class DataPlane:
         """Open Inference Protocol inference: ``read`` (the front end's parser, awaited while the request is
         counted as on its way) gives the decoded request; the answer holds the outputs asked for."""
         classifier, _ = self.resolve(name, version)
-        request, batch = await self._arriving(read, lambda req: self._with_batch(req, classifier))
+        request, prior, batch = await self._arriving(read, lambda req: self._with_batch(req, classifier))
         for output in request.outputs:
             if output.get("name") != OUTPUT:
                 raise InvalidInput(f"unknown output {quote(output.get('name'))}; this model has one output, {OUTPUT!r}")
         logits = await self.predict(batch)
         if not np.isfinite(logits).all():
             raise InvalidInput("the model's outputs for this input are not finite numbers; check the input's range")
-        outputs = [self._output(logits, classifier, item) for item in request.outputs or [{"name": OUTPUT}]]
-        return InferResult(name, classifier.info.version, request.id, outputs)
+        tensor = request.tensors[0]
+        answer = self._long_tail().answer(logits, prior, tensor.data if tensor.name == IMAGE_INPUT else batch)
+        outputs = [self._output(answer.logits, classifier, item) for item in request.outputs or [{"name": OUTPUT}]]
+        return InferResult(name, classifier.info.version, request.id, outputs, answer.parameters)
 
-    async def _with_batch(self, request: InferRequest, classifier: Classifier) -> tuple[InferRequest, np.ndarray]:
+    def _long_tail(self) -> LongTail:
+        assert self.longtail is not None  # ready implies loaded
+        return self.longtail
+
+    def prior_request(self, tau: object, prior: object) -> PriorRequest:
+        """A request's tau / prior, checked (InvalidInput, HTTP 400, for a bad value)."""
+        longtail = self._long_tail()
+        return parse_prior_request(tau, prior, longtail.model, longtail.registered)
+
+    async def _with_batch(
+        self, request: InferRequest, classifier: Classifier
+    ) -> tuple[InferRequest, PriorRequest, np.ndarray]:
         if len(request.tensors) != 1:
             raise InvalidInput(f"send exactly one input ('input' or 'image'), got {len(request.tensors)}")
-        return request, await self._batch_from(request.tensors[0], classifier)
+        prior = self.prior_request(request.parameters.get("tau"), request.parameters.get("prior"))
+        return request, prior, await self._batch_from(request.tensors[0], classifier)
 
     async def _batch_from(self, tensor: Tensor, classifier: Classifier) -> np.ndarray:
         """The model-ready batch of an ``input`` tensor, or of the encoded images of an ``image`` tensor."""
@@ -327,14 +368,16 @@ class DataPlane:
         request is counted as on its way)."""
         classifier = self.require_ready()
 
-        async def decoded(request: ClassifyRequest) -> tuple[ClassifyRequest, int, np.ndarray]:
+        async def decoded(request: ClassifyRequest) -> tuple[ClassifyRequest, int, PriorRequest, np.ndarray]:
             k = parse_top_k(request.top_k, classifier.info.num_classes, self.settings.default_top_k)
-            return request, k, await self.decode(request.images)
+            prior = self.prior_request(request.tau, request.prior)
+            return request, k, prior, await self.decode(request.images)
 
-        request, k, batch = await self._arriving(read, decoded)
+        request, k, prior, batch = await self._arriving(read, decoded)
         logits = await self.predict(batch)
         self.metrics.images.inc(len(request.images))
-        probs = classifier.probabilities(logits)
+        answer = self._long_tail().answer(logits, prior, [blob for _, blob in request.images])
+        probs = answer.probabilities
         labels = classifier.info.labels
         results = [
             schemas.ImageResult(
@@ -343,7 +386,24 @@ class DataPlane:
             )
             for (image_name, _), row, idx in zip(request.images, probs, longtail.top_k(probs, k), strict=True)
         ]
-        return schemas.ClassifyResponse(model=classifier.info.name, version=classifier.info.version, results=results)
+        response = schemas.ClassifyResponse(
+            model=classifier.info.name, version=classifier.info.version, results=results
+        )
+        if answer.parameters:
+            response.prior = answer.parameters  # set only when applied: without it the answer is unchanged
+        return response
+
+    def label_shift(self) -> dict[str, Any]:
+        """The label-shift report of the served model (NotSupported without a watch). Runs EM when due: call
+        it off the event loop."""
+        report = self._long_tail().report() if self.serving else None
+        if report is None:
+            self.require_ready()
+            raise NotSupported(
+                "label shift is not watched here: the server runs with --no-watch, or the model records no "
+                "training counts per class"
+            )
+        return report
 
 
 def parse_top_k(raw: object, num_classes: int, default: int) -> int:

@@ -38,6 +38,11 @@ class UnsupportedMediaType(ServingError):
     """A content type or image format the service does not read (HTTP 415)."""
 
 
+class NotSupported(ServingError):
+    """A feature this server or model does not offer, e.g. the label-shift report with --no-watch (HTTP 501,
+    gRPC UNIMPLEMENTED)."""
+
+
 class Unavailable(ServingError):
     """The model is not ready, or the queue is full: retry shortly (HTTP 503, gRPC UNAVAILABLE)."""
 

@@ -24,6 +24,7 @@ from pih2t_deploy.serving.errors import (
     InvalidInput,
     InvalidParameter,
     ModelNotFound,
+    NotSupported,
     PayloadTooLarge,
     ServingError,
     Unavailable,
@@ -38,6 +39,7 @@ GRPC_STATUS: dict[type[ServingError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidParameter: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    NotSupported: grpc.StatusCode.UNIMPLEMENTED,
     PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UnsupportedMediaType: grpc.StatusCode.INVALID_ARGUMENT,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
@@ -61,6 +63,17 @@ def _parameter(value: service_pb2.InferParameter) -> Any:
     return None if kind is None else getattr(value, kind)
 
 
+def _set_parameter(target: service_pb2.InferParameter, value: Any) -> None:
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = str(value)
+
+
 def _tensors(request: service_pb2.ModelInferRequest) -> list[Tensor]:
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
@@ -80,7 +93,8 @@ def infer_request(request: service_pb2.ModelInferRequest) -> InferRequest:
         {"name": output.name, "parameters": {key: _parameter(value) for key, value in output.parameters.items()}}
         for output in request.outputs
     ]
-    return InferRequest(_tensors(request), outputs, request.id)
+    parameters = {key: _parameter(value) for key, value in request.parameters.items()}
+    return InferRequest(_tensors(request), outputs, request.id, parameters)
 
 
 def _metadata_tensors(tensors: list) -> list[service_pb2.ModelMetadataResponse.TensorMetadata]:
@@ -154,6 +168,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         response = service_pb2.ModelInferResponse(
             model_name=result.model_name, model_version=result.model_version, id=result.id or ""
         )
+        for key, value in result.parameters.items():
+            _set_parameter(response.parameters[key], value)
         for output in result.outputs:
             response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
             values = output.values

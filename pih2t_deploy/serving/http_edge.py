@@ -14,6 +14,7 @@ from pih2t_deploy.serving.errors import (
     InvalidInput,
     InvalidParameter,
     ModelNotFound,
+    NotSupported,
     PayloadTooLarge,
     ServingError,
     Unavailable,
@@ -27,6 +28,7 @@ HTTP_STATUS: dict[type[ServingError], int] = {
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     InvalidParameter: 422,
+    NotSupported: 501,
     Unavailable: 503,
     DeadlineExceeded: 504,
 }

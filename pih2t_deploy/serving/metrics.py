@@ -10,8 +10,13 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
 class ServiceMetrics:
-    """Request counts by route and status, latency and batch-size histograms, queue depth, model load time."""
+    """Request counts by route and status, latency and batch-size histograms, queue depth, model load time;
+    and what the model predicts: answers per class (``class_label`` caps the label values) and per group, the
+    top-1 probability per group, the label-shift distance."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -33,6 +38,27 @@ class ServiceMetrics:
             "pih2t_model_load_seconds", "Time to load and warm up the model", registry=self.registry
         )
         self.images = Counter("pih2t_images", "Images classified", registry=self.registry)
+        self.predicted_class = Counter(
+            "pih2t_predicted_class", "Answers by top-1 class", ["class"], registry=self.registry
+        )
+        self.predicted_group = Counter(
+            "pih2t_predicted_group", "Answers by the Many/Medium/Few group of the top-1 class", ["group"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.confidence = Histogram(
+            "pih2t_confidence", "Top-1 probability of answers, by group", ["group"], buckets=CONFIDENCE_BUCKETS,
+            registry=self.registry,
+        )  # fmt: skip
+        self.label_shift = Gauge(
+            "pih2t_label_shift_total_variation",
+            "Total variation between the estimated deployment prior and the training prior (versus=train) or the "
+            "prior the model's answers assume (versus=reference)",
+            ["versus"],
+            registry=self.registry,
+        )
+        self.label_shift_samples = Gauge(
+            "pih2t_label_shift_samples", "Answers the label-shift estimate has seen", registry=self.registry
+        )
 
 
 class RequestMetricsMiddleware:

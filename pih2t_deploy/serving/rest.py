@@ -82,6 +82,8 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
     async def metrics() -> Response:
         if plane.batcher is not None:
             plane.metrics.queue_depth.set(plane.batcher.depth)
+        if plane.longtail is not None:
+            await asyncio.to_thread(plane.longtail.report)  # refreshes the label-shift gauges
         return Response(generate_latest(plane.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(

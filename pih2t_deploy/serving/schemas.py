@@ -26,6 +26,9 @@ class ClassifyResponse(BaseModel):
     model: str
     version: str
     results: list[ImageResult]
+    prior: dict | None = Field(
+        default=None, description="present only when a prior applied: the request's tau / prior, or 'adapted'"
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -72,6 +75,7 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    parameters: dict[str, str] | None = Field(default=None, description="request parameters the model takes")
 
 
 class ServerMetadata(BaseModel):
@@ -118,3 +122,4 @@ class ModelConfig(BaseModel):
     input: list[ConfigTensor]
     output: list[ConfigTensor]
     dynamic_batching: dict
+    parameters: dict = Field(default_factory=dict, description="request parameters the model takes")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pih2t_deploy.data.images import MAX_PIXELS
 from pih2t_deploy.errors import ConfigError
@@ -26,9 +27,28 @@ class ServeSettings:
     decode_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     # /v1/model shows the process id and the software versions only when asked (--expose-process-info)
     expose_process_info: bool = False
+    # long-tail watch: per-class and per-group counters, confidence histograms, the label-shift estimate
+    watch: bool = True
+    adapt_prior: bool = False
+    adapt_min_samples: int = 500  # answers seen before --adapt-prior corrects anything
+    priors: dict[str, tuple[float, ...]] = field(default_factory=dict)  # --prior NAME=FILE
+    max_class_labels: int = 100  # classes beyond it are counted as "other (<group>)" in /metrics
+    low_confidence_dir: Path | None = None
+    low_confidence_threshold: float = 0.5
+    low_confidence_keep: int = 1000
 
     def __post_init__(self) -> None:
-        at_least_one = ("max_batch", "max_queue", "max_pixels", "max_request_pixels", "default_top_k", "decode_workers")
+        at_least_one = (
+            "max_batch",
+            "max_queue",
+            "max_pixels",
+            "max_request_pixels",
+            "default_top_k",
+            "decode_workers",
+            "max_class_labels",
+            "low_confidence_keep",
+            "adapt_min_samples",
+        )
         for name in at_least_one:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
@@ -39,6 +59,10 @@ class ServeSettings:
             if not isinstance(value, int | float) or value != value or value < 0 or (value == 0 and not allow_zero):
                 bound = ">= 0" if allow_zero else "> 0"
                 raise ConfigError(f"--{name.replace('_', '-')} must be a number {bound}, got {value!r}")
+        if not 0 < self.low_confidence_threshold <= 1:
+            raise ConfigError(f"--low-confidence-threshold must lie in (0, 1], got {self.low_confidence_threshold}")
+        if self.adapt_prior and not self.watch:
+            raise ConfigError("--adapt-prior needs the watch it estimates the prior from: drop --no-watch")
 
     @property
     def max_upload_bytes(self) -> int:

@@ -4,6 +4,7 @@ multipart or JSON body; the data plane decodes, batches, infers and ranks."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 
@@ -29,6 +30,8 @@ CLASSIFY_BODY = {
                         "file": {"type": "string", "format": "binary"},
                         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
                         "top_k": {"type": "integer"},
+                        "tau": {"type": "number", "minimum": 0, "maximum": 10},
+                        "prior": {"type": "string", "description": "comma-separated numbers, or a registered name"},
                     },
                 }
             },
@@ -38,6 +41,10 @@ CLASSIFY_BODY = {
                     "properties": {
                         "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
                         "top_k": {"type": "integer"},
+                        "tau": {"type": "number", "minimum": 0, "maximum": 10},
+                        "prior": {
+                            "oneOf": [{"type": "array", "items": {"type": "number", "minimum": 0}}, {"type": "string"}]
+                        },
                     },
                     "required": ["images"],
                 }
@@ -63,7 +70,8 @@ async def read_uploads(request: Request, max_images: int) -> ClassifyRequest:
             )
         # a file name longer than any file system allows is cut (it is echoed in answers and error messages)
         blobs = [((u.filename or f"file {i}")[:MAX_NAME], await u.read()) for i, u in enumerate(uploads)]
-        return ClassifyRequest(blobs, form.get("top_k", request.query_params.get("top_k")))
+        given = {key: form.get(key, request.query_params.get(key)) for key in ("top_k", "tau", "prior")}
+        return ClassifyRequest(blobs, given["top_k"], given["tau"], given["prior"])
     if content_type.startswith("application/json"):
         body = load_json(await request.body())
         images = body.get("images") if isinstance(body, dict) else None
@@ -75,7 +83,8 @@ async def read_uploads(request: Request, max_images: int) -> ClassifyRequest:
                 blobs.append((f"images[{index}]", base64.b64decode(text.split(",")[-1], validate=True)))
             except ValueError:  # binascii.Error, or characters outside ASCII
                 raise InvalidInput(f"images[{index}] is not valid base64") from None
-        return ClassifyRequest(blobs, body.get("top_k", request.query_params.get("top_k")))
+        given = {key: body.get(key, request.query_params.get(key)) for key in ("top_k", "tau", "prior")}
+        return ClassifyRequest(blobs, given["top_k"], given["tau"], given["prior"])
     if not content_type:
         raise InvalidParameter("empty request: send multipart field 'file' or JSON {\"images\": [...]}")
     raise UnsupportedMediaType(
@@ -97,11 +106,13 @@ def _card_meta(info: ModelInfo, with_versions: bool) -> dict:
 @router.post(
     "/classify",
     response_model=schemas.ClassifyResponse,
+    response_model_exclude_unset=True,  # "prior" appears only when one applied
     openapi_extra=CLASSIFY_BODY,
     responses={code: {"model": schemas.ErrorResponse} for code in CLASSIFY_ERRORS},
 )
 async def classify(request: Request, plane: Plane) -> schemas.ClassifyResponse:
-    """Top-k labels with probabilities for one or more images."""
+    """Top-k labels with probabilities for one or more images; ``tau`` and ``prior`` (query, form or JSON)
+    re-weight the classes for this request."""
     return await plane.classify(lambda: read_uploads(request, plane.settings.max_batch))
 
 
@@ -123,3 +134,10 @@ async def model_card(plane: Plane) -> schemas.ModelCard:
         meta=_card_meta(info, exposed),
         pid=os.getpid() if exposed else None,
     )
+
+
+@router.get("/label-shift", responses={501: {"model": schemas.ErrorResponse}, 503: {"model": schemas.ErrorResponse}})
+async def label_shift(plane: Plane) -> dict:
+    """The deployment class prior estimated from the recent answers (EM), beside the training prior and the
+    prior the model's answers assume, with their distances and the correction --adapt-prior applies."""
+    return await asyncio.to_thread(plane.label_shift)

@@ -24,7 +24,12 @@ _INFER_JSON = {
     "required": ["inputs"],
     "properties": {
         "id": {"type": "string"},
-        "parameters": {**_PARAMETERS, "description": "binary_data_output: true sends every output as binary data"},
+        "parameters": {
+            **_PARAMETERS,
+            "description": "binary_data_output: true sends every output as binary data; tau: logit-adjustment "
+            "strength in [0, 10] (default: the one folded at export); prior: the deployment class prior, one "
+            "non-negative number per class or a name registered with pih2t-serve --prior",
+        },
         "inputs": {
             "type": "array",
             "minItems": 1,
@@ -92,7 +97,8 @@ def infer_request(body: dict, tensors: list) -> InferRequest:
         raise ProtocolError('\'outputs\' must be a list of objects such as {"name": "logits"}')
     for item in requested:
         parameters_of(item, f"output {quote(item.get('name'))}")
-    return InferRequest(tensors, requested, str(body["id"]) if "id" in body else None)
+    parameters = parameters_of(body, "the request")
+    return InferRequest(tensors, requested, str(body["id"]) if "id" in body else None, parameters)
 
 
 def binary_outputs(body: dict) -> set[str]:
@@ -105,9 +111,11 @@ def binary_outputs(body: dict) -> set[str]:
 
 def encode(result: InferResult, binary: set[str]) -> Response:
     """The HTTP response of an answer: JSON, or JSON header and binary outputs."""
-    head = {"model_name": result.model_name, "model_version": result.model_version}
+    head: dict[str, object] = {"model_name": result.model_name, "model_version": result.model_version}
     if result.id is not None:
         head["id"] = result.id
+    if result.parameters:
+        head["parameters"] = result.parameters
     outputs = [vars(output) for output in result.outputs]
     content, headers = encode_response(outputs, binary, head)
     return Response(content, headers=headers)

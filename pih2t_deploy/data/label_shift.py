@@ -1,0 +1,232 @@
+"""Label shift: the class prior a model's answers assume, per-request priors, and the deployment prior
+estimated from the model's own outputs (numpy only, so the torch-free server and pih2t-predict share it).
+
+**The prior as a knob.** A folded model computes z = z_raw - tau0 * log p_train (tau0 the logit adjustment
+folded at export, 0 when none). Asking for another tau, or for a deployment prior q, gives exactly what a
+model folded with them would compute:
+
+    z' = z - (tau - tau0) * log p_train + log q        (q normalised to sum 1)
+
+**The estimate.** Saerens, Latinne and Decaestecker's EM (2002): with posteriors p(y|x) calibrated to a
+reference prior r, the deployment prior q is the fixed point of q = mean_x [p(y|x) q(y)/r(y) / sum_k p(k|x)
+q(k)/r(k)]. We chose EM over black-box shift estimation because it needs nothing the artifact does not already
+hold: BBSE would need a confusion matrix measured on labelled held-out data at export, which an artifact exported
+without ``--eval-data`` does not have, and its K x K inverse is unstable for the many rare classes a long-tailed
+model has. EM's price is that the posteriors must be calibrated to the reference prior: how well the estimate
+works on our models is measured in docs/monitoring.md.
+
+**The reference prior r** (``reference_prior``) is the prior the model's unadjusted answers are calibrated to.
+A classifier last trained on instance-balanced batches with a plain loss answers for the training prior; one
+re-trained on class-balanced batches (PI-H2T's and H2T's stage 2) or with a balancing loss answers for a uniform
+prior; a folded tau0 then divides by p_train^tau0. So r is proportional to p_train^(a - tau0), a = 1 or 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pih2t_deploy.data.longtail import log_prior, softmax
+
+BALANCING_LOSSES = ("balanced_softmax", "ldam", "gcl")
+PRIOR_FLOOR = 1e-30  # a zero in a requested prior: the class is (practically) never predicted
+
+
+def normalised_log_prior(values: Sequence[float] | np.ndarray, num_classes: int, what: str = "prior") -> np.ndarray:
+    """log q for ``values`` normalised to sum 1 (zeros floored at PRIOR_FLOOR); ValueError (one line) unless it
+    is one finite non-negative number per class with a positive sum."""
+    array = np.asarray(values, dtype=np.float64).reshape(-1)
+    if array.size != num_classes:
+        raise ValueError(f"{what} must give one number per class ({num_classes}), got {array.size}")
+    if not np.isfinite(array).all() or (array < 0).any():
+        raise ValueError(f"{what} must be finite non-negative numbers")
+    if array.sum() <= 0:
+        raise ValueError(f"{what} must have a positive sum")
+    return np.log(np.maximum(array / array.sum(), PRIOR_FLOOR))
+
+
+def trained_balanced(meta: Mapping[str, Any]) -> bool:
+    """Whether the classifier's last training answers for a uniform prior: stage 2 re-trained it on
+    class-balanced batches, or its loss balances the classes. Checkpoints that do not record their training
+    (imports of the authors' files: their stage 2 is class-balanced) count as balanced for h2t/pih2t."""
+    training = meta.get("training") or {}
+    loss = (training.get("loss") or {}).get("name")
+    if loss in BALANCING_LOSSES:
+        return True
+    stage2 = training.get("stage2") or {}
+    if stage2:
+        return meta.get("stage") == 2 and stage2.get("sampler") == "class"
+    return meta.get("method") in ("h2t", "pih2t")
+
+
+@dataclass(frozen=True)
+class PriorModel:
+    """What a served model's answers assume about the class prior: the training log-prior, the tau folded
+    into the model, and the reference prior its unadjusted answers are calibrated to."""
+
+    log_train_prior: np.ndarray
+    folded_tau: float
+    balanced: bool
+
+    @classmethod
+    def from_artifact(cls, class_counts: Sequence[int], meta: Mapping[str, Any], folded_tau: float) -> PriorModel:
+        """The prior model of an artifact (its training counts, checkpoint metadata and folded tau)."""
+        return cls(log_prior(class_counts), float(folded_tau), trained_balanced(meta))
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.log_train_prior)
+
+    @property
+    def train_prior(self) -> np.ndarray:
+        """p_train."""
+        return np.exp(self.log_train_prior)
+
+    @property
+    def log_reference_prior(self) -> np.ndarray:
+        """log r, r proportional to p_train^(a - tau0) (module docstring), normalised."""
+        exponent = (0.0 if self.balanced else 1.0) - self.folded_tau
+        raw = exponent * self.log_train_prior
+        return raw - np.logaddexp.reduce(raw)
+
+    def adjustment(self, tau: float | None = None, log_prior: np.ndarray | None = None) -> np.ndarray:
+        """The vector added to the model's logits for a request asking for ``tau`` and/or a deployment prior
+        (given as its normalised log): -(tau - tau0) log p_train + log q."""
+        shift = np.zeros(self.num_classes)
+        if tau is not None:
+            shift -= (tau - self.folded_tau) * self.log_train_prior
+        if log_prior is not None:
+            shift += log_prior
+        return shift
+
+
+def estimate_prior(
+    probabilities: np.ndarray, log_reference: np.ndarray, *, tolerance: float = 1e-8, max_iterations: int = 1000
+) -> np.ndarray:
+    """The deployment prior by EM (module docstring) from posteriors [N, K] calibrated to the reference prior
+    exp(``log_reference``); the reference itself when N is 0."""
+    reference = np.exp(log_reference)
+    if len(probabilities) == 0:
+        return reference
+    posteriors = np.asarray(probabilities, dtype=np.float64)
+    prior = reference.copy()
+    for _ in range(max_iterations):
+        weighted = posteriors * (prior / reference)
+        weighted /= weighted.sum(axis=1, keepdims=True)
+        updated = weighted.mean(axis=0)
+        if np.abs(updated - prior).max() < tolerance:
+            return updated
+        prior = updated
+    return prior
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    """Half the L1 distance between two distributions."""
+    return float(0.5 * np.abs(np.asarray(p) - np.asarray(q)).sum())
+
+
+@dataclass(frozen=True)
+class Correction:
+    """How answers would be re-weighted for an estimated prior: smoothed toward the reference (``smoothing``),
+    each class's weight bounded to [1/max_weight, max_weight]."""
+
+    smoothing: float = 0.1
+    max_weight: float = 10.0
+
+    def log_weights(self, estimated: np.ndarray, log_reference: np.ndarray) -> np.ndarray:
+        """log(q_s / r), q_s = (1 - smoothing) q + smoothing r, clipped to +-log(max_weight)."""
+        reference = np.exp(log_reference)
+        smoothed = (1 - self.smoothing) * np.asarray(estimated) + self.smoothing * reference
+        bound = np.log(self.max_weight)
+        return np.clip(np.log(np.maximum(smoothed, PRIOR_FLOOR)) - log_reference, -bound, bound)
+
+
+def posteriors(logits: np.ndarray, probabilities_out: bool) -> np.ndarray:
+    """Class probabilities of a batch of model outputs (the outputs themselves for a softmax graph)."""
+    return np.asarray(logits, dtype=np.float64) if probabilities_out else softmax(logits)
+
+
+class PriorWatch:
+    """The posteriors of the last ``window`` answers (a ring of float32 rows, at most ``max_bytes``) and the
+    deployment prior EM estimates from them, refreshed every ``refresh`` new answers. Thread-safe.
+
+    ``adapted()`` gives the correction's log-weights once ``min_samples`` answers are in, else None."""
+
+    def __init__(
+        self,
+        model: PriorModel,
+        *,
+        window: int = 10_000,
+        max_bytes: int = 64 << 20,
+        refresh: int = 256,
+        min_samples: int = 500,
+        correction: Correction | None = None,
+    ) -> None:
+        import threading
+
+        self.model, self.refresh, self.min_samples = model, refresh, min_samples
+        self.correction = correction or Correction()
+        self.capacity = max(1, min(window, max_bytes // (4 * model.num_classes)))
+        self.rows = np.zeros((self.capacity, model.num_classes), dtype=np.float32)
+        self.seen, self.position = 0, 0
+        self.lock = threading.Lock()
+        self._estimate: np.ndarray = np.exp(model.log_reference_prior)
+        self._estimated_at = 0
+
+    def add(self, probabilities: np.ndarray) -> None:
+        """Record a batch of posteriors [N, K] (the model's own, before any request's adjustment)."""
+        batch = np.asarray(probabilities, dtype=np.float32)[-self.capacity :]
+        with self.lock:
+            end = self.position + len(batch)
+            first = min(len(batch), self.capacity - self.position)
+            self.rows[self.position : self.position + first] = batch[:first]
+            self.rows[: len(batch) - first] = batch[first:]
+            self.position = end % self.capacity
+            self.seen += len(probabilities)
+
+    @property
+    def due(self) -> bool:
+        """Whether ``refresh`` answers came in since the last estimate."""
+        return self.seen - self._estimated_at >= self.refresh
+
+    def estimate(self) -> np.ndarray:
+        """The current estimate, recomputed first when it is due."""
+        if self.due or (self._estimated_at == 0 and self.seen):
+            with self.lock:
+                window, seen = self.rows[: min(self.seen, self.capacity)].copy(), self.seen
+            self._estimate = estimate_prior(window, self.model.log_reference_prior)
+            self._estimated_at = seen
+        return self._estimate
+
+    def adapted(self) -> np.ndarray | None:
+        """Log-weights that correct answers toward the estimated prior, once ``min_samples`` answers are in."""
+        if self.seen < self.min_samples:
+            return None
+        return self.correction.log_weights(self.estimate(), self.model.log_reference_prior)
+
+    def report(self) -> dict[str, Any]:
+        """The estimate and what it implies, as JSON-ready values."""
+        estimated = self.estimate()
+        reference = np.exp(self.model.log_reference_prior)
+        weights = self.correction.log_weights(estimated, self.model.log_reference_prior)
+        return {
+            "samples": self.seen,
+            "window": min(self.seen, self.capacity),
+            "method": "EM (Saerens, Latinne and Decaestecker 2002) over the model's posteriors",
+            "train_prior": self.model.train_prior.tolist(),
+            "reference_prior": reference.tolist(),
+            "estimated_prior": estimated.tolist(),
+            "total_variation": total_variation(estimated, self.model.train_prior),
+            "total_variation_from_reference": total_variation(estimated, reference),
+            "correction": {
+                "weights": np.exp(weights).tolist(),
+                "smoothing": self.correction.smoothing,
+                "max_weight": self.correction.max_weight,
+                "min_samples": self.min_samples,
+                "ready": self.seen >= self.min_samples,
+            },
+        }
