@@ -119,6 +119,7 @@ def test_the_prior_knob_over_grpc_answers_as_over_http():
 
     answer = asyncio.run(serve_and(scenario, GrpcLimits(1 << 20), FakeClassifier()))
     counts = np.array([120, 30, 6], dtype=np.float64)
-    expected = FakeClassifier.expected(np.zeros((1, 1, 4, 4))) - np.log(counts / counts.sum()) + np.log([0.25, 0.25, 0.5])
+    shift = -np.log(counts / counts.sum()) + np.log([0.25, 0.25, 0.5])
+    expected = FakeClassifier.expected(np.zeros((1, 1, 4, 4))) + shift
     np.testing.assert_allclose(np.frombuffer(answer.raw_output_contents[0], np.float32), expected.ravel(), rtol=1e-5)
     assert answer.parameters["tau"].double_param == 1.0 and answer.parameters["prior"].string_param == "given"
