@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -51,6 +52,32 @@ def serve(
     ] = 0.0,
     threads: Annotated[int | None, typer.Option(help="inference threads (default: the runtime's choice)")] = None,
     verify_key: Annotated[Path | None, typer.Option(help=VERIFY_KEY_HELP)] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch/--no-watch",
+            help="count answers per class and group, histogram their confidence, estimate label shift",
+        ),
+    ] = True,
+    adapt_prior: Annotated[
+        bool,
+        typer.Option("--adapt-prior", help="correct answers for the estimated deployment prior once enough are seen"),
+    ] = False,
+    adapt_min_samples: Annotated[
+        int, typer.Option(min=1, help="answers seen before --adapt-prior corrects anything")
+    ] = 500,
+    prior: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=FILE: a deployment prior requests may name (FILE: one number per class); repeatable"),
+    ] = None,
+    max_class_labels: Annotated[
+        int, typer.Option(min=1, help="classes counted by name in /metrics; the others as 'other (<group>)'")
+    ] = 100,
+    log_low_confidence: Annotated[
+        Path | None, typer.Option(help="keep inputs answered below --low-confidence-threshold in this folder")
+    ] = None,
+    low_confidence_threshold: Annotated[float, typer.Option(help="top-1 probability below which to keep")] = 0.5,
+    low_confidence_keep: Annotated[int, typer.Option(min=1, help="samples kept (the oldest are removed)")] = 1000,
     expose_process_info: Annotated[
         bool,
         typer.Option(
@@ -77,6 +104,13 @@ def serve(
         timeout_s=timeout_s,
         body_timeout_s=body_timeout_s,
         expose_process_info=expose_process_info,
+        watch=watch,
+        adapt_prior=adapt_prior,
+        adapt_min_samples=adapt_min_samples,
+        max_class_labels=max_class_labels,
+        low_confidence_dir=log_low_confidence,
+        low_confidence_threshold=low_confidence_threshold,
+        low_confidence_keep=low_confidence_keep,
     )
     verify_signature(model, verify_key)
     require_free_port(host, port)
@@ -85,6 +119,10 @@ def serve(
             raise ConfigError(f"--grpc-port {grpc_port} is also --port; give them different ports")
         require_free_port(host, grpc_port)
     classifier = load_classifier(model, backend, device=device, threads=threads, name=name)
+    if prior:
+        from pih2t_deploy.serving.prior_knob import load_priors
+
+        settings = dataclasses.replace(settings, priors=load_priors(prior, classifier.info.num_classes))
     err_console.print(
         f"serving {classifier.info.name} ({classifier.info.num_classes} classes, {classifier.describe()}) "
         f"on http://{host}:{port} (docs at /docs)" + (f" and gRPC {host}:{grpc_port}" if grpc_port else ""),
