@@ -247,3 +247,36 @@ def test_low_confidence_inputs_are_kept_in_a_bounded_rotating_sample(tmp_path):
     for record in records:
         assert (tmp_path / "unsure" / record["input"]).read_bytes()[:4] == b"\x89PNG"
         assert record["top"][0]["score"] < 0.99 and record["group"] in ("many", "medium", "few")
+
+
+def test_predict_applies_tau_reports_the_label_shift_and_adapts_in_two_passes(digits_artifact, refold, tmp_path):
+    """pih2t-predict --tau 1 gives the re-folded model's probabilities; every summary reports the estimate of
+    the images' prior; --adapt-prior scores each image with the weights its summary reports."""
+    from pih2t_deploy.predict.job import run_local
+
+    _, batch, refolded = refold
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for digit in DIGITS:
+        (folder / f"{digit}.png").write_bytes(images.sample(digit))
+    adjusted = run_local(digits_artifact[1], str(folder), tmp_path / "tau.jsonl", tau=1.0, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "tau.jsonl").read_text().splitlines()]
+    expected = refolded(tau=1.0)
+    expected = np.exp(expected - expected.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    for row, probabilities in zip(rows, expected, strict=True):
+        assert row["scores"] == pytest.approx(probabilities[row["indices"]].tolist(), abs=1e-5)
+    assert adjusted.summary["prior"] == {"tau": 1.0} and adjusted.summary["label_shift"]["samples"] == 3
+    plain = run_local(digits_artifact[1], str(folder), tmp_path / "plain.jsonl", progress=False)
+    adapted = run_local(digits_artifact[1], str(folder), tmp_path / "adapted.jsonl", adapt_prior=True, progress=False)
+    weights = np.asarray(adapted.summary["prior"]["weights"])
+    assert adapted.summary["label_shift"]["estimated_prior"] == pytest.approx(
+        plain.summary["label_shift"]["estimated_prior"]
+    )
+    classifier = load_classifier(digits_artifact[1])
+    own = classifier.probabilities(classifier.predict(batch)) * weights
+    own /= own.sum(axis=1, keepdims=True)
+    for row, probabilities in zip(
+        (json.loads(line) for line in (tmp_path / "adapted.jsonl").read_text().splitlines()), own, strict=True
+    ):
+        assert row["scores"] == pytest.approx(probabilities[row["indices"]].tolist(), abs=1e-4)

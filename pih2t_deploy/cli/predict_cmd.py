@@ -43,6 +43,16 @@ def predict(
     num_workers: Annotated[int, typer.Option(min=1, help="Ray classifier actors")] = 2,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
     verify_key: Annotated[Path | None, typer.Option(help=VERIFY_KEY_HELP)] = None,
+    tau: Annotated[
+        float | None, typer.Option(help="logit-adjustment strength for every row (default: the one folded at export)")
+    ] = None,
+    prior: Annotated[
+        Path | None, typer.Option(help="deployment class prior for every row: a file of one number per class")
+    ] = None,
+    adapt_prior: Annotated[
+        bool,
+        typer.Option("--adapt-prior", help="estimate the inputs' class prior first, then score with it (2 passes)"),
+    ] = False,
 ) -> None:
     """Classify every image; one row per image (top-k labels, indices, scores, group; the error for a bad file).
 
@@ -50,7 +60,11 @@ def predict(
     """
     verify_signature(model, verify_key)
     if engine == "ray":
+        from pih2t_deploy.errors import ConfigError
         from pih2t_deploy.predict.ray_engine import run_on_ray
+
+        if tau is not None or prior is not None or adapt_prior:
+            raise ConfigError("--tau, --prior and --adapt-prior run with --engine local (this machine) only")
 
         result = run_on_ray(
             model, input_source, output, address=address, num_workers=num_workers, top_k=top_k, batch_size=batch,
@@ -61,7 +75,7 @@ def predict(
 
         result = run_local(
             model, input_source, output, top_k=top_k, batch_size=batch, backend=backend, threads=threads,
-            workers=workers, resume=resume, progress=progress, log=log,
+            workers=workers, resume=resume, progress=progress, tau=tau, prior=prior, adapt_prior=adapt_prior, log=log,
         )  # fmt: skip
     summary = result.summary
     console.print(
@@ -73,6 +87,12 @@ def predict(
         console.print(
             f"accuracy on {summary['labelled_images']} labelled images: top-1 {100 * summary['top1']:.1f}%  "
             + "  ".join(f"{g} {100 * summary[g]:.1f}%" for g in groups)
+        )
+    shift = summary.get("label_shift")
+    if shift:
+        console.print(
+            f"class prior of the {shift['window']} images sampled: total variation {shift['total_variation']:.3f} from "
+            f"the training prior, {shift['total_variation_from_reference']:.3f} from the one the model assumes"
         )
     if result.exit_code:
         console.print(f"{summary['errors']} images could not be classified: their rows carry the error")

@@ -23,8 +23,11 @@ prior; a folded tau0 then divides by p_train^tau0. So r is proportional to p_tra
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +49,18 @@ def normalised_log_prior(values: Sequence[float] | np.ndarray, num_classes: int,
     if array.sum() <= 0:
         raise ValueError(f"{what} must have a positive sum")
     return np.log(np.maximum(array / array.sum(), PRIOR_FLOOR))
+
+
+def read_prior_values(path: str | Path) -> list[float]:
+    """The numbers of a prior file: a JSON list, or numbers separated by commas, spaces or new lines (OSError,
+    ValueError for an unreadable or malformed file)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        values = json.loads(text)
+        if not isinstance(values, list):
+            raise ValueError("a JSON prior file must hold a list of numbers")
+        return [float(v) for v in values]
+    return [float(v) for v in re.split(r"[\s,]+", text.strip())]
 
 
 def trained_balanced(meta: Mapping[str, Any]) -> bool:
@@ -154,7 +169,9 @@ class PriorWatch:
     """The posteriors of the last ``window`` answers (a ring of float32 rows, at most ``max_bytes``) and the
     deployment prior EM estimates from them, refreshed every ``refresh`` new answers. Thread-safe.
 
-    ``adapted()`` gives the correction's log-weights once ``min_samples`` answers are in, else None."""
+    With ``reservoir`` the window is instead a uniform random sample of every answer so far (for a batch job,
+    whose inputs often come in class order). ``adapted()`` gives the correction's log-weights once
+    ``min_samples`` answers are in, else None."""
 
     def __init__(
         self,
@@ -165,10 +182,13 @@ class PriorWatch:
         refresh: int = 256,
         min_samples: int = 500,
         correction: Correction | None = None,
+        reservoir: bool = False,
+        seed: int = 0,
     ) -> None:
         import threading
 
         self.model, self.refresh, self.min_samples = model, refresh, min_samples
+        self.reservoir = np.random.default_rng(seed) if reservoir else None
         self.correction = correction or Correction()
         self.capacity = max(1, min(window, max_bytes // (4 * model.num_classes)))
         self.rows = np.zeros((self.capacity, model.num_classes), dtype=np.float32)
@@ -179,6 +199,9 @@ class PriorWatch:
 
     def add(self, probabilities: np.ndarray) -> None:
         """Record a batch of posteriors [N, K] (the model's own, before any request's adjustment)."""
+        if self.reservoir is not None:
+            self._sample(np.asarray(probabilities, dtype=np.float32))
+            return
         batch = np.asarray(probabilities, dtype=np.float32)[-self.capacity :]
         with self.lock:
             end = self.position + len(batch)
@@ -187,6 +210,19 @@ class PriorWatch:
             self.rows[: len(batch) - first] = batch[first:]
             self.position = end % self.capacity
             self.seen += len(probabilities)
+
+    def _sample(self, batch: np.ndarray) -> None:
+        """Reservoir sampling (algorithm R): row n of the stream is kept with probability capacity / n."""
+        assert self.reservoir is not None
+        with self.lock:
+            for row in batch:
+                if self.seen < self.capacity:
+                    self.rows[self.seen] = row
+                else:
+                    slot = int(self.reservoir.integers(0, self.seen + 1))
+                    if slot < self.capacity:
+                        self.rows[slot] = row
+                self.seen += 1
 
     @property
     def due(self) -> bool:

@@ -15,16 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.progress import Progress, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from pih2t_deploy.atomic import write_text_atomic
+from pih2t_deploy.data.label_shift import PriorWatch
 from pih2t_deploy.predict.inputs import InputItem, Inputs, resolve_inputs
 from pih2t_deploy.predict.local import stream_rows
+from pih2t_deploy.predict.priors import JobPrior
 from pih2t_deploy.predict.report import summarize_rows
 from pih2t_deploy.predict.rows import PredictionRow
 from pih2t_deploy.predict.writers import open_writer
-from pih2t_deploy.runtime.classifier import ModelInfo
+from pih2t_deploy.runtime.classifier import Classifier, ModelInfo
 from pih2t_deploy.runtime.loader import load_classifier
 
 logger = logging.getLogger(__name__)
@@ -100,6 +103,30 @@ def finish_run(
     return PredictResult(output, summary_path(output), written, skipped, seconds, summary)
 
 
+def _estimate_first(
+    classifier: Classifier,
+    inputs: Inputs,
+    watch: PriorWatch,
+    batch_size: int,
+    workers: int | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """Pass 1 of ``--adapt-prior``: the model over every input, only to estimate their prior; the shift that
+    corrects for it and its description (nothing when no image could be classified)."""
+    log("pass 1 of 2: estimating the class prior of every input")
+    with progress_bar(progress) as bar:
+        task = bar.add_task("estimating the class prior", total=None)
+        rows = stream_rows(classifier, inputs, top_k=1, batch_size=batch_size, workers=workers, watch=watch)
+        for index, _ in enumerate(rows):
+            bar.update(task, completed=index + 1)
+    shift = watch.adapted()
+    log("pass 2 of 2: classifying with the estimated prior")
+    if shift is None:
+        return None, {}
+    return shift, {"prior": "adapted", "weights": [round(float(w), 6) for w in np.exp(shift)]}
+
+
 class _Skipping:
     """Items of an input that the output does not hold yet, counting the ones it does."""
 
@@ -126,18 +153,34 @@ def run_local(
     workers: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    tau: float | None = None,
+    prior: Path | None = None,
+    adapt_prior: bool = False,
     log: Callable[[str], None] = logger.info,
 ) -> PredictResult:
-    """Classify every image of ``source`` into ``output`` (.jsonl, .csv or .parquet) and summarise it."""
+    """Classify every image of ``source`` into ``output`` (.jsonl, .csv or .parquet) and summarise it.
+
+    ``tau`` / ``prior`` shift every row's logits as a model folded with them would (``predict.priors``);
+    the summary reports the label-shift estimate of the images classified; ``adapt_prior`` first runs the
+    model over every input to estimate it, then scores the job with that correction (twice the model time).
+    """
     classifier = load_classifier(model, backend, threads=threads)
+    job = JobPrior.for_job(classifier.info, tau, prior, adapt_prior)
     inputs = resolve_inputs(source, classifier.info.labels) if isinstance(source, str) else source
     writer = open_writer(output, resume=resume)
+    shift, watch, described = job.shift, job.watch(), dict(job.described)
+    if adapt_prior and watch is not None:
+        shift, described = _estimate_first(classifier, inputs, watch, batch_size, workers, progress, log)
     pending = _Skipping(inputs, writer.done)
     started, written, buffer = time.perf_counter(), 0, []
+    in_pass = None if adapt_prior else watch
     try:
         with progress_bar(progress) as bar:
             task = bar.add_task(f"{inputs.kind} {inputs.source}", total=None)
-            for row in stream_rows(classifier, pending, top_k=top_k, batch_size=batch_size, workers=workers):
+            rows = stream_rows(
+                classifier, pending, top_k=top_k, batch_size=batch_size, workers=workers, shift=shift, watch=in_pass
+            )
+            for row in rows:
                 buffer.append(row)
                 if len(buffer) == batch_size:
                     writer.write(buffer)
@@ -153,7 +196,12 @@ def run_local(
         raise
     writer.finish()
     seconds = time.perf_counter() - started
+    engine: dict[str, Any] = {"model": str(model), "backend": classifier.backend}
+    if described:
+        engine["prior"] = described
+    if watch is not None and watch.seen:
+        engine["label_shift"] = {**watch.report(), "images": "every input" if adapt_prior else "classified in this run"}
     return finish_run(
         output, writer.rows(), classifier.info, inputs=inputs, written=written, skipped=pending.skipped,
-        seconds=seconds, engine={"model": str(model), "backend": classifier.backend},
+        seconds=seconds, engine=engine,
     )  # fmt: skip

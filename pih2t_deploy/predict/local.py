@@ -13,6 +13,9 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
+from pih2t_deploy.data.label_shift import PriorWatch
 from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.predict.inputs import InputItem, Inputs, resolve_inputs
 from pih2t_deploy.predict.rows import Decoded, PredictionRow, RowMaker, decode_many
@@ -49,10 +52,18 @@ def predict_images(
 
 
 def stream_rows(
-    classifier: Classifier, items: Iterable[InputItem], *, top_k: int, batch_size: int, workers: int | None = None
+    classifier: Classifier,
+    items: Iterable[InputItem],
+    *,
+    top_k: int,
+    batch_size: int,
+    workers: int | None = None,
+    shift: np.ndarray | None = None,
+    watch: PriorWatch | None = None,
 ) -> Iterator[PredictionRow]:
-    """PredictionRows for ``items`` in order, decoding ahead in a bounded thread pool."""
-    maker = RowMaker(classifier, top_k)
+    """PredictionRows for ``items`` in order, decoding ahead in a bounded thread pool (``shift`` and ``watch``
+    as for RowMaker)."""
+    maker = RowMaker(classifier, top_k, shift, watch)
     chunk: list[tuple[InputItem, Decoded]] = []
     for pair in _decoded_in_order(classifier, items, batch_size, workers or os.cpu_count() or 2):
         chunk.append(pair)

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from pih2t_deploy.data.images import open_image
-from pih2t_deploy.data.longtail import GroupThresholds, top_k
+from pih2t_deploy.data.label_shift import PriorWatch
+from pih2t_deploy.data.longtail import GroupThresholds, softmax, top_k
 from pih2t_deploy.errors import DataError
 from pih2t_deploy.predict.inputs import InputItem
 from pih2t_deploy.runtime.classifier import Classifier
@@ -112,10 +113,15 @@ def decode_many(classifier: Classifier, paths: list[str]) -> list[Decoded]:
 
 
 class RowMaker:
-    """Turns a classifier's outputs into PredictionRows (top-k, group of the top-1 class)."""
+    """Turns a classifier's outputs into PredictionRows (top-k, group of the top-1 class). With ``shift`` the
+    logits are shifted by it first (a job's tau / prior, ``predict.priors``); with ``watch`` the model's own
+    posteriors are recorded for the job's label-shift estimate."""
 
-    def __init__(self, classifier: Classifier, top_k: int) -> None:
+    def __init__(
+        self, classifier: Classifier, top_k: int, shift: np.ndarray | None = None, watch: PriorWatch | None = None
+    ) -> None:
         info = classifier.info
+        self.shift, self.watch = shift, watch
         self.classifier, self.labels = classifier, info.labels
         self.top_k = max(1, min(top_k, info.num_classes))
         thresholds = GroupThresholds.from_meta(info.meta)
@@ -129,6 +135,10 @@ class RowMaker:
         if good:
             batch = np.stack([decoded[i] for i in good])
             probabilities = self.classifier.probabilities(self.classifier.predict(batch))
+            if self.watch is not None:
+                self.watch.add(probabilities)
+            if self.shift is not None:
+                probabilities = softmax(np.log(np.maximum(probabilities, 1e-300)) + self.shift)
             order = top_k(probabilities, self.top_k)
             for row_index, item_index in enumerate(good):
                 indices = [int(c) for c in order[row_index]]

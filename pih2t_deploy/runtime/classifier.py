@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from pih2t_deploy.artifact import Manifest
+from pih2t_deploy.data.label_shift import PriorModel
 from pih2t_deploy.data.longtail import softmax
 from pih2t_deploy.data.preprocessing import Preprocessing
 
@@ -34,6 +35,20 @@ class ModelInfo:
     def num_classes(self) -> int:
         """Number of output classes."""
         return len(self.labels)
+
+    @property
+    def folded_tau(self) -> float:
+        """The logit-adjustment tau folded into the model at export (0 for a checkpoint or none)."""
+        return float((self.manifest.fold or {}).get("logit_adjust_tau", 0.0)) if self.manifest else 0.0
+
+    @property
+    def prior_model(self) -> PriorModel | None:
+        """What the model's answers assume about the class prior (``data.label_shift``); None when the
+        artifact records no positive training count for every class."""
+        counts = self.class_counts
+        if not counts or len(counts) != self.num_classes or min(counts) <= 0:
+            return None
+        return PriorModel.from_artifact(counts, self.meta, self.folded_tau)
 
 
 class Classifier(ABC):

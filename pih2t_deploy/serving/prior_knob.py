@@ -13,11 +13,10 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from pih2t_deploy.data.label_shift import PriorModel, normalised_log_prior
+from pih2t_deploy.data.label_shift import PriorModel, normalised_log_prior, read_prior_values
 from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.serving.errors import InvalidInput, quote
 
@@ -121,12 +120,7 @@ def load_priors(specs: list[str], num_classes: int) -> dict[str, tuple[float, ..
         if not sep or not NAME.fullmatch(name) or NUMBER.fullmatch(name):
             raise ConfigError(f"--prior {spec!r} must look like NAME=FILE (NAME: letters, digits, '_', '-', '.')")
         try:
-            text = Path(file).read_text(encoding="utf-8")
-            values = (
-                json.loads(text)
-                if text.lstrip().startswith("[")
-                else [float(v) for v in re.split(r"[\s,]+", text.strip())]
-            )
+            values = read_prior_values(file)
             normalised_log_prior(values, num_classes, f"--prior {name}")
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(f"--prior {spec}: {getattr(exc, 'strerror', None) or exc}") from None

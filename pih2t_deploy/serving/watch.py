@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pih2t_deploy.data.label_shift import PriorModel, PriorWatch, normalised_log_prior, posteriors
+from pih2t_deploy.data.label_shift import PriorWatch, normalised_log_prior, posteriors
 from pih2t_deploy.data.longtail import GroupThresholds, softmax
 from pih2t_deploy.runtime.classifier import ModelInfo
 from pih2t_deploy.serving.low_confidence import LowConfidenceLog
@@ -38,21 +38,13 @@ class Answer:
     parameters: dict[str, Any]
 
 
-def folded_tau(info: ModelInfo) -> float:
-    """The logit-adjustment tau an artifact folded into its model (0 for a checkpoint or none)."""
-    manifest = info.manifest
-    return float((manifest.fold or {}).get("logit_adjust_tau", 0.0)) if manifest else 0.0
-
-
 class LongTail:
     """The watch and the prior knob of one served model (see the module docstring)."""
 
     def __init__(self, info: ModelInfo, settings: ServeSettings, metrics: ServiceMetrics) -> None:
         self.info, self.settings, self.metrics = info, settings, metrics
         counts = info.class_counts if info.class_counts and len(info.class_counts) == info.num_classes else None
-        self.model = (
-            PriorModel.from_artifact(counts, info.meta, folded_tau(info)) if counts and min(counts) > 0 else None
-        )
+        self.model = info.prior_model
         self.groups = GroupThresholds.from_meta(info.meta).groups(counts) if counts else ["unknown"] * info.num_classes
         watched = self.model is not None and settings.watch
         self.watch = PriorWatch(self.model, min_samples=settings.adapt_min_samples) if watched else None
