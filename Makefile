@@ -10,7 +10,7 @@ ORT ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 # onnxruntime and onnxruntime-gpu write the same folder: switching flavours removes both before installing one.
 OTHER_ORT := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: setup test lint quickstart clean
+.PHONY: setup test test-fast typecheck lint quickstart clean
 
 setup: $(VENV)/.installed-$(ORT)
 
@@ -30,6 +30,10 @@ lint: setup
 
 test: setup lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# the unit tier: hand-made numbers and a fake classifier, no trained model, no processes (well under a minute)
+test-fast: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration"
 
 quickstart: setup
 	$(BIN)/python scripts/quickstart.py --run-dir $(RUN_DIR) --port $(PORT)

@@ -1,13 +1,16 @@
 """Label shift on Digits-LT: how well the server's estimate finds a deployment prior it was not told, what
 correcting for it does to accuracy, and what the watch costs.
 
-Trains the digits-lt recipe (PI-H2T, about 20 s) unless --ckpt is given and exports it, then draws 10,000
-test images (with replacement, seed 0) under each of three known priors: the training prior itself (no shift),
-the long tail reversed (the rarest training class the most common), and uniform. For each it reports:
+Trains the digits-lt recipe (PI-H2T, about 20 s) unless --ckpt is given. The Digits-LT test split (500
+images, 50 per class) is cut in two halves per class: half A is the labelled --eval-data of an export that
+*measures* its reference prior; an export without --eval-data takes the reference from the training rule.
+From half B (never seen by either export) it draws 10,000 images (with replacement, seed 0) under each of three
+known priors: the training prior itself (no shift), the long tail reversed (the rarest training class the most
+common), and uniform. For each, and for both references, it reports:
 
 - the total-variation distance between the EM estimate and the true prior after 500, 2,000 and 10,000
   images (the estimate pih2t-serve's /v1/label-shift gives, same code), beside the distance of the training
-  prior and of the prior the model assumes (what you would get without estimating);
+  prior and of the reference (what you would get without estimating);
 - top-1 and Many/Medium/Few accuracy of the 10,000 answers as served, with --adapt-prior's correction for the
   estimate (smoothed, bounded, as served), and with the correction for the true prior (the best it could do);
 - the serving cost of the watch: requests per second of pih2t-serve with --watch and with --no-watch, driven
@@ -66,48 +69,60 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pih2t-shift-"))
     ckpt = args.ckpt or train(work)
-    export_checkpoint(ckpt, ExportOptions(output=work / "artifact"))
-    classifier = load_classifier(work / "artifact")
-    info, model = classifier.info, classifier.info.prior_model
-    assert model is not None
     data = build_data(DataConfig(source="digits-lt"))
-    test_inputs = classifier.prepare([data.test.image(i) for i in range(len(data.test))])
-    test_labels = np.asarray(data.test.targets)
-    test_logits = classifier.predict(test_inputs)
-    counts = list(info.class_counts or [])
-    thresholds = GroupThresholds.from_meta(info.meta)
-    train_prior = model.train_prior
-    reference = np.exp(model.log_reference_prior)
-    priors = {"training prior (no shift)": train_prior, "long tail reversed": train_prior[::-1].copy(),
-              "uniform": np.full(len(counts), 1 / len(counts))}  # fmt: skip
+    labels_all = np.asarray(data.test.targets)
+    rng = np.random.default_rng(0)
+    half_a = np.zeros(len(labels_all), dtype=bool)
+    for label in np.unique(labels_all):
+        members = rng.permutation(np.flatnonzero(labels_all == label))
+        half_a[members[: len(members) // 2]] = True
+    for index in np.flatnonzero(half_a):
+        folder = work / "half-a" / data.train.class_names[labels_all[index]]
+        folder.mkdir(parents=True, exist_ok=True)
+        data.test.image(index).save(folder / f"{index:04d}.png")
+    export_checkpoint(ckpt, ExportOptions(output=work / "rule"))
+    export_checkpoint(ckpt, ExportOptions(output=work / "measured", eval_data=str(work / "half-a")))
+    half_b = np.flatnonzero(~half_a)
     report: dict = {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(), "cpu": cpu_info(),
-        "checkpoint": str(ckpt), "test_images": len(test_labels), "reference_balanced": model.balanced, "shifts": {},
+        "checkpoint": str(ckpt), "reference_images": int(half_a.sum()), "deployment_pool": len(half_b), "shifts": {},
     }  # fmt: skip
-    rng = np.random.default_rng(0)
-    by_class = [np.flatnonzero(test_labels == c) for c in range(len(counts))]
-    for name, prior in priors.items():
-        classes = rng.choice(len(counts), size=SAMPLE, p=prior)
-        picks = np.array([rng.choice(by_class[c]) for c in classes])
-        logits, labels = test_logits[picks], test_labels[picks]
-        watch = PriorWatch(model, window=SAMPLE, refresh=1, min_samples=1)
-        distances = {}
-        for end, start in zip(CHECKPOINTS, (0, *CHECKPOINTS[:-1]), strict=True):
-            watch.add(softmax(logits[start:end]))
-            distances[str(end)] = round(total_variation(watch.estimate(), prior), 4)
-        adapted = watch.adapted()
-        oracle = np.clip(np.log((0.9 * prior + 0.1 * reference) / reference), -np.log(10), np.log(10))
-        report["shifts"][name] = {
-            "true_prior": prior.round(4).tolist(),
-            "tv_estimate_after": distances,
-            "tv_training_prior": round(total_variation(train_prior, prior), 4),
-            "tv_reference_prior": round(total_variation(reference, prior), 4),
-            "accuracy_as_served": groups_accuracy(logits, labels, counts, thresholds),
-            "accuracy_adapted": groups_accuracy(logits + adapted, labels, counts, thresholds),
-            "accuracy_true_prior_correction": groups_accuracy(logits + oracle, labels, counts, thresholds),
-        }
-        print(name, json.dumps(report["shifts"][name]), flush=True)
-    report["watch_cost"] = watch_cost(work / "artifact", data.test.image(0), args.seconds)
+    for reference_kind in ("rule", "measured"):
+        classifier = load_classifier(work / reference_kind)
+        model = classifier.info.prior_model
+        assert model is not None
+        logits_b = classifier.predict(classifier.prepare([data.test.image(i) for i in half_b]))
+        counts = list(classifier.info.class_counts or [])
+        thresholds = GroupThresholds.from_meta(classifier.info.meta)
+        train_prior, reference = model.train_prior, np.exp(model.log_reference_prior)
+        priors = {"training prior (no shift)": train_prior, "long tail reversed": train_prior[::-1].copy(),
+                  "uniform": np.full(len(counts), 1 / len(counts))}  # fmt: skip
+        draw = np.random.default_rng(0)
+        by_class = [np.flatnonzero(labels_all[half_b] == c) for c in range(len(counts))]
+        for name, prior in priors.items():
+            classes = draw.choice(len(counts), size=SAMPLE, p=prior)
+            picks = np.array([draw.choice(by_class[c]) for c in classes])
+            logits, labels = logits_b[picks], labels_all[half_b][picks]
+            watch = PriorWatch(model, window=SAMPLE, refresh=1, min_samples=1)
+            distances = {}
+            for end, start in zip(CHECKPOINTS, (0, *CHECKPOINTS[:-1]), strict=True):
+                watch.add(softmax(logits[start:end]))
+                distances[str(end)] = round(total_variation(watch.estimate(), prior), 4)
+            adapted = watch.adapted()
+            oracle = np.clip(np.log((0.9 * prior + 0.1 * reference) / reference), -np.log(10), np.log(10))
+            row = {
+                "reference": model.reference_basis,
+                "true_prior": prior.round(4).tolist(),
+                "tv_estimate_after": distances,
+                "tv_training_prior": round(total_variation(train_prior, prior), 4),
+                "tv_reference_prior": round(total_variation(reference, prior), 4),
+                "accuracy_as_served": groups_accuracy(logits, labels, counts, thresholds),
+                "accuracy_adapted": groups_accuracy(logits + adapted, labels, counts, thresholds),
+                "accuracy_true_prior_correction": groups_accuracy(logits + oracle, labels, counts, thresholds),
+            }
+            report["shifts"][f"{name}, {reference_kind} reference"] = row
+            print(name, reference_kind, json.dumps(row), flush=True)
+    report["watch_cost"] = watch_cost(work / "measured", data.test.image(0), args.seconds)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "label_shift.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["watch_cost"]))

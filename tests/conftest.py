@@ -12,6 +12,38 @@ from tests.helpers import make_net
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+# The integration tier: tests that need the trained Digits-LT model (the fixtures below) or that train, export
+# every architecture, install wheels, or start command processes and servers of other programs. The rest is the
+# unit tier (`make test-fast`), which runs on hand-made numbers and the fake classifier of tests/fakes.py.
+INTEGRATION_FIXTURES = frozenset({"digits_artifact", "digits_eval"})
+INTEGRATION_MODULES = frozenset(
+    {
+        "test_bench",
+        "test_demo",
+        "test_export_formats",
+        "test_export_onnx",
+        "test_fold",
+        "test_fuzz",
+        "test_gpu_check",
+        "test_grpc",
+        "test_installs",
+        "test_logging",
+        "test_openvino",
+        "test_own_data",
+        "test_predict",
+        "test_training",
+        "test_triton",
+    }
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark the integration tier (see INTEGRATION_FIXTURES / INTEGRATION_MODULES)."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if INTEGRATION_FIXTURES & set(item.fixturenames) or module in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture
 def digits_net() -> PIH2TNet:

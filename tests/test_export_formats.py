@@ -83,7 +83,7 @@ def test_int8_reports_accuracy_per_group_and_refuses_a_ruined_tail(tmp_path, dig
         ckpt, ExportOptions(output=tmp_path / "q", format="onnx-int8", calib_data="recipe", eval_data="recipe")
     )
     accuracy = result.manifest.accuracy
-    assert set(accuracy) == {"pytorch", "exported", "onnx_fp32", "drop_points"}
+    assert set(accuracy) == {"pytorch", "exported", "onnx_fp32", "drop_points", "label_shift"}
     assert set(accuracy["drop_points"]) == {"top1", "many", "medium", "few"}
     assert result.manifest.graph["identical"] and "QuantizeLinear" in result.manifest.graph["int8"]
     assert (tmp_path / "q" / "model.int8.onnx").exists() and not (tmp_path / "q" / "model.onnx").exists()

@@ -111,3 +111,22 @@ def test_the_window_keeps_the_last_answers_and_reports_when_the_correction_is_re
     assert report["correction"]["ready"] and len(report["correction"]["weights"]) == 3
     watch.add(np.tile([[0.2, 0.3, 0.5]], (10, 1)))  # a batch larger than the window keeps its last rows
     assert watch.seen == 17 and np.allclose(watch.rows, [0.2, 0.3, 0.5])
+
+
+def test_the_reference_prior_is_measured_as_the_prior_that_em_maps_onto_the_labels():
+    """Posteriors calibrated to r = (0.6, 0.3, 0.1); labelled inputs drawn (exactly in proportion) from a
+    uniform class mix. The fitted reference is r, and EM with it returns the uniform mix again."""
+    from pih2t_deploy.data.label_shift import fit_reference_prior
+
+    reference, drawn = np.array([0.6, 0.3, 0.1]), np.full(3, 1 / 3)
+    counts = np.round(100_000 * drawn[:, None] * LIKELIHOOD).astype(int)  # [class, input]
+    labels = np.repeat(np.repeat(np.arange(3), 4), counts.ravel())
+    inputs = np.repeat(np.tile(np.arange(4), 3), counts.ravel())
+    rows = posteriors_under(reference)[inputs]
+    fitted = fit_reference_prior(rows, labels)
+    np.testing.assert_allclose(fitted, reference, atol=2e-3)
+    np.testing.assert_allclose(estimate_prior(rows, np.log(fitted)), drawn, atol=2e-3)
+    assert fit_reference_prior(rows[labels != 2], labels[labels != 2]) is None  # a class without images
+    model = PriorModel.from_artifact([80, 15, 5], {"method": "ce"}, 0.0, measured_reference=fitted)
+    np.testing.assert_allclose(np.exp(model.log_reference_prior), fitted)
+    assert model.reference_basis == "measured on labelled images at export"

@@ -280,3 +280,15 @@ def test_predict_applies_tau_reports_the_label_shift_and_adapts_in_two_passes(di
         (json.loads(line) for line in (tmp_path / "adapted.jsonl").read_text().splitlines()), own, strict=True
     ):
         assert row["scores"] == pytest.approx(probabilities[row["indices"]].tolist(), abs=1e-4)
+
+
+def test_an_export_with_labelled_images_measures_the_reference_prior_the_server_uses(digits_artifact, tmp_path):
+    export_checkpoint(digits_artifact[0], ExportOptions(output=tmp_path / "measured", eval_data="recipe"))
+    measured = json.loads((tmp_path / "measured" / "model.json").read_text())["accuracy"]["label_shift"]
+    assert measured["images"] == 500 and len(measured["reference_prior"]) == 10
+    assert sum(measured["reference_prior"]) == pytest.approx(1.0)
+    with running_server(create_app(lambda: load_classifier(tmp_path / "measured"))) as (url, _):
+        httpx.post(f"{url}/v1/classify", files={"file": ("d.png", images.sample(3))})
+        report = httpx.get(f"{url}/v1/label-shift").json()
+    assert report["reference_basis"] == "measured on labelled images at export"
+    assert report["reference_prior"] == pytest.approx(measured["reference_prior"], abs=1e-6)

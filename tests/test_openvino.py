@@ -82,7 +82,7 @@ def test_bf16_is_refused_where_the_cpu_cannot_run_it(fp32_ir, monkeypatch):
 def test_int8_ir_is_gated_per_group_and_computes_in_int8(digits_artifact, tmp_path):
     options = ExportOptions(output=tmp_path / "q", format="openvino-int8", calib_data="recipe", eval_data="recipe")
     manifest = export_checkpoint(digits_artifact[0], options).manifest
-    assert set(manifest.accuracy) == {"pytorch", "exported", "onnx_fp32", "drop_points"}
+    assert set(manifest.accuracy) == {"pytorch", "exported", "onnx_fp32", "drop_points", "label_shift"}
     assert all(d <= 2.0 for d in manifest.accuracy["drop_points"].values())
     assert "QuantizeLinear" in manifest.graph["int8"]
     assert "FakeQuantize" in (tmp_path / "q" / "model.xml").read_text(), "OpenVINO turned Q/DQ into INT8 ops"

@@ -16,9 +16,13 @@ model has. EM's price is that the posteriors must be calibrated to the reference
 works on our models is measured in docs/monitoring.md.
 
 **The reference prior r** (``reference_prior``) is the prior the model's unadjusted answers are calibrated to.
-A classifier last trained on instance-balanced batches with a plain loss answers for the training prior; one
-re-trained on class-balanced batches (PI-H2T's and H2T's stage 2) or with a balancing loss answers for a uniform
-prior; a folded tau0 then divides by p_train^tau0. So r is proportional to p_train^(a - tau0), a = 1 or 0.
+When the export had labelled images (``--eval-data``), r is *measured* there (``fit_reference_prior``): the
+prior for which EM on those images returns their own label frequencies, which absorbs how far the model's
+probabilities are from calibrated (on Digits-LT it halves the estimate's error under a reversed long tail,
+docs/monitoring.md). Otherwise r follows from the training: a classifier last trained on instance-balanced
+batches with a plain loss answers for the training prior; one re-trained on class-balanced batches (PI-H2T's
+and H2T's stage 2) or with a balancing loss answers for a uniform prior; a folded tau0 then divides by
+p_train^tau0. So r is proportional to p_train^(a - tau0), a = 1 or 0.
 """
 
 from __future__ import annotations
@@ -77,19 +81,58 @@ def trained_balanced(meta: Mapping[str, Any]) -> bool:
     return meta.get("method") in ("h2t", "pih2t")
 
 
+def fit_reference_prior(
+    probabilities: np.ndarray, labels: np.ndarray, *, iterations: int = 1000, tolerance: float = 1e-10
+) -> np.ndarray | None:
+    """The prior r for which EM over ``probabilities`` [N, K] of labelled images returns their label
+    frequencies f: the bias b with mean softmax(log p + b) = f (found by proportional fitting), r = f e^-b,
+    normalised. None when some class has no image (its frequency cannot be matched)."""
+    num_classes = probabilities.shape[1]
+    frequencies = np.bincount(np.asarray(labels), minlength=num_classes)[:num_classes] / len(labels)
+    if (frequencies == 0).any():
+        return None
+    log_p = np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), 1e-300))
+    bias = np.zeros(num_classes)
+    for _ in range(iterations):
+        step = np.log(frequencies) - np.log(softmax(log_p + bias).mean(axis=0))
+        bias += step
+        if np.abs(step).max() < tolerance:
+            break
+    reference = frequencies * np.exp(-(bias - bias.max()))
+    return reference / reference.sum()
+
+
 @dataclass(frozen=True)
 class PriorModel:
     """What a served model's answers assume about the class prior: the training log-prior, the tau folded
-    into the model, and the reference prior its unadjusted answers are calibrated to."""
+    into the model, whether its classifier was trained balanced, and the reference prior measured at export
+    (None when it was not)."""
 
     log_train_prior: np.ndarray
     folded_tau: float
     balanced: bool
+    measured_reference: np.ndarray | None = None
 
     @classmethod
-    def from_artifact(cls, class_counts: Sequence[int], meta: Mapping[str, Any], folded_tau: float) -> PriorModel:
-        """The prior model of an artifact (its training counts, checkpoint metadata and folded tau)."""
-        return cls(log_prior(class_counts), float(folded_tau), trained_balanced(meta))
+    def from_artifact(
+        cls,
+        class_counts: Sequence[int],
+        meta: Mapping[str, Any],
+        folded_tau: float,
+        measured_reference: Sequence[float] | None = None,
+    ) -> PriorModel:
+        """The prior model of an artifact (its training counts, checkpoint metadata, folded tau and the
+        reference prior its export measured, if any)."""
+        measured = np.asarray(measured_reference, dtype=np.float64) if measured_reference is not None else None
+        return cls(log_prior(class_counts), float(folded_tau), trained_balanced(meta), measured)
+
+    @property
+    def reference_basis(self) -> str:
+        """Where the reference prior comes from, in words."""
+        if self.measured_reference is not None:
+            return "measured on labelled images at export"
+        kind = "uniform (class-balanced classifier)" if self.balanced else "the training prior"
+        return f"{kind}, divided by p_train^{self.folded_tau:g} (the folded tau)" if self.folded_tau else kind
 
     @property
     def num_classes(self) -> int:
@@ -103,7 +146,9 @@ class PriorModel:
 
     @property
     def log_reference_prior(self) -> np.ndarray:
-        """log r, r proportional to p_train^(a - tau0) (module docstring), normalised."""
+        """log r: measured at export, else r proportional to p_train^(a - tau0) (module docstring)."""
+        if self.measured_reference is not None:
+            return np.log(np.maximum(self.measured_reference, PRIOR_FLOOR))
         exponent = (0.0 if self.balanced else 1.0) - self.folded_tau
         raw = exponent * self.log_train_prior
         return raw - np.logaddexp.reduce(raw)
@@ -255,6 +300,7 @@ class PriorWatch:
             "method": "EM (Saerens, Latinne and Decaestecker 2002) over the model's posteriors",
             "train_prior": self.model.train_prior.tolist(),
             "reference_prior": reference.tolist(),
+            "reference_basis": self.model.reference_basis,
             "estimated_prior": estimated.tolist(),
             "total_variation": total_variation(estimated, self.model.train_prior),
             "total_variation_from_reference": total_variation(estimated, reference),

@@ -32,6 +32,7 @@ from pih2t_deploy.artifact import (
 )
 from pih2t_deploy.atomic import atomic_dir, require_writable_folder
 from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint, versions
+from pih2t_deploy.data.label_shift import fit_reference_prior, posteriors
 from pih2t_deploy.data.longtail import GroupThresholds
 from pih2t_deploy.errors import DataError, UserError
 from pih2t_deploy.evaluation import summarize
@@ -248,16 +249,26 @@ def _on_real_images(ckpt, options, reference, built, eval_images, tolerance, log
     if built.fp32_reference is not None:
         accuracy["onnx_fp32"] = _accuracy(run_chunked(built.fp32_reference, inputs, chunk), labels, ckpt)
     accuracy["drop_points"] = _drops(accuracy.get("onnx_fp32", accuracy["pytorch"]), accuracy["exported"])
+    accuracy["label_shift"] = _reference_prior(actual, labels, options.probs, eval_images.source)
     log(
         "accuracy (top-1 / many / medium / few): "
         + ", ".join(
             f"{name} "
             + "/".join("-" if v[k] is None else f"{100 * v[k]:.1f}" for k in ("top1", "many", "medium", "few"))
             for name, v in accuracy.items()
-            if name != "drop_points"
+            if name not in ("drop_points", "label_shift")
         )
     )
     return report, accuracy
+
+
+def _reference_prior(outputs: np.ndarray, labels: np.ndarray, probabilities: bool, source: str) -> dict[str, Any]:
+    """The prior the exported model's answers are calibrated to, measured on these labelled images
+    (``data.label_shift.fit_reference_prior``; pih2t-serve's label-shift estimate uses it)."""
+    reference = fit_reference_prior(posteriors(outputs, probabilities), labels)
+    if reference is None:
+        return {"reference_prior": None, "reason": f"some class has no image in {source}"}
+    return {"reference_prior": [round(float(v), 8) for v in reference], "images": len(labels), "source": source}
 
 
 def _onnx_metadata(ckpt: Checkpoint, options: ExportOptions) -> dict[str, Any]:

@@ -48,7 +48,8 @@ class ModelInfo:
         counts = self.class_counts
         if not counts or len(counts) != self.num_classes or min(counts) <= 0:
             return None
-        return PriorModel.from_artifact(counts, self.meta, self.folded_tau)
+        measured = ((self.manifest.accuracy if self.manifest else {}).get("label_shift") or {}).get("reference_prior")
+        return PriorModel.from_artifact(counts, self.meta, self.folded_tau, measured)
 
 
 class Classifier(ABC):
