@@ -179,6 +179,7 @@ def test_metadata_edited_by_another_program_is_refused_naming_the_field(tmp_path
         load_checkpoint(tmp_path / "m.pt")
 
 
+@pytest.mark.integration  # runs the command in a new process
 def test_bad_metadata_is_exit_2_with_one_line_from_the_cli(tmp_path, digits_net):
     meta = build_meta(digits_net.config)
     meta["class_counts"] = [1, 2, 3]

@@ -226,6 +226,7 @@ def test_the_authors_selection_keeps_the_images_their_cifar_code_keeps(tmp_path)
     assert sorted(ours.train.pixels[:, 0, 0, 2].tolist()) != sorted(image_ids.tolist()), "the two rules differ"
 
 
+@pytest.mark.integration  # runs the command in a new process
 def test_eval_of_an_authors_checkpoint_with_a_recipe_uses_their_test_preprocessing(tmp_path):
     """pih2t-eval --ckpt (a file saved by the authors' code) --recipe cifar100-lt-if100 --data ROOT scores it on
     the CIFAR-100 test set exactly as their code does: ToTensor + Normalize with their constants, then their
@@ -267,6 +268,7 @@ def test_eval_of_an_authors_checkpoint_with_a_recipe_uses_their_test_preprocessi
     assert "best_acc1 48.61%" in done.stdout
 
 
+@pytest.mark.integration  # runs the command in a new process
 def test_eval_of_a_file_without_data_record_asks_for_a_recipe(tmp_path):
     from tests.authors_files import authors_cifar_checkpoint
     from tests.helpers import run_cli
