@@ -28,7 +28,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: setup lint
+# mypy over pih2t_deploy/ (configured in pyproject.toml: strict on the core packages)
+typecheck: setup
+	$(BIN)/mypy
+
+test: setup lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # the unit tier: hand-made numbers and a fake classifier, no trained model, no processes (well under a minute)

@@ -147,7 +147,7 @@ def _numpy_scalar_globals() -> list[Any]:
     """What a pickled numpy scalar (e.g. the ``np.float64`` ECE the authors' code saves) needs, and nothing
     more: the scalar reconstructor under its numpy 1 and numpy 2 names, ``numpy.dtype`` and the numeric dtype
     classes. None of them can call arbitrary code: they rebuild a number from its bytes."""
-    scalar = np.core.multiarray.scalar
+    scalar = np.core.multiarray.scalar  # type: ignore[attr-defined]  # numpy 1's path, not in its stubs
     dtype_classes = [type(np.dtype(code)) for code in "?bBhHiIlLqQefdg"]
     return [
         (scalar, "numpy.core.multiarray.scalar"),

@@ -25,6 +25,7 @@ from pih2t_deploy.errors import ConfigError, VerificationError
 from pih2t_deploy.models import PIH2TNet, create_arch
 from pih2t_deploy.models.heads import CosineClassifier, CosineHead, LinearHead
 from pih2t_deploy.models.pif import PIF
+from pih2t_deploy.models.registry import FeatureBackbone
 
 FOLD_TOLERANCE = 1e-4
 
@@ -54,7 +55,7 @@ class FoldReport:
 class PIFClassifier(nn.Module):
     """A plain classifier with a non-foldable PIF (activation inside phi) kept before pooling."""
 
-    def __init__(self, model: nn.Module, pif: PIF) -> None:
+    def __init__(self, model: FeatureBackbone, pif: PIF) -> None:
         super().__init__()
         self.model = model
         self.pif = pif
@@ -84,7 +85,7 @@ def _pif_matrix(pif: PIF | None, channels: int) -> tuple[torch.Tensor, torch.Ten
     return matrix, torch.full((channels,), coef.c, dtype=torch.float64)
 
 
-def _lws(head: nn.Module, num_classes: int) -> torch.Tensor:
+def _lws(head: LinearHead | CosineHead, num_classes: int) -> torch.Tensor:
     scale = head.lws
     return torch.ones(num_classes, dtype=torch.float64) if scale is None else scale.detach().double()
 
@@ -168,15 +169,13 @@ def fold(
     difference exceeds ``tolerance`` times max(1, largest |logit|): absolute for logits up to 1, relative above
     (storing BN-fused weights in float32 loses relative precision, not absolute).
     """
-    if logit_adjust_tau and class_counts is None:
-        raise ConfigError("logit adjustment needs the training class counts (none are in the checkpoint)")
     net = copy.deepcopy(net).eval()
     config = net.config
-    adjustment = (
-        logit_adjust_tau * log_prior_tensor(class_counts)
-        if logit_adjust_tau
-        else torch.zeros(config.num_classes, dtype=torch.float64)
-    )
+    adjustment = torch.zeros(config.num_classes, dtype=torch.float64)
+    if logit_adjust_tau:
+        if class_counts is None:
+            raise ConfigError("logit adjustment needs the training class counts (none are in the checkpoint)")
+        adjustment = logit_adjust_tau * log_prior_tensor(class_counts)
     if deployment_prior is not None:
         try:
             adjustment = adjustment - torch.from_numpy(normalised_log_prior(deployment_prior, config.num_classes))
@@ -189,8 +188,8 @@ def fold(
     plain.fc = _fold_head(net, adjustment)
     plain.eval()
     bn_fused = fuse_conv_bn(plain) if fuse_bn else 0
-    keeps_pif = net.pif is not None and not net.pif.is_affine
-    folded: nn.Module = PIFClassifier(plain, net.pif) if keeps_pif else plain
+    folded: nn.Module = PIFClassifier(plain, net.pif) if net.pif is not None and not net.pif.is_affine else plain
+    keeps_pif = folded is not plain
     folded.eval()
     max_abs, max_rel = compare_logits(net, folded, input_shape, adjustment, check_batch, seed, torch.float64)
     fp32_abs, _ = compare_logits(net, folded, input_shape, adjustment, check_batch, seed)

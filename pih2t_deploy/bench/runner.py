@@ -7,6 +7,7 @@ skipped with the reason, never silently dropped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import time
@@ -82,16 +83,18 @@ def _prepare_format(
         raise UserError("INT8 needs calibration images: pass --calib-data FOLDER")
     if extra.get("bf16") and options.eval_data is None:
         raise UserError("bf16 is judged on labelled images: pass --eval-data")
-    export_options = ExportOptions(
-        output=options.output / "artifacts" / name,
-        format=spec.name,
-        force=True,
-        max_batch=max(options.batches),
-        calib_data=calib if spec.needs_calibration else None,
-        eval_data=options.eval_data if extra.get("bf16") else None,
+    settings: dict[str, Any] = {
+        "output": options.output / "artifacts" / name,
+        "format": spec.name,
+        "force": True,
+        "max_batch": max(options.batches),
+        "calib_data": calib if spec.needs_calibration else None,
+        "eval_data": options.eval_data if extra.get("bf16") else None,
         **extra,
-        **({"max_group_drop": options.max_group_drop} if "max_group_drop" in spec.options else {}),
-    )
+    }
+    if "max_group_drop" in spec.options:
+        settings["max_group_drop"] = options.max_group_drop
+    export_options = ExportOptions(**settings)
     log(f"exporting {name}")
     manifest = export_checkpoint(options.ckpt, export_options).manifest
     classifier = load_classifier(
@@ -176,7 +179,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = logger.info) -
         repeats = _repeats(runners[BASELINE], x, options.min_seconds)
         log(f"timing batch {batch} ({options.rounds} rounds x {repeats} calls per format)")
         measured = time_interleaved(
-            {n: (lambda r=r, x=x: r(x)) for n, r in runners.items()}, rounds=options.rounds, repeats=repeats
+            {n: functools.partial(r, x) for n, r in runners.items()}, rounds=options.rounds, repeats=repeats
         )
         for name, timing in measured.items():
             timings[name][str(batch)] = timing_row(timing, batch, measured[BASELINE])

@@ -52,7 +52,7 @@ def bench(
     options = BenchOptions(
         ckpt=ckpt,
         output=output,
-        formats=parse_str_list(formats) if formats is not None else installed_formats(),
+        formats=(parse_str_list(formats) or []) if formats is not None else installed_formats(),
         batches=parse_int_list(batch, "--batch") or [],
         eval_data=eval_data,
         calib_data=calib_data,

@@ -17,7 +17,9 @@ from pih2t_deploy.errors import DataError
 class LabelledImages(Dataset):
     """Base: ``targets``, ``class_names``, ``class_counts``; items are ``(transform(image), label)``."""
 
-    def __init__(self, targets: Sequence[int], class_names: Sequence[str], transform: Callable | None) -> None:
+    def __init__(
+        self, targets: Sequence[int] | np.ndarray, class_names: Sequence[str], transform: Callable | None
+    ) -> None:
         self.targets = [int(t) for t in targets]
         self.class_names = list(class_names)
         self.transform = transform
@@ -50,7 +52,13 @@ class LabelledImages(Dataset):
 class ArrayImages(LabelledImages):
     """Images held in memory as a uint8 array [N, H, W] (grayscale) or [N, H, W, 3] (RGB)."""
 
-    def __init__(self, pixels: np.ndarray, targets: Sequence[int], class_names: Sequence[str], transform=None):
+    def __init__(
+        self,
+        pixels: np.ndarray,
+        targets: Sequence[int] | np.ndarray,
+        class_names: Sequence[str],
+        transform: Callable | None = None,
+    ) -> None:
         super().__init__(targets, class_names, transform)
         if pixels.dtype != np.uint8 or pixels.ndim not in (3, 4) or len(pixels) != len(self.targets):
             raise DataError("image arrays must be uint8 [N, H, W] or [N, H, W, 3] with one label per image")

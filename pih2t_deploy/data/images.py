@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -26,9 +27,7 @@ class CorruptImageError(DataError):
     """The bytes start like an image but are truncated, empty or damaged."""
 
 
-def open_image(
-    source: str | bytes | io.BufferedIOBase, name: str = "image", max_pixels: int = MAX_PIXELS
-) -> Image.Image:
+def open_image(source: str | bytes | IO[bytes], name: str = "image", max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode ``source`` (a path or the encoded bytes) into a loaded PIL image, EXIF rotation applied.
 
     Raises ImageTooLargeError when width*height exceeds ``max_pixels`` (checked from the header, before

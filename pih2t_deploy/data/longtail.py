@@ -19,18 +19,20 @@ def longtail_counts(n_max: int, num_classes: int, imbalance_factor: float) -> li
     return [math.floor(n_max * imbalance_factor ** (-i / (num_classes - 1)) + 1e-9) for i in range(num_classes)]
 
 
-def select_longtail(labels: Sequence[int], counts: Sequence[int], seed: int, method: str = "generator") -> np.ndarray:
+def select_longtail(
+    labels: Sequence[int] | np.ndarray, counts: Sequence[int], seed: int, method: str = "generator"
+) -> np.ndarray:
     """Indices keeping ``counts[c]`` images of each class c, in index order.
 
     ``generator``: chosen at random by numpy's default generator seeded with ``seed``. ``authors``: each class's
     indices shuffled in class order by the legacy global generator after ``np.random.seed(seed)``, the first
     ``counts[c]`` kept, which is how the H2T / LDAM-DRW CIFAR code selects them (so the same images).
     """
-    labels = np.asarray(labels)
+    array = np.asarray(labels)
     generator, legacy = np.random.default_rng(seed), np.random.RandomState(seed)
     keep = []
     for cls, count in enumerate(counts):
-        members = np.flatnonzero(labels == cls)
+        members = np.flatnonzero(array == cls)
         if len(members) < count:
             raise ValueError(f"class {cls} has {len(members)} images, the profile asks for {count}")
         if method == "authors":
@@ -71,7 +73,7 @@ class GroupThresholds:
 # the demo, offline prediction), in float64 numpy so the torch-free serving path shares it.
 
 
-def log_prior(class_counts: Sequence[int]) -> np.ndarray:
+def log_prior(class_counts: Sequence[float] | np.ndarray) -> np.ndarray:
     """log(n_k / sum n) in float64. Every class needs at least one training image: a count of 0 (or below)
     is a ValueError naming the class, because its prior, and any logit adjustment by it, would be infinite."""
     counts = np.asarray(list(class_counts), dtype=np.float64)
@@ -84,7 +86,7 @@ def log_prior(class_counts: Sequence[int]) -> np.ndarray:
     return np.log(counts / counts.sum())
 
 
-def logit_adjusted(scores: np.ndarray, class_counts: Sequence[int], tau: float) -> np.ndarray:
+def logit_adjusted(scores: np.ndarray, class_counts: Sequence[float] | np.ndarray, tau: float) -> np.ndarray:
     """Post-hoc logit adjustment z - tau * log prior (Menon et al.): larger tau favours the tail."""
     return np.asarray(scores, dtype=np.float64) - tau * log_prior(class_counts)
 

@@ -291,6 +291,8 @@ def _imagenet_prep(config: DataConfig) -> Preprocessing:
 
 def build_data(config: DataConfig) -> DataBundle:
     """Training set (long-tailed), balanced test set and preprocessing for ``config``; clear DataErrors."""
+    train: LabelledImages
+    test: LabelledImages
     if config.source == "digits-lt":
         train, test, prep = _digits(config)
     elif config.source in ("cifar10-lt", "cifar100-lt"):

@@ -163,6 +163,8 @@ def export_checkpoint(
         """The calibration images and, without --eval-data, images of the same source held out from them to
         judge the INT8 model on (never the images it was calibrated on)."""
         holdout = 0 if options.eval_data or not options.quantized else max(16, options.calib_count // 4)
+        if options.calib_data is None:  # validate() refuses a format that calibrates without it
+            raise UserError("calibration images are needed: pass --calib-data")
         found = load_images(
             options.calib_data,
             ckpt,
@@ -231,7 +233,15 @@ def _verify(
     return reports, accuracy
 
 
-def _on_real_images(ckpt, options, reference, built, eval_images, tolerance, log):
+def _on_real_images(
+    ckpt: Checkpoint,
+    options: ExportOptions,
+    reference: Runner,
+    built: BuildResult,
+    eval_images: ImageSet,
+    tolerance: float | None,
+    log: Callable[[str], None],
+) -> tuple[VerificationReport, dict[str, Any]]:
     """Parity on ``eval_images`` and, when they have labels, accuracy per group of the reference, the export
     and (INT8) the fp32 graph before quantization, with the points each group lost."""
     chunk = options.static_batch or options.max_batch
@@ -284,7 +294,14 @@ def _onnx_metadata(ckpt: Checkpoint, options: ExportOptions) -> dict[str, Any]:
     }
 
 
-def _manifest(ckpt, options, fold_report: FoldReport, reports, accuracy, sections: dict[str, Any]) -> Manifest:
+def _manifest(
+    ckpt: Checkpoint,
+    options: ExportOptions,
+    fold_report: FoldReport,
+    reports: list[VerificationReport],
+    accuracy: dict[str, Any],
+    sections: dict[str, Any],
+) -> Manifest:
     c, h, w = ckpt.preprocessing.input_shape
     batch: int | str = options.static_batch or "batch"
     if options.embed_preprocessing:

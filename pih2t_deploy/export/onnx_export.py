@@ -51,6 +51,8 @@ def export_onnx(
             opset_version=opset,
             verbose=False,
         )
+    if program is None:  # torch returns None only for the legacy exporter, which is not used here
+        raise RuntimeError("torch.onnx.export returned no program")
     model = program.model_proto
     if static_batch is None:
         model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"

@@ -62,7 +62,7 @@ def make_calibrator(trt: Any, batches: np.ndarray, cache: Path | None, batch: in
         def __init__(self) -> None:
             super().__init__()
             self.chunks = [batches[i : i + batch] for i in range(0, len(batches), batch)]
-            self.device = None
+            self.device: torch.Tensor | None = None
 
         def get_batch_size(self) -> int:
             return batch
@@ -70,8 +70,9 @@ def make_calibrator(trt: Any, batches: np.ndarray, cache: Path | None, batch: in
         def get_batch(self, names: Sequence[str]) -> list[int] | None:
             if not self.chunks:
                 return None
-            self.device = torch.from_numpy(np.ascontiguousarray(self.chunks.pop(0))).cuda()
-            return [int(self.device.data_ptr())]
+            device = torch.from_numpy(np.ascontiguousarray(self.chunks.pop(0))).cuda()
+            self.device = device  # kept alive until TensorRT has read it
+            return [int(device.data_ptr())]
 
         def read_calibration_cache(self) -> bytes | None:
             return cache.read_bytes() if cache is not None and cache.is_file() else None
@@ -107,6 +108,8 @@ def build_plan(trt: Any, onnx_bytes: bytes, settings: PlanSettings, log: Callabl
             config.set_flag(trt.BuilderFlag.FP16)
         if settings.int8:
             config.set_flag(trt.BuilderFlag.INT8)
+            if settings.calibration is None:
+                raise UserError("an INT8 TensorRT plan needs calibration images (--calib-data)")
             config.int8_calibrator = make_calibrator(trt, settings.calibration, settings.calibration_cache)
             config.set_calibration_profile(profile)
     cache_bytes = (

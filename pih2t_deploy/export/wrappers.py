@@ -24,14 +24,16 @@ class ExportModule(nn.Module):
     ) -> None:
         super().__init__()
         self.model = model.half() if half else model
-        self.embed, self.half, self.probs = embed_preprocessing, half, probs
+        self.embed, self.in_half, self.probs = embed_preprocessing, half, probs
+        self.mean: torch.Tensor
+        self.inv_std: torch.Tensor
         self.register_buffer("mean", torch.tensor(prep.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("inv_std", 1.0 / torch.tensor(prep.std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.embed:
             x = (x.permute(0, 3, 1, 2).to(torch.float32) * (1.0 / 255.0) - self.mean) * self.inv_std
-        out = self.model(x.half()).float() if self.half else self.model(x)
+        out = self.model(x.half()).float() if self.in_half else self.model(x)
         return F.softmax(out, dim=1) if self.probs else out
 
 

@@ -1,5 +1,7 @@
 """Architectures (registry), PIF, heads and the PI-H2T network."""
 
+import functools
+
 from pih2t_deploy.models.digits_net import digits_net
 from pih2t_deploy.models.network import HEADS, METHODS, HeadName, MethodName, NetworkConfig, PIH2TNet
 from pih2t_deploy.models.registry import (
@@ -11,7 +13,7 @@ from pih2t_deploy.models.registry import (
     register_arch,
 )
 from pih2t_deploy.models.resnet_cifar import resnet32
-from pih2t_deploy.models.torchvision_archs import feature_resnet
+from pih2t_deploy.models.torchvision_archs import torchvision_factory
 
 # Input sizes each architecture is built for: digits_net for tiny images, the CIFAR ResNet-32 around 32 pixels,
 # the ImageNet ResNets (stride 32 to the last feature map) from 64 pixels on.
@@ -21,7 +23,7 @@ for _name, _width in (("resnet18", 512), ("resnet50", 2048), ("resnext50_32x4d",
     register_arch(
         ArchSpec(
             _name,
-            lambda num_classes, _in_channels, _arch=_name: feature_resnet(_arch, num_classes),
+            functools.partial(torchvision_factory, _name),
             _width,
             224,
             (3,),

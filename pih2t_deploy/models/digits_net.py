@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pih2t_deploy.models.registry import FeatureBackbone
+
 
 class ConvBNReLU(nn.Module):
     """3x3 convolution, BatchNorm, ReLU."""
@@ -19,7 +21,7 @@ class ConvBNReLU(nn.Module):
         return self.relu(self.bn(self.conv(x)))
 
 
-class DigitsNet(nn.Module):
+class DigitsNet(FeatureBackbone):
     """8x8 input -> [B, 64, 4, 4] feature map -> global average pooling -> ``fc``."""
 
     def __init__(self, num_classes: int, in_channels: int = 1) -> None:

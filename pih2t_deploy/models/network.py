@@ -75,7 +75,7 @@ class PIH2TNet(nn.Module):
         width = self.backbone.num_features
         self.pif = PIF(config.pif_activation) if config.uses_pif else None
         if config.head == "cosine":
-            self.head: nn.Module = CosineHead(width, config.num_classes, config.cosine_scale, config.lws)
+            self.head: LinearHead | CosineHead = CosineHead(width, config.num_classes, config.cosine_scale, config.lws)
         else:
             self.head = LinearHead(width, config.num_classes, config.lws)
 
@@ -107,6 +107,6 @@ class PIH2TNet(nn.Module):
         if not self.config.uses_h2tf:
             raise ValueError(f"method {self.config.method!r} does not use H2TF; do not pass a donor batch")
         both = self.features(torch.cat((x, donor)))
-        receiver, donor_maps = both.split(x.shape[0])
+        receiver, donor_maps = both[: x.shape[0]], both[x.shape[0] :]
         fused, _ = h2t_fuse(receiver, donor_maps, fusion_ratio, generator=generator)
         return self.classify(fused)

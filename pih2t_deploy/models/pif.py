@@ -8,6 +8,7 @@ the same way. Without an activation (the default) PIF is affine: x^_c = a*x_c - 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,12 @@ from torch import nn
 
 from pih2t_deploy.errors import ConfigError
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "tanh": torch.tanh,
+}
 
 
 @dataclass(frozen=True)
@@ -52,22 +58,34 @@ class PIF(nn.Module):
         pairs = torch.stack((x, x - mean), dim=2).reshape(batch * channels, 2, height * width)
         act = ACTIVATIONS[self.activation]
         out = pairs
-        for index, layer in enumerate(self.phi):
+        layers = self.layers
+        for index, layer in enumerate(layers):
             out = layer(out)
-            if index < len(self.phi) - 1:
+            if index < len(layers) - 1:
                 out = act(out)
         return out.reshape(batch, channels, height, width)
 
     def _affine_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(a, b, c) as differentiable tensors: phi composed into one 1x2 map, so an affine PIF costs a few
         element-wise operations instead of three convolutions over every channel and position."""
-        weight, bias = None, None
-        for layer in self.phi:
+        first, *rest = self.layers
+        weight, bias = first.weight[:, :, 0], self._bias(first)
+        for layer in rest:
             w = layer.weight[:, :, 0]
-            bias = layer.bias if bias is None else w @ bias + layer.bias
-            weight = w if weight is None else w @ weight
+            bias = w @ bias + self._bias(layer)
+            weight = w @ weight
         on_value, on_centered = weight[0, 0], weight[0, 1]
         return on_value + on_centered, on_centered, bias[0]
+
+    @property
+    def layers(self) -> list[nn.Conv1d]:
+        """phi's three point-wise convolutions."""
+        return [layer for layer in self.phi if isinstance(layer, nn.Conv1d)]
+
+    @staticmethod
+    def _bias(layer: nn.Conv1d) -> torch.Tensor:
+        assert layer.bias is not None  # phi's convolutions are built with a bias
+        return layer.bias
 
     @torch.no_grad()
     def affine_coefficients(self) -> AffineCoefficients:
@@ -76,9 +94,9 @@ class PIF(nn.Module):
             raise ValueError("PIF with an activation is not affine")
         weight = torch.eye(2, dtype=torch.float64)
         bias = torch.zeros(2, dtype=torch.float64)
-        for layer in self.phi:
+        for layer in self.layers:
             w = layer.weight.detach().double()[:, :, 0]
-            bias = w @ bias + layer.bias.detach().double()
+            bias = w @ bias + self._bias(layer).detach().double()
             weight = w @ weight
         on_value, on_centered = weight[0].tolist()
         return AffineCoefficients(a=on_value + on_centered, b=on_centered, c=float(bias[0]))

@@ -11,9 +11,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from pih2t_deploy.errors import ConfigError
+
+
+class FeatureBackbone(nn.Module):
+    """What every registered architecture builds (module docstring): a plain classifier with its feature map
+    (``forward_features``), the map's channels (``num_features``) and the Linear head ``fc``."""
+
+    num_features: int
+    fc: nn.Module
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final feature map [B, C, H, W], before pooling."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -21,7 +34,7 @@ class ArchSpec:
     """What a caller needs to know about an architecture before building it."""
 
     name: str
-    factory: Callable[[int, int], nn.Module]
+    factory: Callable[[int, int], FeatureBackbone]
     num_features: int
     default_input_size: int
     in_channels: tuple[int, ...]
@@ -71,7 +84,7 @@ def check_input_fits(name: str, input_size: int, channels: int) -> None:
         raise ConfigError(f"model.arch={name} takes {'/'.join(map(str, spec.in_channels))}-channel images: set {modes}")
 
 
-def create_arch(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+def create_arch(name: str, num_classes: int, in_channels: int = 3) -> FeatureBackbone:
     """Build a randomly initialised plain classifier of architecture ``name`` with ``num_classes`` outputs."""
     spec = get_arch(name)
     if in_channels not in spec.in_channels:

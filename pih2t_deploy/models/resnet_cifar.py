@@ -10,16 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pih2t_deploy.models.registry import FeatureBackbone
+
 
 class PadShortcut(nn.Module):
     """Option-A shortcut: subsample by 2 and zero-pad the new channels equally on both sides (no parameters)."""
 
     def __init__(self, extra_channels: int) -> None:
         super().__init__()
-        self.half = extra_channels // 2
+        self.pad_channels = extra_channels // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.half, self.half))
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad_channels, self.pad_channels))
 
 
 class BasicBlock(nn.Module):
@@ -40,8 +42,12 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(FeatureBackbone):
     """A plain classifier: ``forward_features`` gives the [B, 64, H/4, W/4] map, ``fc`` the logits."""
+
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
 
     def __init__(self, blocks_per_stage: int, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()

@@ -9,7 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from pih2t_deploy.models.registry import FeatureBackbone
 
 _LAYOUTS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int], dict[str, Any]]] = {
     "resnet18": (BasicBlock, [2, 2, 2, 2], {}),
@@ -19,13 +22,23 @@ _LAYOUTS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int], dict[s
 }
 
 
-class FeatureResNet(ResNet):
+class FeatureResNet(ResNet, FeatureBackbone):
     """torchvision's ResNet plus ``forward_features`` (stem and the four stages, before pooling)."""
+
+    # the modules torchvision's ResNet builds, named for the type checker
+    conv1: nn.Conv2d
+    bn1: nn.BatchNorm2d
+    relu: nn.ReLU
+    maxpool: nn.MaxPool2d
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
     def __init__(self, arch: str, num_classes: int) -> None:
         block, layers, kwargs = _LAYOUTS[arch]
         super().__init__(block, layers, num_classes=num_classes, **kwargs)
-        self.num_features = self.fc.in_features
+        self.num_features = 512 * block.expansion  # the input width of torchvision's fc
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -40,3 +53,8 @@ def torchvision_arch_names() -> list[str]:
 def feature_resnet(arch: str, num_classes: int) -> FeatureResNet:
     """A randomly initialised ``FeatureResNet`` of torchvision architecture ``arch``."""
     return FeatureResNet(arch, num_classes)
+
+
+def torchvision_factory(arch: str, num_classes: int, in_channels: int) -> FeatureResNet:
+    """The registry's factory for ``arch`` (torchvision ResNets take 3 channels; the registry checks that)."""
+    return feature_resnet(arch, num_classes)

@@ -114,7 +114,7 @@ def run_on_ray(
         **local_ray_options(address),
         ignore_reinit_error=True,
         log_to_driver=False,
-        logging_level="ERROR",
+        logging_level=logging.ERROR,
     )
     ray.data.DataContext.get_current().enable_progress_bars = progress
     started, written = time.perf_counter(), 0

@@ -13,7 +13,7 @@ import io
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +271,12 @@ def open_writer(path: Path, *, resume: bool) -> RowWriter:
     if started and not resume:
         raise ConfigError(f"--output {path} exists: pass --resume to continue it, or choose another --output")
     path.parent.mkdir(parents=True, exist_ok=True)
-    kind = {".jsonl": JsonlWriter, ".csv": CsvWriter, ".parquet": ParquetWriter}[suffix]
+    kinds: dict[str, Callable[[Path], RowWriter]] = {
+        ".jsonl": JsonlWriter,
+        ".csv": CsvWriter,
+        ".parquet": ParquetWriter,
+    }
+    kind = kinds[suffix]
     return kind(path)
 
 

@@ -16,7 +16,7 @@ MISSING = (
 )
 
 
-def import_tensorrt():
+def import_tensorrt() -> Any:
     """The ``tensorrt`` module, or a UserError saying what is needed."""
     try:
         import tensorrt

@@ -165,7 +165,8 @@ def build_demo(classifier: Classifier, settings: DemoSettings | None = None):
                 )
         gr.Markdown(explainer.model_card())
         button.click(predict, inputs=[image, tau], outputs=[label, plot], api_name="predict")
-        tau.release(predict, inputs=[image, tau], outputs=[label, plot], api_name=False)
+        # api_name=False keeps the slider's event out of the API (Gradio 6 accepts it; its stubs say str | None)
+        tau.release(predict, inputs=[image, tau], outputs=[label, plot], api_name=False)  # type: ignore[arg-type]
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
     return demo
 

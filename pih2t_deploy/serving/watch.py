@@ -46,8 +46,11 @@ class LongTail:
         counts = info.class_counts if info.class_counts and len(info.class_counts) == info.num_classes else None
         self.model = info.prior_model
         self.groups = GroupThresholds.from_meta(info.meta).groups(counts) if counts else ["unknown"] * info.num_classes
-        watched = self.model is not None and settings.watch
-        self.watch = PriorWatch(self.model, min_samples=settings.adapt_min_samples) if watched else None
+        self.watch = (
+            PriorWatch(self.model, min_samples=settings.adapt_min_samples)
+            if self.model is not None and settings.watch
+            else None
+        )
         self.registered = {
             name: normalised_log_prior(values, info.num_classes, f"--prior {name}")
             for name, values in settings.priors.items()

@@ -115,7 +115,7 @@ class Trainer:
             missing = net.backbone.load_state_dict(state, strict=False)
             if missing.unexpected_keys or missing.missing_keys:
                 raise ConfigError(f"{model.backbone_weights} does not fit {model.arch}: {missing}")
-        return net.to(self.device, memory_format=self.memory_format)
+        return net.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]  # torch's stubs omit memory_format
 
     def loader(self, dataset, kind: str, batch_size: int, seed: int) -> DataLoader:
         """A loader of ``dataset`` with sampler ``kind``, sharded over the processes."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,8 @@ class LDAMLoss(nn.Module):
     ) -> None:
         super().__init__()
         counts_t = torch.tensor(list(counts), dtype=torch.float64).clamp(min=1)
+        self.margins: torch.Tensor
+        self.drw_weights: torch.Tensor
         margins = counts_t ** (-0.25)
         self.register_buffer("margins", (margins * (max_m / margins.max())).float())
         weights = (1.0 - beta) / (1.0 - beta**counts_t)
@@ -80,6 +82,7 @@ class BalancedSoftmax(nn.Module):
             prior = torch.from_numpy(log_prior(counts)).float()
         except ValueError as exc:
             raise ConfigError(f"balanced_softmax: {exc}") from None
+        self.adjust: torch.Tensor
         self.register_buffer("adjust", tau * prior)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, epoch: int = 0) -> torch.Tensor:
@@ -107,6 +110,7 @@ class GCLLoss(nn.Module):
         super().__init__()
         log_counts = torch.log(torch.tensor(list(counts), dtype=torch.float32).clamp(min=1))
         spread = log_counts.max() - log_counts
+        self.cloud: torch.Tensor
         self.register_buffer("cloud", spread / spread.max().clamp(min=1e-12))
         self.cosine_scale, self.m, self.s, self.noise_mul, self.gamma = cosine_scale, m, s, noise_mul, gamma
 
@@ -126,12 +130,17 @@ def focal_weight(per_sample_ce: torch.Tensor, gamma: float) -> torch.Tensor:
 
 def loss_parameters(name: str) -> list[str]:
     """The parameters loss ``name`` takes in ``loss.params`` / ``loss.stage2_params`` (sorted)."""
-    classes = {"ce": CrossEntropy, "ldam": LDAMLoss, "balanced_softmax": BalancedSoftmax, "gcl": GCLLoss}
-    signature = inspect.signature(classes[name].__init__)
+    classes: dict[str, type[nn.Module]] = {
+        "ce": CrossEntropy,
+        "ldam": LDAMLoss,
+        "balanced_softmax": BalancedSoftmax,
+        "gcl": GCLLoss,
+    }
+    signature = inspect.signature(classes[name])
     return sorted(set(signature.parameters) - {"self", "counts", "cosine_scale", "args", "kwargs"})
 
 
-def build_loss(name: str, counts: Sequence[int], *, head: str, cosine_scale: float, **params: float) -> nn.Module:
+def build_loss(name: str, counts: Sequence[int], *, head: str, cosine_scale: float, **params: Any) -> nn.Module:
     """The loss called ``name`` for training counts ``counts`` with ``params``; LDAM and GCL need the cosine
     head (ConfigError otherwise), an unknown name or parameter is a ConfigError naming it."""
     require_head_for_loss(name, head)
@@ -141,7 +150,7 @@ def build_loss(name: str, counts: Sequence[int], *, head: str, cosine_scale: flo
         raise ConfigError(f"loss {name!r} does not take these parameters: {sorted(params)} ({exc})") from None
 
 
-def _build(name: str, counts: Sequence[int], *, cosine_scale: float, **params: float) -> nn.Module:
+def _build(name: str, counts: Sequence[int], *, cosine_scale: float, **params: Any) -> nn.Module:
     if name == "ce":
         return CrossEntropy(**params)
     if name == "ldam":

@@ -158,9 +158,8 @@ def recipe_names() -> list[str]:
 
 
 def _read_yaml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    path: Path | Traversable = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = RECIPES / f"{name_or_path}.yaml"
+    given = Path(name_or_path)
+    path: Path | Traversable = given if given.suffix in (".yaml", ".yml") else RECIPES / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ConfigError(
             f"unknown recipe {name_or_path!r}; choose one of: {', '.join(recipe_names())} or a .yaml path"
@@ -227,7 +226,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     """
     raw = apply_overrides(_read_yaml(name_or_path), overrides or [])
     if raw.get("name") is None:
-        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        data: dict[str, Any] = raw["data"] if isinstance(raw.get("data"), dict) else {}
         root = data.get("root") if data.get("source") == "imagefolder" else None
         raw["name"] = Path(str(root)).resolve().name if root else Path(name_or_path).stem
     return build_recipe(raw)

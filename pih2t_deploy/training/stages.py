@@ -154,7 +154,7 @@ class Stage:
                 self.generator = torch.Generator().manual_seed(seed)
                 self.rng = np.random.default_rng(seed)
                 for loader in (self.receivers, self.donors):
-                    loader.sampler.set_epoch(seed)
+                    loader.sampler.set_epoch(seed)  # type: ignore[attr-defined]  # our samplers (data.samplers) have it
                 task = progress.add_task(
                     f"stage {self.number} epoch {epoch + 1}/{settings.epochs}",
                     total=len(self.receivers),

@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import text_format
 
@@ -182,7 +183,7 @@ def build_repository(artifact: Path, repo: Path, settings: RepositorySettings) -
     if manifest.input.shape[0] != "batch":
         raise UserError(f"{artifact} was exported with a fixed batch size; re-export without --static-batch")
     name, version = settings.name, str(settings.version)
-    copies = {inside: artifact / source for inside, source in triton.files.items()}
+    copies: dict[str, Path | str] = {inside: artifact / source for inside, source in triton.files.items()}
     if settings.cpu_python:
         target = f"{name}_onnx_py"
         config = backend_config(target, info, settings, shape, dtype, backend="python", kind="cpu")
@@ -194,7 +195,7 @@ def build_repository(artifact: Path, repo: Path, settings: RepositorySettings) -
         )
         if triton.backend == "openvino":
             _openvino_precision(config, info)
-    models: dict[str, tuple[object, dict[str, Path | str]]] = {
+    models: dict[str, tuple[Any, dict[str, Path | str]]] = {
         f"{name}_preprocess": (
             preprocess_config(f"{name}_preprocess", info, settings, shape, dtype),
             {"model.py": _backend_file("preprocess")},
