@@ -4,12 +4,14 @@ and the Ray engine on a local Ray instance started here."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -256,8 +258,35 @@ def local_ray(monkeypatch):
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([*ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        stop_processes_mentioning(temp)  # this cluster only: `ray stop` would stop every Ray of the user
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_processes_mentioning(marker: str, grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``, every process of this user whose command line contains
+    ``marker`` (the temp folder a test gave its own Ray cluster)."""
+    import signal as signals
+
+    def matching() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if marker.encode() in (entry / "cmdline").read_bytes():
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        return found
+
+    for number in matching():
+        with contextlib.suppress(OSError):
+            os.kill(number, signals.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while matching() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for number in matching():
+        with contextlib.suppress(OSError):
+            os.kill(number, signals.SIGKILL)
 
 
 def test_the_ray_engine_gives_the_single_machine_rows(digits_artifact, digits_tree, labelled_run, local_ray, tmp_path):

@@ -26,7 +26,7 @@ from pih2t_deploy.predict.local import stream_rows
 from pih2t_deploy.predict.priors import JobPrior
 from pih2t_deploy.predict.report import summarize_rows
 from pih2t_deploy.predict.rows import PredictionRow
-from pih2t_deploy.predict.writers import open_writer
+from pih2t_deploy.predict.writers import RowWriter, open_writer
 from pih2t_deploy.runtime.classifier import Classifier, ModelInfo
 from pih2t_deploy.runtime.loader import load_classifier
 
@@ -127,6 +127,21 @@ def _estimate_first(
     return shift, {"prior": "adapted", "weights": [round(float(w), 6) for w in np.exp(shift)]}
 
 
+class _Tally:
+    """Rows waiting to be written and rows written. ``flush`` hands the waiting rows over before writing them,
+    so an interruption in the middle of a write never writes them twice (a half-written last row is cut off
+    when the run resumes)."""
+
+    def __init__(self) -> None:
+        self.buffer: list[PredictionRow] = []
+        self.written = 0
+
+    def flush(self, writer: RowWriter) -> None:
+        batch, self.buffer = self.buffer, []
+        writer.write(batch)
+        self.written += len(batch)
+
+
 class _Skipping:
     """Items of an input that the output does not hold yet, counting the ones it does."""
 
@@ -172,7 +187,7 @@ def run_local(
     if adapt_prior and watch is not None:
         shift, described = _estimate_first(classifier, inputs, watch, batch_size, workers, progress, log)
     pending = _Skipping(inputs, writer.done)
-    started, written, buffer = time.perf_counter(), 0, []
+    started, rows_kept = time.perf_counter(), _Tally()
     in_pass = None if adapt_prior else watch
     try:
         with progress_bar(progress) as bar:
@@ -181,18 +196,16 @@ def run_local(
                 classifier, pending, top_k=top_k, batch_size=batch_size, workers=workers, shift=shift, watch=in_pass
             )
             for row in rows:
-                buffer.append(row)
-                if len(buffer) == batch_size:
-                    writer.write(buffer)
-                    written, buffer = written + len(buffer), []
-                    bar.update(task, completed=written)
-            writer.write(buffer)
-            written, buffer = written + len(buffer), []
-            bar.update(task, completed=written)
+                rows_kept.buffer.append(row)
+                if len(rows_kept.buffer) == batch_size:
+                    rows_kept.flush(writer)
+                    bar.update(task, completed=rows_kept.written)
+            rows_kept.flush(writer)
+            bar.update(task, completed=rows_kept.written)
     except BaseException:
-        writer.write(buffer)
+        rows_kept.flush(writer)
         writer.close()
-        log(f"stopped: {written + len(buffer)} new rows are kept; run the same command with --resume to continue")
+        log(f"stopped: {rows_kept.written} new rows are kept; run the same command with --resume to continue")
         raise
     writer.finish()
     seconds = time.perf_counter() - started
@@ -202,6 +215,6 @@ def run_local(
     if watch is not None and watch.seen:
         engine["label_shift"] = {**watch.report(), "images": "every input" if adapt_prior else "classified in this run"}
     return finish_run(
-        output, writer.rows(), classifier.info, inputs=inputs, written=written, skipped=pending.skipped,
+        output, writer.rows(), classifier.info, inputs=inputs, written=rows_kept.written, skipped=pending.skipped,
         seconds=seconds, engine=engine,
     )  # fmt: skip
