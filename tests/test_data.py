@@ -5,6 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pih2t_deploy.data.longtail import GroupThresholds, longtail_counts
@@ -276,3 +277,41 @@ def test_eval_of_a_file_without_data_record_asks_for_a_recipe(tmp_path):
     authors_cifar_checkpoint(tmp_path / "current.pth.tar", num_classes=10)
     done = run_cli("eval", "--ckpt", str(tmp_path / "current.pth.tar"))
     assert done.returncode == 2 and "pass --recipe NAME" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("augment", ["none", "digits", "cifar", "imagenet"])
+@pytest.mark.parametrize("size", [(28, 28), (50, 20), (8, 8)])
+def test_every_augment_gives_training_tensors_of_the_inference_shape_and_scale(augment, size):
+    """Images of another size than the network's: every augment choice yields the tensor shape evaluation and
+    serving give, from the image at the same scale (the un-augmented pixels agree with inference where the
+    augmentation leaves them in place)."""
+    from pih2t_deploy.data.preprocessing import Preprocessing
+    from pih2t_deploy.data.sources import train_transform
+
+    prep = Preprocessing(input_size=16, resize=18, mode="L", mean=(0.5,), std=(0.5,))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, size[::-1], dtype=np.uint8), "L")
+    torch.manual_seed(0)
+    tensor = train_transform(augment, prep)(image)
+    assert tuple(tensor.shape) == prep.input_shape == (1, 16, 16)
+    assert float(tensor.min()) >= -1.0 - 1e-6 and float(tensor.max()) <= 1.0 + 1e-6  # the same normalisation
+    if augment == "none":
+        np.testing.assert_allclose(tensor.numpy(), prep.to_numpy([image])[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("augment", ["none", "digits", "cifar"])
+def test_digits_and_cifar_augment_the_image_at_the_scale_inference_sees(augment):
+    """A 60x20 image, black left half, white right half. Inference resizes it to 54x18 and keeps the centre
+    16x16, which shows both halves; so must every training view (a crop of the raw 60-pixel-wide image at its
+    own scale would mostly show one colour)."""
+    from pih2t_deploy.data.preprocessing import Preprocessing
+    from pih2t_deploy.data.sources import train_transform
+
+    prep = Preprocessing(input_size=16, resize=18, mode="L", mean=(0.5,), std=(0.5,))
+    pixels = np.zeros((20, 60), dtype=np.uint8)
+    pixels[:, 30:] = 255
+    image = Image.fromarray(pixels, "L")
+    transform = train_transform(augment, prep)
+    torch.manual_seed(0)
+    for _ in range(20):
+        view = transform(image)[0]
+        assert float(view.max()) > 0.9 and float(view.min()) < -0.9  # white and black both in view

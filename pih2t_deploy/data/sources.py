@@ -95,18 +95,22 @@ class DataBundle:
 
 
 def _augmentation(name: str, prep: Preprocessing) -> list:
+    """The augmentation ``name`` on top of the inference geometry: every choice ends in an input_size square
+    of the image at the scale evaluation and serving see it (``imagenet`` samples that scale, as its
+    RandomResizedCrop is meant to); ``digits`` and ``cifar`` first resize and crop exactly as inference does."""
     size, interp = prep.input_size, T.InterpolationMode(prep.interpolation)
+    as_inference = [T.Resize(prep.resize, interpolation=interp, antialias=True), T.CenterCrop(size)]
     if name == "digits":
-        return [T.RandomAffine(degrees=10, translate=(0.125, 0.125), interpolation=interp)]
+        return [*as_inference, T.RandomAffine(degrees=10, translate=(0.125, 0.125), interpolation=interp)]
     if name == "cifar":
-        return [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()]
+        return [*as_inference, T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()]
     if name == "imagenet":
         return [
             T.RandomResizedCrop(size, interpolation=interp, antialias=True),
             T.RandomHorizontalFlip(),
             T.ColorJitter(0.4, 0.4, 0.4),
         ]
-    return [T.Resize(prep.resize, interpolation=interp, antialias=True), T.CenterCrop(size)]
+    return as_inference
 
 
 def train_transform(augment: str, prep: Preprocessing) -> T.Compose:
