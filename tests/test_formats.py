@@ -105,7 +105,7 @@ def test_one_entry_adds_a_format_to_export_runtime_bench_and_triton(new_format, 
     assert set(report["timings"]) == {"torch", "renamed"}
 
     models = build_repository(tmp_path / "art", tmp_path / "repo", RepositorySettings())
-    assert sorted(models) == ["pih2t", "pih2t_onnx", "pih2t_preprocess"]
-    served = tmp_path / "repo" / "pih2t_onnx" / "1" / "model.onnx"
+    assert sorted(models) == ["digits-lt", "digits-lt_onnx", "digits-lt_preprocess"]
+    served = tmp_path / "repo" / "digits-lt_onnx" / "1" / "model.onnx"
     assert served.read_bytes() == (tmp_path / "art" / "model.renamed.onnx").read_bytes()
     assert validate_repository(tmp_path / "repo").problems == []

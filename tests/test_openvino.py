@@ -131,14 +131,17 @@ def test_pih2t_serve_on_the_openvino_backend_answers_like_the_backend(fp32_ir):
 
 def test_triton_repository_of_an_ir_uses_the_openvino_backend(fp32_ir, tmp_path):
     models = build_repository(fp32_ir[0], tmp_path / "repo", RepositorySettings())
-    assert sorted(models) == ["pih2t", "pih2t_openvino", "pih2t_preprocess"]
+    assert sorted(models) == ["digits-lt", "digits-lt_openvino", "digits-lt_preprocess"]
     assert validate_repository(tmp_path / "repo").ok
-    config = (tmp_path / "repo" / "pih2t_openvino" / "config.pbtxt").read_text()
+    config = (tmp_path / "repo" / "digits-lt_openvino" / "config.pbtxt").read_text()
     assert 'backend: "openvino"' in config and "KIND_CPU" in config and "HINT_BF16" not in config
-    assert sorted(p.name for p in (tmp_path / "repo" / "pih2t_openvino" / "1").iterdir()) == ["model.bin", "model.xml"]
-    (tmp_path / "repo" / "pih2t_openvino" / "1" / "model.bin").unlink()
+    assert sorted(p.name for p in (tmp_path / "repo" / "digits-lt_openvino" / "1").iterdir()) == [
+        "model.bin",
+        "model.xml",
+    ]
+    (tmp_path / "repo" / "digits-lt_openvino" / "1" / "model.bin").unlink()
     problems = validate_repository(tmp_path / "repo").problems
-    assert problems == ["pih2t_openvino: version 1 has model.xml but no model.bin"]
+    assert problems == ["digits-lt_openvino: version 1 has model.xml but no model.bin"]
     with pytest.raises(ConfigError, match="--cpu-python"):
         build_repository(fp32_ir[0], tmp_path / "other", RepositorySettings(cpu_python=True))
 

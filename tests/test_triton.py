@@ -36,8 +36,8 @@ def test_build_writes_a_repository_that_validates(tmp_path, digits_artifact):
         tmp_path / "repo",
         RepositorySettings(kind="gpu", trt_accelerator=True, warmup=True, preferred_batch=[8, 16], instances=2),
     )
-    assert sorted(models) == ["pih2t", "pih2t_onnx", "pih2t_preprocess"]
-    config = (tmp_path / "repo" / "pih2t_onnx" / "config.pbtxt").read_text()
+    assert sorted(models) == ["digits-lt", "digits-lt_onnx", "digits-lt_preprocess"]
+    config = (tmp_path / "repo" / "digits-lt_onnx" / "config.pbtxt").read_text()
     for expected in (
         'platform: "onnxruntime_onnx"',
         "max_batch_size: 64",
@@ -49,8 +49,8 @@ def test_build_writes_a_repository_that_validates(tmp_path, digits_artifact):
         "num_versions: 1",
     ):
         assert expected in config, expected
-    assert (tmp_path / "repo" / "pih2t_onnx" / "1" / "model.onnx").is_file()
-    assert (tmp_path / "repo" / "pih2t" / "1").is_dir()
+    assert (tmp_path / "repo" / "digits-lt_onnx" / "1" / "model.onnx").is_file()
+    assert (tmp_path / "repo" / "digits-lt" / "1").is_dir()
     report = validate_repository(tmp_path / "repo")
     assert report.ok, report.problems
     assert not [p for p in (tmp_path / "repo").iterdir() if p.name.startswith(".")], "no staging folder is left"
@@ -93,63 +93,78 @@ def test_build_refuses_a_repository_folder_that_holds_other_models(tmp_path, dig
     ("model", "find", "replace", "problems"),
     [
         (
-            "pih2t_onnx",
+            "digits-lt_onnx",
             "max_batch_size: 64",
             "max_batch_sizee: 64",
             [
-                'pih2t_onnx: config.pbtxt does not parse: 8:1 : Message type "inference.ModelConfig" has no field '
+                'digits-lt_onnx: config.pbtxt does not parse: 8:1 : Message type "inference.ModelConfig" has no field '
                 'named "max_batch_sizee".',
-                "pih2t: step 1 names model 'pih2t_onnx', which is not in the repository",
-                "pih2t: output 'logits' is produced by no step",
+                "digits-lt: step 1 names model 'digits-lt_onnx', which is not in the repository",
+                "digits-lt: output 'logits' is produced by no step",
             ],
         ),
-        ("pih2t_onnx", "dims: 8\n", "dims: 9\n", ["pih2t_onnx: input 'input' dims [1, 9, 8] != ONNX [1, 8, 8]"]),
         (
-            "pih2t_onnx",
-            'name: "pih2t_onnx"',
-            'name: "other"',
-            ["pih2t_onnx: config name 'other' differs from its folder name"],
+            "digits-lt_onnx",
+            "dims: 8\n",
+            "dims: 9\n",
+            ["digits-lt_onnx: input 'input' dims [1, 9, 8] != ONNX [1, 8, 8]"],
         ),
         (
-            "pih2t",
-            'model_name: "pih2t_onnx"',
+            "digits-lt_onnx",
+            'name: "digits-lt_onnx"',
+            'name: "other"',
+            ["digits-lt_onnx: config name 'other' differs from its folder name"],
+        ),
+        (
+            "digits-lt",
+            'model_name: "digits-lt_onnx"',
             'model_name: "pih2t_onxx"',
             [
-                "pih2t: step 1 names model 'pih2t_onxx', which is not in the repository",
-                "pih2t: output 'logits' is produced by no step",
+                "digits-lt: step 1 names model 'pih2t_onxx', which is not in the repository",
+                "digits-lt: output 'logits' is produced by no step",
             ],
         ),
-        ("pih2t", 'key: "image"', 'key: "picture"', ["pih2t: step 0 maps 'picture', not an input of pih2t_preprocess"]),
         (
-            "pih2t_onnx",
+            "digits-lt",
+            'key: "image"',
+            'key: "picture"',
+            ["digits-lt: step 0 maps 'picture', not an input of digits-lt_preprocess"],
+        ),
+        (
+            "digits-lt_onnx",
             "data_type: TYPE_FP32\n  dims: 1",
             "data_type: TYPE_FP16\n  dims: 1",
-            ["pih2t_onnx: input 'input' is TYPE_FP16, ONNX has TYPE_FP32"],
+            ["digits-lt_onnx: input 'input' is TYPE_FP16, ONNX has TYPE_FP32"],
         ),
         (
-            "pih2t",
+            "digits-lt",
             'input_map {\n      key: "input"\n      value: "preprocessed"',
             'input_map {\n      key: "input"\n      value: "x"',
-            ["pih2t: step 1 reads 'x', which no earlier step produces"],
+            ["digits-lt: step 1 reads 'x', which no earlier step produces"],
         ),
-        ("pih2t", 'value: "logits"', 'value: "scores"', ["pih2t: output 'logits' is produced by no step"]),
-        ("pih2t", 'key: "logits"', 'key: "probs"', ["pih2t: step 1 maps 'probs', not an output of pih2t_onnx"]),
+        ("digits-lt", 'value: "logits"', 'value: "scores"', ["digits-lt: output 'logits' is produced by no step"]),
         (
-            "pih2t_onnx",
+            "digits-lt",
+            'key: "logits"',
+            'key: "probs"',
+            ["digits-lt: step 1 maps 'probs', not an output of digits-lt_onnx"],
+        ),
+        (
+            "digits-lt_onnx",
             'name: "input"',
             'name: "pixels"',
             [
-                "pih2t_onnx: input 'pixels' is not in the ONNX graph (input)",
-                "pih2t: step 1 maps 'input', not an input of pih2t_onnx",
+                "digits-lt_onnx: input 'pixels' is not in the ONNX graph (input)",
+                "digits-lt: step 1 maps 'input', not an input of digits-lt_onnx",
             ],
         ),
         (
-            "pih2t_onnx",
+            "digits-lt_onnx",
             'name: "logits"',
             'name: "scores"',
             [
-                "pih2t_onnx: output 'scores' is not in the ONNX graph (logits)",
-                "pih2t: step 1 maps 'logits', not an output of pih2t_onnx",
+                "digits-lt_onnx: output 'scores' is not in the ONNX graph (logits)",
+                "digits-lt: step 1 maps 'logits', not an output of digits-lt_onnx",
             ],
         ),
     ],
@@ -163,14 +178,14 @@ def test_validate_catches_what_breaks_deployments(tmp_path, digits_artifact, mod
     config.write_text(config.read_text().replace(find, replace, 1))
     report = validate_repository(tmp_path / "repo")
     assert report.problems == problems
-    assert report.models == ["pih2t", "pih2t_onnx", "pih2t_preprocess"]
+    assert report.models == ["digits-lt", "digits-lt_onnx", "digits-lt_preprocess"]
 
 
 def test_validate_batching_rules_hidden_entries_openvino_weights_and_empty_repositories(tmp_path, digits_artifact):
     _, artifact = digits_artifact
     repo = tmp_path / "repo"
     build_repository(artifact, repo, RepositorySettings())
-    config = repo / "pih2t_onnx" / "config.pbtxt"
+    config = repo / "digits-lt_onnx" / "config.pbtxt"
     original = config.read_text()
     # batching off: the config's dims are the graph's whole shape, batch axis included
     unbatched = original.replace("max_batch_size: 64", "max_batch_size: 0")
@@ -180,10 +195,10 @@ def test_validate_batching_rules_hidden_entries_openvino_weights_and_empty_repos
     config.write_text(unbatched)
     assert validate_repository(repo).problems == []
     # max_batch_size 1 is batching too: a fixed first dim is refused
-    _fix_the_batch_axis(repo / "pih2t_onnx" / "1" / "model.onnx", 4)
+    _fix_the_batch_axis(repo / "digits-lt_onnx" / "1" / "model.onnx", 4)
     config.write_text(original.replace("max_batch_size: 64", "max_batch_size: 1"))
     assert validate_repository(repo).problems == [
-        "pih2t_onnx: input 'input' has a fixed first dim 4 but batching is on"
+        "digits-lt_onnx: input 'input' has a fixed first dim 4 but batching is on"
     ]
     config.write_text(original)
     (repo / ".pih2t_staging").mkdir()  # hidden folders and plain files are not models
@@ -196,9 +211,9 @@ def test_validate_batching_rules_hidden_entries_openvino_weights_and_empty_repos
     (openvino / "2" / "model.bin").write_bytes(b"\0")  # version 2 has its weights
     (openvino / "config.pbtxt").write_text('name: "vino"\nbackend: "openvino"\nmax_batch_size: 0\n')
     report = validate_repository(repo)
-    assert report.models == ["pih2t", "pih2t_onnx", "pih2t_preprocess", "vino"]
+    assert report.models == ["digits-lt", "digits-lt_onnx", "digits-lt_preprocess", "vino"]
     assert report.problems == [
-        "pih2t_onnx: input 'input' has a fixed first dim 4 but batching is on",
+        "digits-lt_onnx: input 'input' has a fixed first dim 4 but batching is on",
         "vino: version 1 has model.xml but no model.bin",
     ]
     with pytest.raises(UserError) as missing:
@@ -222,26 +237,26 @@ def _fix_the_batch_axis(path: Path, size: int) -> None:
 def test_validate_catches_a_fixed_batch_axis_and_a_missing_version_folder(tmp_path, digits_artifact):
     _, artifact = digits_artifact
     build_repository(artifact, tmp_path / "repo", RepositorySettings())
-    _fix_the_batch_axis(tmp_path / "repo" / "pih2t_onnx" / "1" / "model.onnx", 4)
+    _fix_the_batch_axis(tmp_path / "repo" / "digits-lt_onnx" / "1" / "model.onnx", 4)
     problems = validate_repository(tmp_path / "repo").problems
-    assert problems == ["pih2t_onnx: input 'input' has a fixed first dim 4 but batching is on"], problems
-    (tmp_path / "repo" / "pih2t_preprocess" / "1").rename(tmp_path / "repo" / "pih2t_preprocess" / "latest")
+    assert problems == ["digits-lt_onnx: input 'input' has a fixed first dim 4 but batching is on"], problems
+    (tmp_path / "repo" / "digits-lt_preprocess" / "1").rename(tmp_path / "repo" / "digits-lt_preprocess" / "latest")
     problems = validate_repository(tmp_path / "repo").problems
-    assert "pih2t_preprocess: no version folder (e.g. pih2t_preprocess/1/)" in problems, problems
+    assert "digits-lt_preprocess: no version folder (e.g. digits-lt_preprocess/1/)" in problems, problems
 
 
 def test_validate_catches_labels_and_missing_files(tmp_path, digits_artifact):
     _, artifact = digits_artifact
     build_repository(artifact, tmp_path / "repo", RepositorySettings())
-    labels = tmp_path / "repo" / "pih2t_onnx" / "labels.txt"
+    labels = tmp_path / "repo" / "digits-lt_onnx" / "labels.txt"
     labels.write_text("\n".join(labels.read_text().splitlines()[:-1]) + "\n")
-    (tmp_path / "repo" / "pih2t_onnx" / "1" / "model.onnx").unlink()
-    (tmp_path / "repo" / "pih2t" / "labels.txt").unlink()
+    (tmp_path / "repo" / "digits-lt_onnx" / "1" / "model.onnx").unlink()
+    (tmp_path / "repo" / "digits-lt" / "labels.txt").unlink()
     problems = validate_repository(tmp_path / "repo").problems
     assert problems == [
-        "pih2t: label file labels.txt is missing",
-        "pih2t_onnx: version 1 has no model.onnx for onnxruntime_onnx",
-        "pih2t_onnx: labels.txt has 9 lines for [10] classes",
+        "digits-lt: label file labels.txt is missing",
+        "digits-lt_onnx: version 1 has no model.onnx for onnxruntime_onnx",
+        "digits-lt_onnx: labels.txt has 9 lines for [10] classes",
     ]
     done = run_cli("triton", "validate", str(tmp_path / "repo"))
     assert done.returncode == 1 and "problem:" in done.stderr
@@ -280,8 +295,8 @@ def test_triton_http_and_grpc_match_onnxruntime_and_rest(triton, digits_artifact
     paths = sorted(images.SAMPLES.glob("*.png"))
     pictures = [Image.open(io.BytesIO(p.read_bytes())) for p in paths]
     expected = np.argsort(-classifier.predict(classifier.prepare(pictures)), axis=1, kind="stable")[:, :3]
-    via_http = classify_files(f"127.0.0.1:{triton.http}", paths, top_k=3)
-    via_grpc = classify_files(f"127.0.0.1:{triton.grpc}", paths, top_k=3, protocol="grpc")
+    via_http = classify_files(f"127.0.0.1:{triton.http}", paths, model="digits-lt", top_k=3)
+    via_grpc = classify_files(f"127.0.0.1:{triton.grpc}", paths, model="digits-lt", top_k=3, protocol="grpc")
     with running_server(create_app(lambda: classifier, ServeSettings())) as (url, _):
         rest = httpx.post(
             f"{url}/v1/classify", params={"top_k": 3}, files=[("files", (p.name, p.read_bytes())) for p in paths]
@@ -296,28 +311,39 @@ def test_a_corrupt_image_is_an_error_and_the_server_stays_ready(triton, tmp_path
     bad = tmp_path / "bad.png"
     bad.write_bytes(images.truncated_png())
     with pytest.raises(UserError, match="truncated or corrupt"):
-        classify_files(f"127.0.0.1:{triton.http}", [bad])
+        classify_files(f"127.0.0.1:{triton.http}", [bad], model="digits-lt")
     assert httpx.get(f"http://127.0.0.1:{triton.http}/v2/health/ready").status_code == 200
-    assert classify_files(f"127.0.0.1:{triton.http}", [images.SAMPLES / "digit_1.png"], top_k=1)[0][0].index >= 0
+    one = classify_files(f"127.0.0.1:{triton.http}", [images.SAMPLES / "digit_1.png"], model="digits-lt", top_k=1)
+    assert one[0][0].index >= 0
 
 
 def test_concurrent_clients_get_single_request_answers_and_metrics_count_them(triton):
     paths = [images.SAMPLES / f"digit_{i % 10}.png" for i in range(24)]
     url = f"127.0.0.1:{triton.http}"
-    single = {p: classify_files(url, [p], top_k=3)[0] for p in paths[:10]}
+    single = {p: classify_files(url, [p], model="digits-lt", top_k=3)[0] for p in paths[:10]}
     with concurrent.futures.ThreadPoolExecutor(8) as pool:  # one client per call: the HTTP client is not thread-safe
-        answers = list(pool.map(lambda p: classify_files(url, [p], top_k=3)[0], paths))
+        answers = list(pool.map(lambda p: classify_files(url, [p], model="digits-lt", top_k=3)[0], paths))
     for path, answer in zip(paths, answers, strict=True):
         assert [r.index for r in answer] == [r.index for r in single[path]]
         assert [r.value for r in answer] == pytest.approx([r.value for r in single[path]], abs=1e-5)
     metrics = httpx.get(f"http://127.0.0.1:{triton.metrics}/metrics").text
-    counts = [line for line in metrics.splitlines() if line.startswith('nv_inference_request_success{model="pih2t",')]
+    counts = [
+        line for line in metrics.splitlines() if line.startswith('nv_inference_request_success{model="digits-lt",')
+    ]
     assert counts and float(counts[0].split()[-1]) >= 34
 
 
 def test_triton_cli_infer_prints_top_k(triton):
     done = run_cli(
-        "triton", "infer", "--url", f"127.0.0.1:{triton.http}", "--top-k", "2", str(images.SAMPLES / "digit_4.png")
+        "triton",
+        "infer",
+        "--model",
+        "digits-lt",
+        "--url",
+        f"127.0.0.1:{triton.http}",
+        "--top-k",
+        "2",
+        str(images.SAMPLES / "digit_4.png"),
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(str(images.SAMPLES / "digit_4.png") + ":") and done.stdout.count("(") == 2
@@ -354,40 +380,40 @@ def test_validate_checks_the_onnx_file_beside_a_python_model_and_reports_every_b
     _, artifact = digits_artifact
     repo = tmp_path / "repo"
     build_repository(artifact, repo, RepositorySettings(cpu_python=True))
-    python_model = repo / "pih2t_onnx_py" / "config.pbtxt"
+    python_model = repo / "digits-lt_onnx_py" / "config.pbtxt"
     python_model.write_text(python_model.read_text().replace("dims: 8\n", "dims: 9\n", 1))
-    assert validate_repository(repo).problems == ["pih2t_onnx_py: input 'input' dims [1, 9, 8] != ONNX [1, 8, 8]"]
+    assert validate_repository(repo).problems == ["digits-lt_onnx_py: input 'input' dims [1, 9, 8] != ONNX [1, 8, 8]"]
     python_model.write_text(
         python_model.read_text()
         .replace("dims: 9\n", "dims: 8\n", 1)
         .replace('input {\n  name: "input"', 'input {\n  name: "a"\n}\ninput {\n  name: "b"', 1)
     )
-    ensemble = repo / "pih2t" / "config.pbtxt"
+    ensemble = repo / "digits-lt" / "config.pbtxt"
     text = ensemble.read_text()
     ensemble.write_text(
-        text.replace('model_name: "pih2t_preprocess"', 'model_name: "gone_1"').replace(
-            'model_name: "pih2t_onnx_py"', 'model_name: "gone_2"'
+        text.replace('model_name: "digits-lt_preprocess"', 'model_name: "gone_1"').replace(
+            'model_name: "digits-lt_onnx_py"', 'model_name: "gone_2"'
         )
     )
     problems = validate_repository(repo).problems
     assert problems[:2] == [
-        "pih2t_onnx_py: input 'a' is not in the ONNX graph (input)",
-        "pih2t_onnx_py: input 'b' is not in the ONNX graph (input)",
+        "digits-lt_onnx_py: input 'a' is not in the ONNX graph (input)",
+        "digits-lt_onnx_py: input 'b' is not in the ONNX graph (input)",
     ], problems
     assert problems[-3:] == [
-        "pih2t: step 0 names model 'gone_1', which is not in the repository",
-        "pih2t: step 1 names model 'gone_2', which is not in the repository",
-        "pih2t: output 'logits' is produced by no step",
+        "digits-lt: step 0 names model 'gone_1', which is not in the repository",
+        "digits-lt: step 1 names model 'gone_2', which is not in the repository",
+        "digits-lt: output 'logits' is produced by no step",
     ], problems
     ensemble.write_text(text.replace("  dims: 10\n  label_filename", "  label_filename"))
-    (repo / "pih2t" / "labels.txt").write_text("")  # no dims: no classes, so no label lines
-    (repo / "pih2t_preprocess" / "config.pbtxt").unlink()
-    (repo / "pih2t_preprocess" / "config.pbtxt").mkdir()
+    (repo / "digits-lt" / "labels.txt").write_text("")  # no dims: no classes, so no label lines
+    (repo / "digits-lt_preprocess" / "config.pbtxt").unlink()
+    (repo / "digits-lt_preprocess" / "config.pbtxt").mkdir()
     python_model.write_text(python_model.read_text().replace('name: "a"\n}\ninput {\n  name: "b"', 'name: "input"'))
     assert validate_repository(repo).problems == [
-        "pih2t_preprocess: cannot read config.pbtxt (Is a directory)",
-        "pih2t: step 0 names model 'pih2t_preprocess', which is not in the repository",
-        "pih2t: step 1 reads 'preprocessed', which no earlier step produces",
+        "digits-lt_preprocess: cannot read config.pbtxt (Is a directory)",
+        "digits-lt: step 0 names model 'digits-lt_preprocess', which is not in the repository",
+        "digits-lt: step 1 reads 'preprocessed', which no earlier step produces",
     ]
 
 
@@ -402,7 +428,7 @@ def test_every_batching_model_gets_the_queue_delay_instances_and_preferred_batch
         for folder in (tmp_path / "repo").iterdir()
     }
     batching = {name: config for name, config in configs.items() if config.platform != "ensemble"}
-    assert sorted(batching) == ["pih2t_onnx", "pih2t_preprocess"]
+    assert sorted(batching) == ["digits-lt_onnx", "digits-lt_preprocess"]
     for name, config in batching.items():
         assert config.dynamic_batching.max_queue_delay_microseconds == 2000, name
         assert list(config.dynamic_batching.preferred_batch_size) == [4, 16], name

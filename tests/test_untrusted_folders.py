@@ -260,26 +260,26 @@ def test_triton_build_replaces_only_the_version_it_builds_and_leaves_the_users_f
     _, artifact = digits_artifact
     repo = tmp_path / "repo"
     build_repository(artifact, repo, RepositorySettings())
-    (repo / "pih2t_onnx" / "2").mkdir()
-    (repo / "pih2t_onnx" / "2" / "model.onnx").write_bytes(b"the user's own version 2")
-    (repo / "pih2t_onnx" / "README.md").write_text("notes")
-    first = (repo / "pih2t_onnx" / "1" / "model.onnx").stat().st_ino
-    with pytest.raises(UserError, match="version 1 of pih2t_preprocess exists; pass --force"):
+    (repo / "digits-lt_onnx" / "2").mkdir()
+    (repo / "digits-lt_onnx" / "2" / "model.onnx").write_bytes(b"the user's own version 2")
+    (repo / "digits-lt_onnx" / "README.md").write_text("notes")
+    first = (repo / "digits-lt_onnx" / "1" / "model.onnx").stat().st_ino
+    with pytest.raises(UserError, match="version 1 of digits-lt_preprocess exists; pass --force"):
         build_repository(artifact, repo, RepositorySettings())
     build_repository(artifact, repo, RepositorySettings(force=True))
-    assert (repo / "pih2t_onnx" / "1" / "model.onnx").stat().st_ino != first  # version 1 rebuilt
-    assert (repo / "pih2t_onnx" / "2" / "model.onnx").read_bytes() == b"the user's own version 2"
-    assert (repo / "pih2t_onnx" / "README.md").read_text() == "notes"
+    assert (repo / "digits-lt_onnx" / "1" / "model.onnx").stat().st_ino != first  # version 1 rebuilt
+    assert (repo / "digits-lt_onnx" / "2" / "model.onnx").read_bytes() == b"the user's own version 2"
+    assert (repo / "digits-lt_onnx" / "README.md").read_text() == "notes"
     build_repository(artifact, repo, RepositorySettings(version=3))
-    assert sorted(p.name for p in (repo / "pih2t_onnx").iterdir() if p.is_dir()) == ["1", "2", "3"]
+    assert sorted(p.name for p in (repo / "digits-lt_onnx").iterdir() if p.is_dir()) == ["1", "2", "3"]
     other = tmp_path / "other"
-    (other / "pih2t_preprocess" / "1").mkdir(parents=True)  # a model of the same name the user wrote
-    with pytest.raises(UserError, match="pih2t_preprocess exists and was not written by pih2t-triton"):
+    (other / "digits-lt_preprocess" / "1").mkdir(parents=True)  # a model of the same name the user wrote
+    with pytest.raises(UserError, match="digits-lt_preprocess exists and was not written by pih2t-triton"):
         build_repository(artifact, other, RepositorySettings(force=True))
-    assert sorted(p.name for p in other.iterdir()) == ["pih2t_preprocess"]
-    with pytest.raises(UserError, match="pih2t_onnx/2 was not written by pih2t-triton"):
+    assert sorted(p.name for p in other.iterdir()) == ["digits-lt_preprocess"]
+    with pytest.raises(UserError, match="digits-lt_onnx/2 was not written by pih2t-triton"):
         build_repository(artifact, repo, RepositorySettings(version=2, force=True))
-    assert (repo / "pih2t_onnx" / "2" / "model.onnx").read_bytes() == b"the user's own version 2"
+    assert (repo / "digits-lt_onnx" / "2" / "model.onnx").read_bytes() == b"the user's own version 2"
 
 
 def test_a_tensorrt_plan_is_deserialised_with_host_code_forbidden(tmp_path, monkeypatch):

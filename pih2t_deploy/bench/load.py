@@ -81,7 +81,7 @@ async def drive(url: str, concurrency: int, seconds: float, payload: bytes, path
 
 
 def run_load(
-    url: str, concurrency: int, seconds: float, image: Path, protocol: str = "rest", model: str = "pih2t"
+    url: str, concurrency: int, seconds: float, image: Path, protocol: str = "rest", model: str = "digits-lt"
 ) -> dict:
     """Run ``drive`` in a separate Python process and return its summary."""
     command = [
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--image", type=Path, required=True)
     parser.add_argument("--protocol", choices=("rest", "triton"), default="rest")
-    parser.add_argument("--model", default="pih2t")
+    parser.add_argument("--model", default="digits-lt")
     args = parser.parse_args()
     summary = asyncio.run(
         drive(args.url, args.concurrency, args.seconds, args.image.read_bytes(), args.protocol, args.model)

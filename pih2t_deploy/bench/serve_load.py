@@ -34,15 +34,18 @@ def _rest(
 def _triton(
     artifact: Path, image: Path, concurrencies: list[int], seconds: float, work: Path, threads: int
 ) -> list[dict[str, Any]]:
+    from pih2t_deploy.runtime.loader import read_artifact_info
     from pih2t_deploy.serving.triton.repository import RepositorySettings, build_repository
     from pih2t_deploy.serving.triton.server import Ports, start_server, wait_until_ready
 
     build_repository(artifact, work / "repo", RepositorySettings(cpu_python=True, max_queue_delay_us=2000))
+    name = read_artifact_info(artifact).name  # the ensemble is named after the artifact
     ports = Ports(free_port(), free_port(), free_port())
     server = start_server(work / "repo", ports, work / "server", log_path=work / "triton.log", threads=threads)
     try:
         wait_until_ready(server, ports)
-        return [run_load(f"http://127.0.0.1:{ports.http}", c, seconds, image, protocol="triton") for c in concurrencies]
+        url = f"http://127.0.0.1:{ports.http}"
+        return [run_load(url, c, seconds, image, protocol="triton", model=name) for c in concurrencies]
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -24,7 +24,10 @@ triton_app = typer.Typer(
 def build(
     model: Annotated[Path, Opt("--model", help="artifact folder from pih2t-export --format onnx")],
     repo: Annotated[Path, Opt("--repo", help="model repository folder to write into")],
-    name: Annotated[str, Opt(help="ensemble name; the other models are <name>_onnx, ...")] = "pih2t",
+    name: Annotated[
+        str | None,
+        Opt(help="ensemble name (default: the artifact's, as pih2t-serve names it); others <name>_onnx, ..."),
+    ] = None,
     max_batch: Annotated[int, Opt(help="max_batch_size of every model")] = 64,
     instances: Annotated[int, Opt(help="instances per model")] = 1,
     kind: Annotated[str, Opt(help="cpu or gpu instances")] = "cpu",
@@ -72,9 +75,9 @@ def validate(repo: Annotated[Path, typer.Argument(help="model repository folder"
 @triton_app.command("infer")
 def infer(
     images: Annotated[list[Path], typer.Argument(help="image files")],
+    model: Annotated[str, Opt(help="ensemble (or pih2t-serve model) name: the artifact's name, e.g. digits-lt")],
     url: Annotated[str, Opt(help="server address host:port")] = "127.0.0.1:8000",
     protocol: Annotated[str, Opt(help="http or grpc")] = "http",
-    model: Annotated[str, Opt(help="ensemble (or pih2t-serve model) name")] = "pih2t",
     top_k: Annotated[int, Opt(help="classes to show per image")] = 5,
 ) -> None:
     """Classify image files through the ensemble and print the top-k labels."""

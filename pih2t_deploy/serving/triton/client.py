@@ -30,7 +30,7 @@ def _parse(entry: bytes | str) -> Ranked:
 
 
 def classify_files(
-    url: str, images: list[Path], *, model: str = "pih2t", top_k: int = 5, protocol: str = "http"
+    url: str, images: list[Path], *, model: str, top_k: int = 5, protocol: str = "http"
 ) -> list[list[Ranked]]:
     """Top-k for each image file, in order; UserError for unreadable files or an unreachable server."""
     blobs = []

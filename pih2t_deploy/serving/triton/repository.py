@@ -38,7 +38,7 @@ TYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8"}
 class RepositorySettings:
     """Options of ``pih2t-triton build``."""
 
-    name: str = "pih2t"
+    name: str | None = None  # the ensemble's name; default: the artifact's (what pih2t-serve calls it)
     max_batch: int = 64
     instances: int = 1
     kind: str = "cpu"
@@ -52,7 +52,7 @@ class RepositorySettings:
 
     def validate(self) -> None:
         """ConfigError naming the first bad setting."""
-        if not NAME.match(self.name):
+        if self.name is not None and not NAME.match(self.name):
             raise ConfigError(f"--name {self.name!r} must be letters, digits, '_' or '-' (at most 64)")
         if self.max_batch < 1 or self.instances < 1 or self.max_queue_delay_us < 0 or self.version < 1:
             raise ConfigError("--max-batch, --instances and the version must be >= 1, --max-queue-delay-us >= 0")
@@ -182,7 +182,11 @@ def build_repository(artifact: Path, repo: Path, settings: RepositorySettings) -
     shape = [int(d) for d in manifest.input.shape[1:]]
     if manifest.input.shape[0] != "batch":
         raise UserError(f"{artifact} was exported with a fixed batch size; re-export without --static-batch")
-    name, version = settings.name, str(settings.version)
+    name, version = settings.name or info.name, str(settings.version)
+    if not NAME.match(name):
+        raise ConfigError(
+            f"the artifact's name {name!r} is not a Triton model name: pass --name NAME (letters, digits, '_', '-')"
+        )
     copies: dict[str, Path | str] = {inside: artifact / source for inside, source in triton.files.items()}
     if settings.cpu_python:
         target = f"{name}_onnx_py"
