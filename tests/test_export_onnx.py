@@ -73,6 +73,8 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, ckpt):
     ok = run_cli("export", "--ckpt", str(path), "--output", str(tmp_path / "out"))
     assert ok.returncode == 0, ok.stderr
     assert "wrote" in ok.stdout and (tmp_path / "out" / "model.onnx").exists()
+    wrote = next(line for line in ok.stdout.splitlines() if line.startswith("wrote"))
+    assert len(wrote) > 80 and wrote.endswith("model.json)"), "piped output is not wrapped at 80 columns"
     (tmp_path / "garbage.pt").write_bytes(b"not a model")
     for bad, message in (
         (["--ckpt", str(tmp_path / "missing.pt")], "does not exist"),

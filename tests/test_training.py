@@ -337,3 +337,15 @@ def test_a_loss_parameter_the_loss_does_not_take_is_refused_with_the_ones_it_doe
         load_recipe("digits-lt", overrides)
     assert str(refused.value) == message
     assert load_recipe("digits-lt", ["loss.name=balanced_softmax", "loss.params.tau=1.5"]).loss.params == {"tau": 1.5}
+
+
+def test_loader_workers_are_capped_at_the_cpus_available_and_say_so():
+    from pih2t_deploy.training.engine import loader_workers
+
+    notes: list[str] = []
+    available = len(os.sched_getaffinity(0))
+    assert loader_workers(available + 3, notes.append) == available
+    assert notes == [
+        f"runtime.workers={available + 3} but {available} CPUs are available here: using {available} loader workers"
+    ]
+    assert loader_workers(0, notes.append) == 0 and len(notes) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from rich.logging import RichHandler
 
 from pih2t_deploy.errors import ConfigError
 
-console = Console()
+# Not a terminal (a pipe, a file, CI): no hard wrap at 80 columns; tables get COLUMNS, else 200 characters
+_PIPED_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
+console = Console(soft_wrap=True, width=_PIPED_WIDTH)
 err_console = Console(stderr=True, soft_wrap=True)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LIBRARY_LOGGER = "pih2t_deploy"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -85,6 +86,7 @@ class Trainer:
         if self.device.type == "cuda" and self.world.distributed:
             self.device = torch.device("cuda", self.world.local_rank)
         self.log = log if self.world.is_main else (lambda _msg: None)
+        self.workers = loader_workers(recipe.runtime.workers, self.log)
         self.amp_dtype = torch.bfloat16 if self.device.type == "cuda" and recipe.runtime.amp else None
         self.memory_format = (
             torch.channels_last
@@ -124,7 +126,7 @@ class Trainer:
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            num_workers=self.recipe.runtime.workers,
+            num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
             drop_last=len(sampler) > batch_size,
             persistent_workers=False,
@@ -192,7 +194,7 @@ class Trainer:
 
     def evaluate(self, net: PIH2TNet, bundle: DataBundle) -> dict[str, Any]:
         """The test-set summary of ``net`` (Many/Medium/Few, ECE, per class)."""
-        loader = DataLoader(bundle.test, batch_size=256, num_workers=self.recipe.runtime.workers)
+        loader = DataLoader(bundle.test, batch_size=256, num_workers=self.workers)
         logits, targets = predict(net, loader, self.device)
         data = self.recipe.data
         return summarize(logits, targets, bundle.train.class_counts, data.thresholds, data.index_groups)
@@ -285,6 +287,16 @@ class Trainer:
         dist_utils.barrier(self.world)
         dist_utils.shutdown(self.world)
         return TrainResult(self.output, model_path, stage1_path, metrics)
+
+
+def loader_workers(requested: int, log: Callable[[str], None]) -> int:
+    """``runtime.workers``, at most the CPUs this process may use (PyTorch warns every epoch otherwise); says
+    so once when it lowers the number."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if requested > available:
+        log(f"runtime.workers={requested} but {available} CPUs are available here: using {available} loader workers")
+        return available
+    return requested
 
 
 def best_epoch_on_test(history: list[dict[str, Any]]) -> dict[str, Any]:
