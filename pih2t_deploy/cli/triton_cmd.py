@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -99,4 +100,12 @@ def serve(
     """Run the tritonserver shipped with nvidia-pytriton on 127.0.0.1 (Python backend only)."""
     from pih2t_deploy.serving.triton.server import Ports, serve_forever
 
+    if shutil.which("nvidia-smi") is None:
+        err_console.print(CPU_NOTE, markup=False)
     raise typer.Exit(serve_forever(repo, Ports(http_port, grpc_port, metrics_port)))
+
+
+CPU_NOTE = (
+    "no GPU here: tritonserver (a CUDA build) logs 'CudaDriverHelper has not been initialized' and 'unable to "
+    "create stream' at start; both are expected on a CPU and harmless (pinned memory and GPU metrics are off)"
+)

@@ -105,6 +105,9 @@ def start_server(
         f"--exit-timeout-secs={exit_timeout_s}",
         "--strict-readiness=true",
         "--log-verbose=0",
+        # a CPU-only server: no pinned (CUDA host) memory pool and no GPU metrics, so no CUDA or NVML errors
+        "--pinned-memory-pool-byte-size=0",
+        "--allow-gpu-metrics=false",
     ]
     output = open(log_path, "wb") if log_path else None  # noqa: SIM115 - handed to the child process
     return subprocess.Popen(
