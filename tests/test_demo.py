@@ -174,3 +174,18 @@ def test_the_top_k_shown_is_ranked_by_the_adjusted_probabilities():
     expected = weights / weights.sum()
     assert list(adjusted) == ["eel (Few)", "dog (Medium)"]
     assert list(adjusted.values()) == pytest.approx([expected[2], expected[1]])
+
+
+def test_examples_come_from_the_models_own_test_data_or_there_are_none(tmp_path):
+    from pih2t_deploy.serving.demo import SAMPLES, default_examples
+
+    assert default_examples({"data": {"source": "digits-lt"}}) == sorted(SAMPLES.glob("*.png"))
+    for name in ("cat", "dog"):
+        (tmp_path / "test" / name).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / "test" / name / "b.png")
+        Image.new("RGB", (4, 4)).save(tmp_path / "test" / name / "a.jpg")
+    (tmp_path / "test" / "dog" / "notes.txt").write_text("not an image")
+    found = default_examples({"data": {"source": "imagefolder", "root": str(tmp_path)}})
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["test/cat/a.jpg", "test/dog/a.jpg"]
+    assert default_examples({"data": {"source": "imagefolder", "root": str(tmp_path / "gone")}}) == []
+    assert default_examples({"recipe": "authors-h2t-import"}) == []

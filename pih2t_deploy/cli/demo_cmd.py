@@ -22,7 +22,9 @@ def demo(
     share: Annotated[
         str, Opt(help="public share link: never (the only choice; use a reverse proxy to publish)")
     ] = "never",
-    examples: Annotated[Path | None, Opt(help="folder of example images (default: bundled Digits samples)")] = None,
+    examples: Annotated[
+        Path | None, Opt(help="folder of example images (default: from the model's own test data, when known)")
+    ] = None,
     max_file_mb: Annotated[float, Opt(help="largest upload")] = 5.0,
     verify_key: Annotated[Path | None, Opt(help=VERIFY_KEY_HELP)] = None,
 ) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pih2t_deploy.data.images import open_image
+from pih2t_deploy.data.images import IMAGE_SUFFIXES, open_image
 from pih2t_deploy.data.longtail import GroupThresholds, log_prior, logit_adjusted, softmax, top_k
 from pih2t_deploy.errors import DataError
 from pih2t_deploy.runtime import Classifier
@@ -120,6 +120,33 @@ class LongTailExplainer:
         return "\n".join(lines)
 
 
+MAX_EXAMPLES = 12
+
+
+def default_examples(meta: dict[str, Any]) -> list[Path]:
+    """Example images from the model's own test data when its metadata says where they are: the bundled
+    Digits samples for a Digits-LT model, the first image of each class of ROOT/test (at most MAX_EXAMPLES)
+    for an image-folder model whose folder is on this machine; none otherwise (examples of another domain
+    would only mislead)."""
+    data = meta.get("data") or {}
+    if data.get("source") == "digits-lt":
+        return sorted(SAMPLES.glob("*.png"))
+    root = data.get("root")
+    if data.get("source") != "imagefolder" or not root:
+        return []
+    test = Path(root) / (data.get("test_split") or "test")
+    if not test.is_dir():
+        return []
+    found = []
+    for folder in sorted(p for p in test.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        first = next((f for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()), None)
+        if first is not None:
+            found.append(first)
+        if len(found) == MAX_EXAMPLES:
+            break
+    return found
+
+
 def build_demo(classifier: Classifier, settings: DemoSettings | None = None):
     """The Gradio Blocks app (not launched)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -140,7 +167,7 @@ def build_demo(classifier: Classifier, settings: DemoSettings | None = None):
         predicted = int(top_k(logit_adjusted(log_probs, explainer.counts, tau), 1)[0])
         return explainer.ranked(log_probs, float(tau), k), gr.BarPlot(label=explainer.distribution_title(predicted))
 
-    examples = [str(p) for p in settings.examples] or [str(p) for p in sorted(SAMPLES.glob("*.png"))]
+    examples = [str(p) for p in settings.examples or default_examples(classifier.info.meta)]
     with gr.Blocks(title=f"pih2t demo: {classifier.info.name}", analytics_enabled=False) as demo:
         gr.Markdown(
             "# Long-tailed image classification with PI-H2T\nUpload an image; move **tau** to shift "
@@ -151,7 +178,8 @@ def build_demo(classifier: Classifier, settings: DemoSettings | None = None):
                 image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="image")
                 tau = gr.Slider(0.0, 2.0, value=0.0, step=0.1, label="logit adjustment tau (0 = as trained)")
                 button = gr.Button("Classify", variant="primary")
-                gr.Examples(examples=[[e] for e in examples], inputs=[image])
+                if examples:
+                    gr.Examples(examples=[[e] for e in examples], inputs=[image])
             with gr.Column():
                 label = gr.Label(num_top_classes=k, label="prediction")
                 plot = gr.BarPlot(
