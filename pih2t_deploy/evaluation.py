@@ -80,6 +80,17 @@ def _by_class_index(per_class: Sequence[float | None], bounds: Sequence[int]) ->
     return out
 
 
+MAX_NAMED_CLASSES = 30
+
+
+def class_axis_labels(class_names: Sequence[str], class_counts: Sequence[int], order: Sequence[int]) -> list[str]:
+    """The per-class axis's tick labels in the order shown (head to tail): each class's name and training
+    count, e.g. ``"7 (500)"``; none beyond MAX_NAMED_CLASSES classes (the axis then says how many)."""
+    if len(order) > MAX_NAMED_CLASSES:
+        return []
+    return [f"{class_names[i]} ({int(class_counts[i])})" for i in order]
+
+
 def plot_summary(summary: dict[str, Any], class_names: Sequence[str], class_counts: Sequence[int], path: Path) -> Path:
     """PNG: per-class accuracy and the confusion matrix, classes sorted by training frequency (head first)."""
     import matplotlib
@@ -95,11 +106,11 @@ def plot_summary(summary: dict[str, Any], class_names: Sequence[str], class_coun
     colours = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#d62728"}
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     left.bar(range(len(order)), accuracy, color=[colours[summary["groups"][i]] for i in order])
-    left.set(
-        title="Per-class accuracy (head -> tail)", xlabel="class, by training count", ylabel="accuracy", ylim=(0, 1)
-    )
-    if len(order) <= 30:
-        left.set_xticks(range(len(order)), [class_names[i] for i in order], rotation=90)
+    ticks = class_axis_labels(class_names, class_counts, order)
+    axis = "class (training images), head -> tail" if ticks else f"{len(order)} classes by training images"
+    left.set(title="Per-class accuracy (head -> tail)", xlabel=axis, ylabel="accuracy", ylim=(0, 1))
+    if ticks:
+        left.set_xticks(range(len(order)), ticks, rotation=90)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
     left.legend(handles, list(colours), loc="upper right")
     image = right.imshow(confusion, cmap="viridis", vmin=0, vmax=1)

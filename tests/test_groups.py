@@ -219,3 +219,15 @@ def test_the_default_selection_is_numpys_generator_by_hand():
     assert default.tolist() == select_longtail(labels, [6, 3, 1], seed=4, method="generator").tolist()
     assert default.tolist() != select_longtail(labels, [6, 3, 1], seed=4, method="authors").tolist()
     assert len(default) == 10
+
+
+def test_the_per_class_axis_names_each_class_and_its_count_in_the_order_shown():
+    """eval.png's per-class bars go head to tail: each tick names its class and training count, so a folder
+    whose class names are digits is not read as sorted by class index."""
+    from pih2t_deploy.data.longtail import top_k
+    from pih2t_deploy.evaluation import class_axis_labels
+
+    names, counts = ["0", "1", "2", "3"], [5, 50, 20, 1]
+    order = top_k(np.asarray(counts), len(counts))
+    assert class_axis_labels(names, counts, order) == ["1 (50)", "2 (20)", "0 (5)", "3 (1)"]
+    assert class_axis_labels([str(i) for i in range(31)], list(range(31)), list(range(31))) == []
