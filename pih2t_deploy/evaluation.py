@@ -83,7 +83,9 @@ def _by_class_index(per_class: Sequence[float | None], bounds: Sequence[int]) ->
 MAX_NAMED_CLASSES = 30
 
 
-def class_axis_labels(class_names: Sequence[str], class_counts: Sequence[int], order: Sequence[int]) -> list[str]:
+def class_axis_labels(
+    class_names: Sequence[str], class_counts: Sequence[int], order: Sequence[int] | np.ndarray
+) -> list[str]:
     """The per-class axis's tick labels in the order shown (head to tail): each class's name and training
     count, e.g. ``"7 (500)"``; none beyond MAX_NAMED_CLASSES classes (the axis then says how many)."""
     if len(order) > MAX_NAMED_CLASSES:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -33,9 +34,14 @@ def make_net(arch: str = "digits_net", *, size: int = 8, seed: int = 0, **settin
 
 
 def run_cli(*args: str, timeout: float = 280) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m pih2t_deploy.cli ARGS`` in a fresh process and capture its output."""
+    """Run ``python -m pih2t_deploy.cli ARGS`` in a fresh process and capture its output, with the environment
+    Python sees (a library loaded by the tests sets COLUMNS=80 in the C environment, which would narrow tables)."""
     return subprocess.run(
-        [sys.executable, "-m", "pih2t_deploy.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "pih2t_deploy.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
     )
 
 

@@ -92,24 +92,13 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, ckpt):
     assert not (tmp_path / "y").exists()
 
 
-def test_the_cli_passes_fold_and_graph_options_on(tmp_path, ckpt, monkeypatch):
-    """Each export flag reaches the export (run in-process through the command's own parser): --fuse-bn folds
-    every BatchNorm into its convolution, --logit-adjust folds tau, --max-batch sets the verified batches."""
-    import logging
-
-    from typer.testing import CliRunner
-
-    from pih2t_deploy.cli import COMMANDS, _typer_app
-
-    library = logging.getLogger("pih2t_deploy")  # the command configures the library's logger: undo it after
-    monkeypatch.setattr(library, "handlers", list(library.handlers))
-    for attribute in ("level", "propagate"):
-        monkeypatch.setattr(library, attribute, getattr(library, attribute))
+def test_the_cli_passes_fold_and_graph_options_on(tmp_path, ckpt):
+    """Each export flag reaches the export: --fuse-bn folds every BatchNorm into its convolution,
+    --logit-adjust folds tau, --max-batch sets the verified batches."""
     path, _ = ckpt
-    runner = CliRunner()
     for name, flags in (("plain", []), ("fused", ["--fuse-bn", "--logit-adjust", "0.5", "--max-batch", "3"])):
-        done = runner.invoke(_typer_app(COMMANDS), ["export", "--ckpt", str(path), "-o", str(tmp_path / name), *flags])
-        assert done.exit_code == 0, done.output
+        done = run_cli("export", "--ckpt", str(path), "-o", str(tmp_path / name), *flags)
+        assert done.returncode == 0, done.stderr
     plain = json.loads((tmp_path / "plain" / "model.json").read_text())
     fused = json.loads((tmp_path / "fused" / "model.json").read_text())
     assert (plain["fold"]["bn_fused"], plain["export"]["fuse_bn"]) == (0, False)

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pih2t_deploy.artifact import MANIFEST_FILE
+from pih2t_deploy.artifact import MANIFEST_FILE, Manifest
 from pih2t_deploy.cli.common import console, log, parse_int_list, parse_str_list
-from pih2t_deploy.export.options import DEFAULT_OPSET
+from pih2t_deploy.export.options import DEFAULT_OPSET, ExportOptions
 from pih2t_deploy.formats import formats_help
 
 Opt = typer.Option
@@ -25,6 +25,46 @@ def graph_summary(graph: dict, arch: str) -> str:
         f"graph: {graph['exported_nodes']} nodes ({graph['vanilla_nodes']} in the vanilla {arch}); "
         f"operators beyond it: {extra}"
     )
+
+
+def verification_table(manifest: Manifest) -> Table:
+    """Every parity block of the manifest: per batch the differences and agreements, and whether the block
+    gates the export (a tolerance applies) or is only reported (INT8, judged on accuracy instead)."""
+    table = Table(title=f"verification of {manifest.model_file} against the unfolded PyTorch model")
+    for column in ("inputs", "batch", "max |diff|", "rel diff", "top-1 agree", "top-5 agree", "check"):
+        table.add_column(column, justify="right")
+    for block in manifest.verification:
+        if block.get("gated", block["tolerance"] is not None):
+            check = f"<= {block['tolerance']:.0e} x max(1, |output|): {'passed' if block['passed'] else 'FAILED'}"
+        else:
+            check = "reported, not gated"
+        for row in block["results"]:
+            table.add_row(
+                block["source"],
+                str(row["batch"]),
+                f"{row['max_abs_diff']:.2e}",
+                f"{row['max_rel_diff']:.2e}",
+                f"{row['top1_agreement']:.1%}",
+                f"{row['top5_agreement']:.1%}",
+                check,
+            )
+    return table
+
+
+def gate_line(manifest: Manifest, options: ExportOptions) -> str:
+    """One line saying which check decided the export, on what data, with which limit, and its outcome."""
+    drops = (manifest.accuracy or {}).get("drop_points")
+    if options.reduced_precision and drops:
+        what = "INT8 quantization" if options.quantized else "bf16 inference"
+        source = next((b["source"] for b in manifest.verification if b["source"].startswith("real images")), "")
+        lost = ", ".join(f"{group} {points:.1f}" for group, points in drops.items())
+        return (
+            f"gate: {what} may lose at most {options.max_group_drop:g} points of accuracy on top-1 and on each of "
+            f"Many/Medium/Few, measured on {source}; it lost {lost} points: passed. The differences above on "
+            "random inputs are reported only (quantized outputs are judged by accuracy, not by parity)"
+        )
+    gated = [b["source"] for b in manifest.verification if b.get("gated", b["tolerance"] is not None)]
+    return f"gate: outputs within the tolerance of the PyTorch model on {' and '.join(gated)}: passed"
 
 
 def export(
@@ -70,7 +110,6 @@ def export(
 ) -> None:
     """Fold the train-time fusion away, export, verify against PyTorch and write the artifact folder."""
     from pih2t_deploy.export.exporter import export_checkpoint
-    from pih2t_deploy.export.options import ExportOptions
 
     options = ExportOptions(
         output=output,
@@ -102,20 +141,8 @@ def export(
     )
     result = export_checkpoint(ckpt, options, log=log)
     manifest = result.manifest
-    table = Table(title=f"verification of {manifest.model_file} against the unfolded PyTorch model")
-    for column in ("inputs", "batch", "max |diff|", "rel diff", "top-1 agree", "top-5 agree"):
-        table.add_column(column, justify="right")
-    for block in manifest.verification:
-        for row in block["results"]:
-            table.add_row(
-                block["source"],
-                str(row["batch"]),
-                f"{row['max_abs_diff']:.2e}",
-                f"{row['max_rel_diff']:.2e}",
-                f"{row['top1_agreement']:.0%}",
-                f"{row['top5_agreement']:.0%}",
-            )
-    console.print(table)
+    console.print(verification_table(manifest))
+    console.print(gate_line(manifest, options), markup=False, highlight=False)
     graph = manifest.graph
     if graph:
         console.print(graph_summary(graph, manifest.meta["arch"]), markup=False, highlight=False)

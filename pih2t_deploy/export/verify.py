@@ -43,11 +43,14 @@ class VerificationReport:
         return tolerance is None or all(r.max_abs_diff <= tolerance * max(1.0, r.reference_scale) for r in self.results)
 
     def to_dict(self) -> dict:
-        """A JSON-safe dict including ``passed`` and ``max_abs_diff``."""
+        """A JSON-safe dict including ``max_abs_diff``, whether the parity is ``gated`` (a tolerance applies)
+        and, when it is, ``passed`` (None when the numbers are only reported, e.g. INT8's, judged on accuracy)."""
+        gated = self.tolerance is not None
         return {
             "source": self.source,
             "tolerance": self.tolerance,
-            "passed": self.passed,
+            "gated": gated,
+            "passed": self.passed if gated else None,
             "max_abs_diff": self.max_abs_diff,
             "results": [asdict(r) for r in self.results],
         }

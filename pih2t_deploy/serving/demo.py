@@ -109,7 +109,7 @@ class LongTailExplainer:
             worst = max(block["max_abs_diff"] for block in checks)
             lines.append(
                 f"- export `{manifest.model_file}` verified against PyTorch: max |diff| {worst:.1e}, "
-                f"{'passed' if all(b['passed'] for b in checks) else 'FAILED'}"
+                f"{'passed' if all(b['passed'] is not False for b in checks) else 'FAILED'}"
             )
         graph = manifest.graph if manifest else None
         if graph:
