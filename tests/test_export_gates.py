@@ -77,6 +77,7 @@ def test_compare_on_hand_made_outputs():
     assert report.to_dict() == {
         "source": "random",
         "tolerance": 0.1,
+        "gated": True,
         "passed": False,  # 0.5 > 0.1 x max(1, 2)
         "max_abs_diff": 0.5,
         "results": [
@@ -90,7 +91,11 @@ def test_compare_on_hand_made_outputs():
             }
         ],
     }
-    assert VerificationReport("r", None, report.results).passed
+    reported_only = VerificationReport("r", None, report.results)
+    assert reported_only.passed and (reported_only.to_dict()["gated"], reported_only.to_dict()["passed"]) == (
+        False,
+        None,
+    )
 
 
 def test_parity_batches_are_seeded_inputs_of_the_graphs_form(tmp_path):

@@ -29,6 +29,7 @@ def test_commands_show_info_lines_and_log_level_hides_them(digits_artifact, tmp_
     ckpt = str(digits_artifact[0])
     shown = run_cli("export", "--ckpt", ckpt, "--output", str(tmp_path / "a"))
     assert shown.returncode == 0 and "loaded " in shown.stderr and "folded: float64" in shown.stderr
+    assert "gate: outputs within the tolerance of the PyTorch model on random inputs: passed" in shown.stdout
     quiet = run_cli("--log-level", "warning", "export", "--ckpt", ckpt, "--output", str(tmp_path / "b"))
     assert quiet.returncode == 0 and "loaded " not in quiet.stderr and "folded" not in quiet.stderr
     alias = os.path.join(os.path.dirname(sys.executable), "pih2t-export")

@@ -80,31 +80,35 @@ def test_resume_on_a_finished_run_says_so_and_retrains_nothing(trained_on_folder
     assert (trained_on_folder / "model.pt").stat().st_mtime_ns == before
 
 
-def test_a_preprocessing_that_does_not_fit_the_architecture_stops_before_training(digits_folder, tmp_path):
-    """The digits-lt recipe pointed at an image folder: digits_net would see 224x224 RGB and train at chance."""
-    done = run_cli("train", "--output", str(tmp_path / "r"), "data.source=imagefolder", f"data.root={digits_folder}")
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1:] == [
-        "error: model.arch=digits_net is built for 8..16-pixel inputs but the preprocessing gives 224x224 "
-        "(data.input_size); set data.input_size/data.resize to fit (e.g. data.input_size=8 data.resize=8) or "
-        "choose model.arch from resnet152, resnet18, resnet50, resnext50_32x4d"
+def test_what_the_folder_shows_cannot_work_stops_before_training_with_the_overrides_to_pass(digits_folder, tmp_path):
+    """The imagefolder defaults on 8x8 grayscale digits: the images decide mode and size (8x8 L, no 28x
+    upscaling), and resnet18, built for photos, is refused with the architectures that fit; a resize that
+    would blow the images up is refused with the sizes that fit; the digits-lt recipe's subsampling factor is
+    refused on a folder. Each exits 2 before a training step (no train state written)."""
+    cases = [
+        (
+            ["--recipe", "imagefolder"],
+            "error: model.arch=resnet18 is built for 64..1024-pixel inputs but the preprocessing gives 8x8 "
+            "(data.input_size); choose model.arch from digits_net, or set data.input_size/data.resize to fit "
+            "(e.g. data.input_size=224 data.resize=224)",
+        ),
+        (
+            ["--recipe", "imagefolder", "model.arch=resnet32", "data.input_size=32", "data.resize=32"],
+            "error: data.input_size=32 data.resize=32 upscale this data's images (median 8x8) 4.0x; pass "
+            "data.input_size=8 data.resize=8 (their own size, with a model.arch built for it), or "
+            "data.max_upscale=4 to train on images enlarged that much (the limit is 2)",
+        ),
+        (
+            ["data.source=imagefolder"],
+            "error: data.imbalance_factor=50 subsamples the built-in data sets (digits-lt, cifar10-lt, cifar100-lt) "
+            "only; imagefolder data keeps every image and its imbalance is measured from it: drop the setting "
+            "(start from --recipe imagefolder, not digits-lt)",
+        ),
     ]
-    assert not (tmp_path / "r" / "train_state.pt").exists()
-    done = run_cli(
-        "train",
-        "--recipe",
-        str(EXAMPLE),
-        "--output",
-        str(tmp_path / "r2"),
-        f"data.root={digits_folder}",
-        "model.arch=resnet18",
-        "data.input_size=64",
-        "data.resize=64",
-    )
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1:] == [
-        "error: model.arch=resnet18 takes 3-channel images: set data.mode=RGB"
-    ]
+    for number, (args, expected) in enumerate(cases):
+        done = run_cli("train", "--output", str(tmp_path / f"r{number}"), f"data.root={digits_folder}", *args)
+        assert (done.returncode, done.stderr.strip().splitlines()[-1:]) == (2, [expected]), done.stderr[-2000:]
+        assert not (tmp_path / f"r{number}" / "train_state.pt").exists()
 
 
 def _listening_socket() -> tuple[socket.socket, int]:

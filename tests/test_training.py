@@ -204,10 +204,22 @@ def test_torchrun_with_two_cpu_processes(tmp_path):
     ("args", "message"),
     [
         (["--recipe", "imagenet-1k"], "unknown recipe 'imagenet-1k'"),
-        (["stage1.epoch=3"], "unknown setting stage1.epoch; known: accumulate, batch_size, donor_sampler,"),
+        (
+            ["stage1.epoch=3"],
+            "unknown setting stage1.epoch; known: accumulate, batch_size, clip_grad_norm, donor_sampler,",
+        ),
         (["optimizer=adam"], "unknown setting optimizer; known: data, loss, method, model, name, runtime,"),
         (["--method", "focal"], "setting method='focal' is not allowed: Input should be 'ce', 'h2t' or 'pih2t'"),
-        (["data.source=imagefolder", "data.root=/nonexistent"], "image folder /nonexistent/train does not exist"),
+        (
+            ["--recipe", "imagefolder", "data.root=/nonexistent", "runtime.workers=0"],
+            "image folder /nonexistent/train does not exist",
+        ),
+        (
+            ["data.source=imagefolder", "data.root=/nonexistent"],
+            "data.imbalance_factor=50 subsamples the built-in data sets (digits-lt, cifar10-lt, cifar100-lt) only; "
+            "imagefolder data keeps every image and its imbalance is measured from it: drop the setting (start "
+            "from --recipe imagefolder, not digits-lt)",
+        ),
         (["stage1.lr=-1"], "setting stage1.lr=-1 is not allowed: Input should be greater than 0"),
         (["banana"], "must look like key=value"),
         (["runtime.amp=maybe"], "setting runtime.amp='maybe' is not allowed: Input should be a valid boolean"),
@@ -244,13 +256,16 @@ def test_an_image_that_fails_to_decode_in_a_loader_worker_is_named_in_one_line(t
             folder.mkdir(parents=True)
             for i in range(3):
                 Image.new("RGB", (8, 8), (40 * i, 90, 200)).save(folder / f"{i}.png")
-    (tmp_path / "data" / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    whole = (tmp_path / "data" / "train" / "dog" / "0.png").read_bytes()
+    (tmp_path / "data" / "train" / "dog" / "broken.png").write_bytes(whole[: len(whole) // 2])  # header intact
     result = run_cli(
         "train",
+        "--recipe",
+        "imagefolder",
         "--output",
         str(tmp_path / "r"),
-        "data.source=imagefolder",
         f"data.root={tmp_path / 'data'}",
+        "data.max_upscale=4",
         "data.input_size=32",
         "data.resize=32",
         "model.arch=resnet32",
@@ -349,3 +364,20 @@ def test_loader_workers_are_capped_at_the_cpus_available_and_say_so():
         f"runtime.workers={available + 3} but {available} CPUs are available here: using {available} loader workers"
     ]
     assert loader_workers(0, notes.append) == 0 and len(notes) == 1
+
+
+def test_clip_grad_norm_bounds_each_step(tmp_path):
+    """stage1.clip_grad_norm rescales the gradients before each step: with a vanishing bound (and no weight
+    decay or momentum to move the weights otherwise) stage 1 leaves the weights where they started; without
+    it the same steps move them."""
+    plain = ["stage1.momentum=0", "stage1.weight_decay=0", "stage2.epochs=0"]
+    start = _train(tmp_path, *plain, "stage1.epochs=0", name="start")
+    clipped = _train(tmp_path, *plain, "stage1.epochs=1", "stage1.clip_grad_norm=1e-12", name="clipped")
+    free = _train(tmp_path, *plain, "stage1.epochs=1", name="free")
+
+    def moved(result) -> float:
+        before = dict(load_checkpoint(start.stage1_path).net.named_parameters())
+        after = load_checkpoint(result.stage1_path).net.named_parameters()
+        return max(float((value - before[name]).detach().abs().max()) for name, value in after)
+
+    assert moved(free) > 1e-2 and moved(clipped) < 1e-9

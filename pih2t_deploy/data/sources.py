@@ -7,7 +7,7 @@ No source downloads anything: a missing folder gets a message saying where to pu
 from __future__ import annotations
 
 import pickle
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
@@ -16,6 +16,7 @@ import torch
 from torchvision.transforms import v2 as T
 
 from pih2t_deploy.data.datasets import ArrayImages, FileImages, LabelledImages, require_every_class
+from pih2t_deploy.data.folder_survey import FolderSurvey, check_upscale, fitted_sizes, survey_images
 from pih2t_deploy.data.images import IMAGE_SUFFIXES
 from pih2t_deploy.data.longtail import GroupThresholds, longtail_counts, select_longtail
 from pih2t_deploy.data.preprocessing import CIFAR_MEAN, CIFAR_STD, MODES, Preprocessing, to_mode
@@ -23,6 +24,8 @@ from pih2t_deploy.errors import ConfigError, DataError
 from pih2t_deploy.settings import FORBID_UNKNOWN_KEYS, validate_settings
 
 SourceName = Literal["digits-lt", "cifar10-lt", "cifar100-lt", "split-file", "imagefolder"]
+SUBSAMPLED_SOURCES = ("digits-lt", "cifar10-lt", "cifar100-lt")  # balanced sets made long-tailed here
+DEFAULT_IMBALANCE_FACTOR = 50.0
 AugmentName = Literal["none", "digits", "cifar", "imagenet"]
 SOURCES: tuple[str, ...] = get_args(SourceName)
 AUGMENTATIONS: tuple[str, ...] = get_args(AugmentName)
@@ -37,13 +40,18 @@ class DataConfig:
     ``np.random.seed(seed)`` / ``np.random.shuffle`` and keeps the first ones, as the H2T and LDAM-DRW code do
     (the same images as theirs). ``index_groups`` ``[a, b]`` adds the authors' Many/Medium/Few split by class
     index (classes ``< a`` / ``a..b-1`` / ``>= b``; CIFAR-100: ``[36, 71]``) beside the split by training count.
+
+    ``imbalance_factor`` shapes the sources made long-tailed here (SUBSAMPLED_SOURCES; 50 unless set); a folder
+    or split file keeps every image it lists, so its factor is measured, and setting one is refused. For those,
+    ``mode``, ``input_size`` and ``resize`` left unset are chosen from the images (folder_survey), and a resize
+    beyond ``max_upscale`` times their median shorter side is refused before training.
     """
 
     __pydantic_config__ = FORBID_UNKNOWN_KEYS
 
     source: SourceName = "digits-lt"
     root: str | None = None
-    imbalance_factor: float = 50.0
+    imbalance_factor: float | None = None
     seed: int = 0
     train_split: str | None = None
     test_split: str | None = None
@@ -52,7 +60,8 @@ class DataConfig:
     augment: AugmentName = "none"
     input_size: int | None = None
     resize: int | None = None
-    mode: Literal["RGB", "L"] = "RGB"
+    mode: Literal["RGB", "L"] | None = None
+    max_upscale: float = 2.0
     longtail_selection: Literal["generator", "authors"] = "generator"
     index_groups: tuple[int, int] | None = None
 
@@ -61,9 +70,19 @@ class DataConfig:
             raise ConfigError(f"unknown data source {self.source!r}; choose one of: {', '.join(SOURCES)}")
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"unknown augment {self.augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
-        if self.imbalance_factor < 1:
+        if self.source not in SUBSAMPLED_SOURCES and self.imbalance_factor is not None:
+            raise ConfigError(
+                f"data.imbalance_factor={self.imbalance_factor:g} subsamples the built-in data sets "
+                f"({', '.join(SUBSAMPLED_SOURCES)}) only; {self.source} data keeps every image and its imbalance "
+                "is measured from it: drop the setting (start from --recipe imagefolder, not digits-lt)"
+            )
+        if self.source in SUBSAMPLED_SOURCES and self.imbalance_factor is None:
+            object.__setattr__(self, "imbalance_factor", DEFAULT_IMBALANCE_FACTOR)
+        if self.imbalance_factor is not None and self.imbalance_factor < 1:
             raise ConfigError(f"imbalance_factor must be >= 1, got {self.imbalance_factor}")
-        if self.mode not in MODES:
+        if not self.max_upscale > 0:
+            raise ConfigError(f"data.max_upscale must be > 0, got {self.max_upscale}")
+        if self.mode is not None and self.mode not in MODES:
             raise ConfigError(f"unknown data.mode {self.mode!r}; choose RGB (colour) or L (grayscale)")
         if self.index_groups is not None and not 0 < self.index_groups[0] < self.index_groups[1]:
             raise ConfigError(f"data.index_groups must be two class indices 0 < a < b, got {list(self.index_groups)}")
@@ -80,18 +99,35 @@ class DataConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
         """From a dict (a checkpoint's record of its data set), validated by type; one ConfigError line naming
-        the key otherwise."""
+        the key otherwise. Records written before the factor was measured hold the recipe's 50 for folders:
+        it is dropped."""
+        if data.get("source") not in SUBSAMPLED_SOURCES:
+            data = {key: value for key, value in data.items() if key != "imbalance_factor"}
         return validate_settings(cls, data, "data.")
+
+    @property
+    def subsampled_factor(self) -> float:
+        """The imbalance factor a built-in source is subsampled to."""
+        return self.imbalance_factor or DEFAULT_IMBALANCE_FACTOR
 
 
 @dataclass
 class DataBundle:
-    """Training and test sets with the preprocessing that both use."""
+    """Training and test sets with the preprocessing that both use; ``config`` is the data definition with
+    what the images decided filled in, ``survey`` what was measured of a folder or split file's images."""
 
     train: LabelledImages
     test: LabelledImages
     preprocessing: Preprocessing
     train_transform: T.Compose
+    config: DataConfig
+    survey: FolderSurvey | None = None
+
+    @property
+    def imbalance_factor(self) -> float:
+        """Largest training class over the smallest, as measured."""
+        counts = self.train.class_counts
+        return max(counts) / max(1, min(counts))
 
 
 def _augmentation(name: str, prep: Preprocessing) -> list:
@@ -139,7 +175,7 @@ def _digits(config: DataConfig) -> tuple[ArrayImages, ArrayImages, Preprocessing
     )
     rest = np.setdiff1d(np.arange(len(labels)), test_idx)
     n_max = min(int(np.bincount(labels[rest]).min()), 120)
-    counts = longtail_counts(n_max, 10, config.imbalance_factor)
+    counts = longtail_counts(n_max, 10, config.subsampled_factor)
     train_idx = rest[select_longtail(labels[rest], counts, config.seed)]
     names = [str(i) for i in range(10)]
     full = ArrayImages(pixels, labels, names)
@@ -200,7 +236,7 @@ def _cifar(config: DataConfig, num_classes: int) -> tuple[ArrayImages, ArrayImag
     train_pixels, train_labels = arrays(train_parts)
     test_pixels, test_labels = arrays([test_part])
     n_max = int(np.bincount(train_labels, minlength=num_classes).max())
-    counts = longtail_counts(n_max, num_classes, config.imbalance_factor)
+    counts = longtail_counts(n_max, num_classes, config.subsampled_factor)
     try:
         keep = select_longtail(train_labels, counts, config.seed, config.longtail_selection)
     except ValueError as exc:
@@ -230,7 +266,7 @@ def _read_split(root: Path, split: str) -> tuple[list[Path], list[int]]:
     return paths, labels
 
 
-def _split_files(config: DataConfig) -> tuple[FileImages, FileImages, Preprocessing]:
+def _split_files(config: DataConfig) -> tuple[FileImages, FileImages]:
     if not config.root or not config.train_split or not config.test_split:
         raise ConfigError("split-file data needs data.root, data.train_split and data.test_split")
     root = Path(config.root)
@@ -245,11 +281,7 @@ def _split_files(config: DataConfig) -> tuple[FileImages, FileImages, Preprocess
         raise DataError(
             f"label {bad[0]} is out of range: the training split has {num_classes} classes (0..{num_classes - 1})"
         )
-    return (
-        FileImages(train_paths, train_labels, names),
-        FileImages(test_paths, test_labels, names),
-        _imagenet_prep(config),
-    )
+    return FileImages(train_paths, train_labels, names), FileImages(test_paths, test_labels, names)
 
 
 def _folder_tree(folder: Path) -> tuple[list[Path], list[int], list[str]]:
@@ -268,7 +300,7 @@ def _folder_tree(folder: Path) -> tuple[list[Path], list[int], list[str]]:
     return paths, labels, classes
 
 
-def _image_folders(config: DataConfig) -> tuple[FileImages, FileImages, Preprocessing]:
+def _image_folders(config: DataConfig) -> tuple[FileImages, FileImages]:
     if not config.root:
         raise ConfigError("imagefolder data needs data.root (with train/ and test/ class folders)")
     root = Path(config.root)
@@ -276,37 +308,38 @@ def _image_folders(config: DataConfig) -> tuple[FileImages, FileImages, Preproce
     test_paths, test_labels, test_names = _folder_tree(root / (config.test_split or "test"))
     if test_names != names:
         raise DataError(f"{root}: test classes differ from training classes")
-    return (
-        FileImages(train_paths, train_labels, names),
-        FileImages(test_paths, test_labels, names),
-        _imagenet_prep(config),
-    )
+    return FileImages(train_paths, train_labels, names), FileImages(test_paths, test_labels, names)
 
 
-def _imagenet_prep(config: DataConfig) -> Preprocessing:
-    """Folder and split-file data: ``data.input_size`` (224) after resizing the shorter side to ``data.resize``
-    (256/224 of it), in ``data.mode``; ImageNet statistics for RGB, 0.5/0.5 for grayscale."""
-    size = config.input_size or 224
-    resize = config.resize or max(size, round(size * 256 / 224))
-    if config.mode == "L":
-        return Preprocessing(size, resize, "L", (0.5,), (0.5,))
-    return Preprocessing(size, resize, "RGB")
+def _fitted_to_images(config: DataConfig, train: FileImages) -> tuple[Preprocessing, DataConfig, FolderSurvey]:
+    """Folder and split-file data: the survey of the training images decides what ``config`` leaves unset
+    (grayscale images get mode L; sizes by fitted_sizes), then refuses a resize that upscales too far.
+    ImageNet statistics for RGB, 0.5/0.5 for grayscale."""
+    survey = survey_images(train.paths)
+    mode = config.mode or ("L" if survey.grayscale else "RGB")
+    size, resize = fitted_sizes(survey, config.input_size, config.resize)
+    check_upscale(survey, size, resize, config.max_upscale)
+    fitted = replace(config, mode=mode, input_size=size, resize=resize)
+    if mode == "L":
+        return Preprocessing(size, resize, "L", (0.5,), (0.5,)), fitted, survey
+    return Preprocessing(size, resize, "RGB"), fitted, survey
 
 
 def build_data(config: DataConfig) -> DataBundle:
     """Training set (long-tailed), balanced test set and preprocessing for ``config``; clear DataErrors."""
     train: LabelledImages
     test: LabelledImages
+    survey = None
     if config.source == "digits-lt":
         train, test, prep = _digits(config)
     elif config.source in ("cifar10-lt", "cifar100-lt"):
         train, test, prep = _cifar(config, 10 if config.source == "cifar10-lt" else 100)
-    elif config.source == "split-file":
-        train, test, prep = _split_files(config)
     else:
-        train, test, prep = _image_folders(config)
+        files, test = _split_files(config) if config.source == "split-file" else _image_folders(config)
+        prep, config, survey = _fitted_to_images(config, files)
+        train = files
     require_every_class(train, "training set")
     test.transform = prep.transform()
     transform = train_transform(config.augment, prep)
     train.transform = transform
-    return DataBundle(train, test, prep, transform)
+    return DataBundle(train, test, prep, transform, config, survey)

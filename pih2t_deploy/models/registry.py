@@ -73,11 +73,12 @@ def check_input_fits(name: str, input_size: int, channels: int) -> None:
     low, high = spec.input_sizes
     if not low <= input_size <= high:
         fitting = [a for a in arch_names() if get_arch(a).input_sizes[0] <= input_size <= get_arch(a).input_sizes[1]]
+        side = spec.default_input_size
+        resize = f"set data.input_size/data.resize to fit (e.g. data.input_size={side} data.resize={side})"
         raise ConfigError(
             f"model.arch={name} is built for {low}..{high}-pixel inputs but the preprocessing gives "
-            f"{input_size}x{input_size} (data.input_size); set data.input_size/data.resize to fit "
-            f"(e.g. data.input_size={spec.default_input_size} data.resize={spec.default_input_size})"
-            + (f" or choose model.arch from {', '.join(fitting)}" if fitting else "")
+            f"{input_size}x{input_size} (data.input_size); "
+            + (f"choose model.arch from {', '.join(fitting)}, or {resize}" if fitting else resize)
         )
     if channels not in spec.in_channels:
         modes = " or ".join("data.mode=L" if c == 1 else "data.mode=RGB" for c in spec.in_channels)

@@ -92,11 +92,17 @@ class LongTailExplainer:
             f"- architecture **{meta.get('arch', '?')}**, method **{meta.get('method', '?')}**, "
             f"{info.num_classes} classes, input {list(self.classifier.input_shape)}",
         ]
-        data = meta.get("data")
+        data, counts = meta.get("data"), meta.get("class_counts")
         if data:
+            measured = (
+                f" (imbalance factor {max(counts) / max(1, min(counts)):.1f}, measured: {max(counts)} to "
+                f"{min(counts)} training images per class)"
+                if counts
+                else ""
+            )
             lines.append(
-                f"- data **{data.get('source')}** (imbalance factor {data.get('imbalance_factor')}), "
-                f"Many > {data.get('many_threshold')}, Few < {data.get('few_threshold')} training images"
+                f"- data **{data.get('source')}**{measured}, Many > {data.get('many_threshold')}, "
+                f"Few < {data.get('few_threshold')} training images"
             )
         results = meta.get("test_metrics")
         if results:

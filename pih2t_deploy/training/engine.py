@@ -210,7 +210,7 @@ class Trainer:
             stage=stage,
             recipe=self.recipe.name,
             extra={
-                "data": self.recipe.data.to_dict(),
+                "data": bundle.config.to_dict(),
                 "training": self.recipe.to_dict(),
                 "seed": self.recipe.seed,
                 "test_metrics": {k: summary[k] for k in ("top1", "top5", "many", "medium", "few", "ece")},
@@ -246,9 +246,16 @@ class Trainer:
             raise DataError(f"cannot read the data: {exc}") from None
         self.log(
             f"data {self.recipe.data.source}: {len(bundle.train)} training images in {bundle.train.num_classes} "
-            f"classes (largest {max(bundle.train.class_counts)}, smallest {min(bundle.train.class_counts)}), "
-            f"{len(bundle.test)} test images; device {self.device}, {self.world.size} process(es)"
+            f"classes (largest {max(bundle.train.class_counts)}, smallest {min(bundle.train.class_counts)}: "
+            f"imbalance factor {bundle.imbalance_factor:.1f}), {len(bundle.test)} test images; "
+            f"device {self.device}, {self.world.size} process(es)"
         )
+        if bundle.survey is not None:
+            prep = bundle.preprocessing
+            self.log(
+                f"{bundle.survey.describe()}: the network sees {prep.input_size}x{prep.input_size} {prep.mode} "
+                f"(shorter side resized to {prep.resize})"
+            )
         state = self._load_state()
         if state is None and self.world.is_main:
             (self.output / "metrics.jsonl").unlink(missing_ok=True)

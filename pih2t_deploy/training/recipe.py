@@ -82,6 +82,8 @@ class StageSettings:
     ``schedule``: ``cosine`` decays per optimisation step, ``cosine_epoch`` per epoch as the authors' stage 2
     does (``lr * 0.5 * (1 + cos(pi * epoch / epochs))``, the first epoch at the full rate), ``step`` multiplies
     by ``gamma`` at each of ``milestones`` (epochs); ``warmup_epochs`` of linear warm-up precede any of them.
+    ``clip_grad_norm`` rescales the gradients whose global norm exceeds it before each step (None: never), which
+    keeps a high lr stable on small data sets.
     """
 
     __pydantic_config__ = FORBID_UNKNOWN_KEYS
@@ -102,6 +104,7 @@ class StageSettings:
     fusion_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
     shift_bn: bool = True
     accumulate: PositiveInt = 1
+    clip_grad_norm: PositiveFloat | None = None
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,8 @@ class Stage:
                 result = self.step(images, labels, donor, epoch)
             (result.loss / settings.accumulate).backward()
             if (index + 1) % settings.accumulate == 0 or index + 1 == len(self.receivers):
+                if settings.clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), settings.clip_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
