@@ -13,6 +13,7 @@ from pih2t_deploy.serving.v2_codec import (
     ProtocolError,
     decode_tensor,
     deserialize_bytes,
+    element_count,
     encode_response,
     is_count,
     load_json,
@@ -261,3 +262,21 @@ def test_error_messages_quote_at_most_a_short_prefix_of_the_clients_input():
     assert len(message) < 200 and message.startswith("input 'nnnn") and "(100002 characters)" in message
     long_type = _refused(_one(datatype="X" * 100_000, data=[1]))
     assert len(long_type) < 200 and "unsupported datatype 'XXXX" in long_type
+
+
+def test_a_shape_is_bounded_by_rank_and_every_error_names_the_input():
+    """Rank MAX_RANK (8) is the largest accepted; the refusals quote the input's name and say what the shape
+    was, and decode_tensor passes the name on (survivors of the 2026-12-06 mutation run)."""
+    assert element_count("pixels", [1] * 8) == 1
+    too_long = "input 'pixels': shape must be a list of at most 8 dimensions, got one of 9 dimensions"
+    cases = [
+        (too_long, lambda: element_count("pixels", [1] * 9)),
+        ("input 'pixels': shape must be a list of at most 8 dimensions, got one", lambda: element_count("pixels", "3")),
+        (too_long, lambda: decode_tensor("pixels", "FP32", [1] * 9, None, [1.0])),
+    ]
+    for message, call in cases:
+        with pytest.raises(ProtocolError) as refused:
+            call()
+        assert str(refused.value) == message
+    with pytest.raises(ProtocolError, match=r"^input 'pixels': values must be finite FP32 numbers"):
+        decode_tensor("pixels", "FP32", [1], None, [float("nan")])
