@@ -252,11 +252,13 @@ def test_validate_catches_labels_and_missing_files(tmp_path, digits_artifact):
     labels.write_text("\n".join(labels.read_text().splitlines()[:-1]) + "\n")
     (tmp_path / "repo" / "digits-lt_onnx" / "1" / "model.onnx").unlink()
     (tmp_path / "repo" / "digits-lt" / "labels.txt").unlink()
+    (tmp_path / "repo" / "digits-lt_preprocess" / "1" / "model.py").unlink()
     problems = validate_repository(tmp_path / "repo").problems
     assert problems == [
         "digits-lt: label file labels.txt is missing",
         "digits-lt_onnx: version 1 has no model.onnx for onnxruntime_onnx",
         "digits-lt_onnx: labels.txt has 9 lines for [10] classes",
+        "digits-lt_preprocess: version 1 has no model.py for python",
     ]
     done = run_cli("triton", "validate", str(tmp_path / "repo"))
     assert done.returncode == 1 and "problem:" in done.stderr
