@@ -27,6 +27,12 @@ def graph_summary(graph: dict, arch: str) -> str:
     )
 
 
+def _gated(block: dict) -> bool:
+    """Whether a manifest's parity block decided the export (a tolerance applied); records written before
+    ``gated`` existed say so by their tolerance."""
+    return bool(block.get("gated", block["tolerance"] is not None))
+
+
 def verification_table(manifest: Manifest) -> Table:
     """Every parity block of the manifest: per batch the differences and agreements, and whether the block
     gates the export (a tolerance applies) or is only reported (INT8, judged on accuracy instead)."""
@@ -34,7 +40,7 @@ def verification_table(manifest: Manifest) -> Table:
     for column in ("inputs", "batch", "max |diff|", "rel diff", "top-1 agree", "top-5 agree", "check"):
         table.add_column(column, justify="right")
     for block in manifest.verification:
-        if block.get("gated", block["tolerance"] is not None):
+        if _gated(block):
             check = f"<= {block['tolerance']:.0e} x max(1, |output|): {'passed' if block['passed'] else 'FAILED'}"
         else:
             check = "reported, not gated"
@@ -58,11 +64,7 @@ def gate_line(manifest: Manifest, options: ExportOptions) -> str:
     from pih2t_deploy.export.gates import MIN_TOP1_AGREEMENT
 
     checks = []
-    gated = [
-        "random inputs" if b["source"] == "random" else b["source"]
-        for b in manifest.verification
-        if b.get("gated", b["tolerance"] is not None)
-    ]
+    gated = ["random inputs" if b["source"] == "random" else b["source"] for b in manifest.verification if _gated(b)]
     if gated:
         checks.append(f"outputs within the tolerance of the PyTorch model on {' and '.join(gated)}")
     if options.reduced_precision:

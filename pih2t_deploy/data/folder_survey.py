@@ -62,11 +62,10 @@ def survey_images(paths: Sequence[Path]) -> FolderSurvey:
     class); DataError naming the first unreadable image."""
     step = max(1, len(paths) // SURVEYED_IMAGES)
     headers = [_header(path) for path in paths[::step][:SURVEYED_IMAGES]]
-    widths, heights = [w for w, _, _ in headers], [h for _, h, _ in headers]
     return FolderSurvey(
         images_read=len(headers),
-        shorter_side=statistics.median_low(min(w, h) for w, h in zip(widths, heights, strict=True)),
-        median_size=(statistics.median_low(widths), statistics.median_low(heights)),
+        shorter_side=statistics.median_low(min(w, h) for w, h, _ in headers),
+        median_size=(statistics.median_low(w for w, _, _ in headers), statistics.median_low(h for _, h, _ in headers)),
         modes=dict(Counter(mode for _, _, mode in headers)),
     )
 

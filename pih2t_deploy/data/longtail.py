@@ -10,6 +10,12 @@ from typing import Any
 import numpy as np
 
 
+def measured_imbalance(class_counts: Sequence[int]) -> float:
+    """The imbalance factor a data set has: its largest class count over its smallest (an empty class counts
+    as one image)."""
+    return max(class_counts) / max(1, min(class_counts))
+
+
 def longtail_counts(n_max: int, num_classes: int, imbalance_factor: float) -> list[int]:
     """Class i (0-based) keeps floor(n_max * IF^(-i/(C-1))) images."""
     if imbalance_factor < 1:

@@ -18,7 +18,7 @@ from torchvision.transforms import v2 as T
 from pih2t_deploy.data.datasets import ArrayImages, FileImages, LabelledImages, require_every_class
 from pih2t_deploy.data.folder_survey import FolderSurvey, check_upscale, fitted_sizes, survey_images
 from pih2t_deploy.data.images import IMAGE_SUFFIXES
-from pih2t_deploy.data.longtail import GroupThresholds, longtail_counts, select_longtail
+from pih2t_deploy.data.longtail import GroupThresholds, longtail_counts, measured_imbalance, select_longtail
 from pih2t_deploy.data.preprocessing import CIFAR_MEAN, CIFAR_STD, MODES, Preprocessing, to_mode
 from pih2t_deploy.errors import ConfigError, DataError
 from pih2t_deploy.settings import FORBID_UNKNOWN_KEYS, validate_settings
@@ -126,8 +126,7 @@ class DataBundle:
     @property
     def imbalance_factor(self) -> float:
         """Largest training class over the smallest, as measured."""
-        counts = self.train.class_counts
-        return max(counts) / max(1, min(counts))
+        return measured_imbalance(self.train.class_counts)
 
 
 def _augmentation(name: str, prep: Preprocessing) -> list:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pih2t_deploy.data.images import IMAGE_SUFFIXES, open_image
-from pih2t_deploy.data.longtail import GroupThresholds, log_prior, logit_adjusted, softmax, top_k
+from pih2t_deploy.data.longtail import GroupThresholds, log_prior, logit_adjusted, measured_imbalance, softmax, top_k
 from pih2t_deploy.errors import DataError
 from pih2t_deploy.runtime import Classifier
 
@@ -95,7 +95,7 @@ class LongTailExplainer:
         data, counts = meta.get("data"), meta.get("class_counts")
         if data:
             measured = (
-                f" (imbalance factor {max(counts) / max(1, min(counts)):.1f}, measured: {max(counts)} to "
+                f" (imbalance factor {measured_imbalance(counts):.1f}, measured: {max(counts)} to "
                 f"{min(counts)} training images per class)"
                 if counts
                 else ""
