@@ -31,6 +31,7 @@ INTEGRATION_MODULES = frozenset(
         "test_openvino",
         "test_own_data",
         "test_predict",
+        "test_serve_workers",
         "test_training",
         "test_triton",
     }

@@ -50,7 +50,17 @@ def serve(
             min=0, help="on SIGTERM: answer not-ready but keep serving this long before shutting down (Kubernetes)"
         ),
     ] = 0.0,
-    threads: Annotated[int | None, typer.Option(help="inference threads (default: the runtime's choice)")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="inference threads per worker (default: the runtime's choice; with --workers, CPUs / N)"),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="serving processes sharing the port, each with its own model copy and batcher; /metrics sums them",
+        ),
+    ] = 1,
     verify_key: Annotated[Path | None, typer.Option(help=VERIFY_KEY_HELP)] = None,
     watch: Annotated[
         bool,
@@ -87,11 +97,9 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve /v1/classify, the Open Inference Protocol (/v2), /metrics and /docs."""
-    from pih2t_deploy.runtime import load_classifier
     from pih2t_deploy.serving.process import require_free_port
-    from pih2t_deploy.serving.rest import create_app
-    from pih2t_deploy.serving.runner import run_service
     from pih2t_deploy.serving.settings import ServeSettings
+    from pih2t_deploy.serving.workers import ServeSpec, WorkerPool, load_model, serve_one, threads_per_worker
 
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {port}")
@@ -118,24 +126,39 @@ def serve(
         if grpc_port == port:
             raise ConfigError(f"--grpc-port {grpc_port} is also --port; give them different ports")
         require_free_port(host, grpc_port)
-    classifier = load_classifier(model, backend, device=device, threads=threads, name=name)
-    if prior:
-        from pih2t_deploy.serving.prior_knob import load_priors
-
-        settings = dataclasses.replace(settings, priors=load_priors(prior, classifier.info.num_classes))
-    err_console.print(
-        f"serving {classifier.info.name} ({classifier.info.num_classes} classes, {classifier.describe()}) "
-        f"on http://{host}:{port} (docs at /docs)" + (f" and gRPC {host}:{grpc_port}" if grpc_port else ""),
-        markup=False,
-    )
-    app = create_app(lambda: classifier, settings)
-    run_service(
-        app,
-        host,
-        port,
+    spec = ServeSpec(
+        model=model,
+        backend=backend,
+        device=device,
+        threads=threads_per_worker(threads, workers),
+        name=name,
+        settings=settings,
+        host=host,
+        port=port,
         grpc_port=grpc_port,
         drain_s=drain_s,
         header_timeout_s=header_timeout_s,
         max_connections=max_connections,
         log_level=log_level,
     )
+    # loaded here even for --workers (which load their own copies): a folder that cannot be served fails now,
+    # with one line, instead of in every worker
+    classifier = load_model(spec)
+    if prior:
+        from pih2t_deploy.serving.prior_knob import load_priors
+
+        priors = load_priors(prior, classifier.info.num_classes)
+        spec = dataclasses.replace(spec, settings=dataclasses.replace(settings, priors=priors))
+    err_console.print(
+        f"serving {classifier.info.name} ({classifier.info.num_classes} classes, {classifier.describe()}) "
+        f"on http://{host}:{port} (docs at /docs)"
+        + (f" and gRPC {host}:{grpc_port}" if grpc_port else "")
+        + (f", {workers} worker processes with {spec.threads} inference threads each" if workers > 1 else ""),
+        markup=False,
+    )
+    if workers == 1:
+        serve_one(spec, classifier)
+        return
+    del classifier  # the parent runs no model
+    if WorkerPool(spec, workers).run():
+        raise typer.Exit(1)

@@ -1,10 +1,15 @@
-"""Prometheus metrics of one service instance (its own registry, so several apps can live in one process)."""
+"""Prometheus metrics of one service instance (its own registry, so several apps can live in one process).
+
+Under ``pih2t-serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set) every worker writes its values to files
+and ``exposition`` sums them: counters and histograms add up, gauges follow their ``multiprocess_mode``."""
 
 from __future__ import annotations
 
+import os
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -33,9 +38,20 @@ class ServiceMetrics:
         self.batch_size = Histogram(
             "pih2t_batch_size", "Images per model execution", buckets=BATCH_BUCKETS, registry=self.registry
         )
-        self.queue_depth = Gauge("pih2t_queue_depth", "Images waiting for a batch", registry=self.registry)
+        self.queue_depth = Gauge(
+            "pih2t_queue_depth", "Images waiting for a batch", registry=self.registry, multiprocess_mode="livesum"
+        )
+        self.in_flight = Gauge(
+            "pih2t_requests_in_flight",
+            "HTTP requests received and not yet answered (the autoscaling signal)",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         self.load_seconds = Gauge(
-            "pih2t_model_load_seconds", "Time to load and warm up the model", registry=self.registry
+            "pih2t_model_load_seconds",
+            "Time to load and warm up the model",
+            registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.images = Counter("pih2t_images", "Images classified", registry=self.registry)
         self.predicted_class = Counter(
@@ -55,10 +71,22 @@ class ServiceMetrics:
             "prior the model's answers assume (versus=reference)",
             ["versus"],
             registry=self.registry,
+            multiprocess_mode="livemostrecent",  # each worker estimates from its own share of the answers
         )
         self.label_shift_samples = Gauge(
-            "pih2t_label_shift_samples", "Answers the label-shift estimate has seen", registry=self.registry
+            "pih2t_label_shift_samples",
+            "Answers the label-shift estimate has seen",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of these metrics, or of all workers' together when they run as --workers."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)
+            return generate_latest(merged)
+        return generate_latest(self.registry)
 
 
 class RequestMetricsMiddleware:
@@ -72,6 +100,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), {"code": 500}
+        self.metrics.in_flight.inc()
 
         async def send_and_note_status(message) -> None:
             if message["type"] == "http.response.start":
@@ -81,6 +110,7 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
+            self.metrics.in_flight.dec()
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(route, str(status["code"])).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pih2t_deploy import __version__
@@ -84,7 +84,7 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
             plane.metrics.queue_depth.set(plane.batcher.depth)
         if plane.longtail is not None:
             await asyncio.to_thread(plane.longtail.report)  # refreshes the label-shift gauges
-        return Response(generate_latest(plane.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(plane.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=plane.settings.max_upload_bytes, timeout_s=plane.settings.body_timeout_s

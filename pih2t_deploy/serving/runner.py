@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
 import time
 from types import FrameType
 
@@ -63,10 +64,12 @@ def run_service(
     header_timeout_s: float = 10.0,
     max_connections: int | None = None,
     log_level: str = "info",
+    sockets: list[socket.socket] | None = None,
 ) -> None:
     """Serve ``app`` over HTTP, and over gRPC on ``grpc_port`` unless it is 0, until a signal stops it. More
-    than ``max_connections`` open HTTP connections get 503, request headers slower than ``header_timeout_s``
-    get 408; repeated error logs are rate-limited."""
+        than ``max_connections`` open HTTP connections get 503, request headers slower than ``header_timeout_s``
+        get 408; repeated error logs are rate-limited. ``sockets``: already-listening sockets to accept on
+    (a worker of ``pih2t-serve --workers``) instead of binding ``host``:``port``."""
     config = uvicorn.Config(
         app,
         http=header_deadline_protocol(header_timeout_s),
@@ -92,7 +95,7 @@ def run_service(
             limits = GrpcLimits(plane.settings.max_upload_bytes, max_concurrent_rpcs=max_connections or 1000)
             grpc_server = await start_grpc_server(plane, f"{host}:{grpc_port}", limits)
         try:
-            await server.serve()
+            await server.serve(sockets=sockets)
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)

@@ -49,7 +49,13 @@ class ModelCard(BaseModel):
     preprocessing: dict
     meta: dict
     pid: int | None = Field(
-        default=None, description="process id of the serving process, with --expose-process-info (else null)"
+        default=None,
+        description="process id of the server (the parent of its --workers), with --expose-process-info (else null)",
+    )
+    worker_pid: int | None = Field(
+        default=None,
+        description="process id of the worker that answered (the server itself without --workers), with "
+        "--expose-process-info (else null)",
     )
 
 

@@ -27,6 +27,7 @@ class ServeSettings:
     decode_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     # /v1/model shows the process id and the software versions only when asked (--expose-process-info)
     expose_process_info: bool = False
+    server_pid: int | None = None  # the parent of --workers processes (else the serving process itself)
     # long-tail watch: per-class and per-group counters, confidence histograms, the label-shift estimate
     watch: bool = True
     adapt_prior: bool = False

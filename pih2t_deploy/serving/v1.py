@@ -132,7 +132,8 @@ async def model_card(plane: Plane) -> schemas.ModelCard:
         input_shape=list(classifier.input_shape),
         preprocessing=info.preprocessing.to_dict(),
         meta=_card_meta(info, exposed),
-        pid=os.getpid() if exposed else None,
+        pid=(plane.settings.server_pid or os.getpid()) if exposed else None,
+        worker_pid=os.getpid() if exposed else None,
     )
 
 
