@@ -5,8 +5,9 @@ Question: how many requests/s does pih2t-serve answer, and at what tail latency,
 artifact, on the same cores, with the same client? Client: perf_analyzer (set up by perf_analyzer.sh), one
 encoded PNG per request as a BYTES tensor in Triton's binary extension, to the model whose metadata lists that
 input (``<name>_image`` on pih2t-serve, the ensemble ``pih2t`` on Triton). Each server runs alone, one after
-the other, in one run. Rows: HTTP at concurrency 16 and 1, gRPC at 16, and pih2t-serve with --max-wait-ms 0
-at concurrency 1 (the cost of the gathering window for a lone client).
+the other, in one run. Rows: HTTP at concurrency 16 and 1, gRPC at 16, pih2t-serve with --max-wait-ms 0
+at concurrency 1 (the cost of the gathering window for a lone client), and pih2t-serve --workers 2 (two
+processes on the port) at 16 over HTTP and gRPC.
 
     python benchmarks/perf_analyzer_vs_triton.py [--artifact EXPORT] [--seconds 4] [--output runs/bench-pa]
 
@@ -56,12 +57,14 @@ def digits_artifact(folder: Path) -> Path:
 def measure(tool: str, model: str, url: str, protocol: str, concurrency: int, data: Path, seconds: float) -> dict:
     """One perf_analyzer measurement: requests/s and latency percentiles (ms)."""
     with tempfile.NamedTemporaryFile(suffix=".csv") as report:
-        subprocess.run(
+        done = subprocess.run(
             [tool, "-m", model, "-u", url, "-i", protocol, "--input-data", str(data), "--shape", "image:1",
              "--concurrency-range", str(concurrency), "--measurement-interval", str(int(seconds * 1000)),
              "-f", report.name],
-            check=True, capture_output=True, text=True, timeout=600,
+            capture_output=True, text=True, timeout=600,
         )  # fmt: skip
+        if done.returncode:
+            raise SystemExit(f"perf_analyzer failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
         row = next(csv.DictReader(open(report.name)))  # noqa: SIM115 - read once
     return {
         "requests_per_s": float(row["Inferences/Second"]),
@@ -85,7 +88,7 @@ def main() -> None:
         encoded = base64.b64encode(serialize_bytes([SAMPLE.read_bytes()])).decode()
         data.write_text(json.dumps({"data": [{"image": {"b64": encoded}}]}))
 
-        build_repository(artifact, work / "repo", RepositorySettings(cpu_python=True, max_batch=32))
+        build_repository(artifact, work / "repo", RepositorySettings(cpu_python=True, max_batch=32, name="pih2t"))
         ports = Ports(free_port(), free_port(), free_port())
         triton = start_server(work / "repo", ports, work / "triton", log_path=work / "triton.log")
         try:
@@ -102,10 +105,15 @@ def main() -> None:
             triton.terminate()
             triton.wait(timeout=60)
 
-        for label, options in (("pih2t-serve", ()), ("pih2t-serve --max-wait-ms 0", ("--max-wait-ms", "0"))):
+        variants = (
+            ("pih2t-serve", (), (("http", 16), ("http", 1), ("grpc", 16))),
+            ("pih2t-serve --max-wait-ms 0", ("--max-wait-ms", "0"), (("http", 1),)),
+            ("pih2t-serve --workers 2", ("--workers", "2"), (("http", 16), ("grpc", 16))),
+        )
+        for label, options, wanted in variants:
             http, grpc = free_port(), free_port()
             server = start_rest_server(artifact, http, "--grpc-port", str(grpc), *options)
-            cases = [("http", http, 16), ("http", http, 1), ("grpc", grpc, 16)] if not options else [("http", http, 1)]
+            cases = [(protocol, http if protocol == "http" else grpc, c) for protocol, c in wanted]
             try:
                 name = httpx.get(f"http://127.0.0.1:{http}/v1/model").json()["name"] + "_image"
                 for protocol, port, concurrency in cases:
@@ -125,15 +133,16 @@ def main() -> None:
     for r in rows:
         print(f"| {r['server']} | {r['protocol']} | {r['concurrency']} | {r['requests_per_s']:.0f} | "
               f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")  # fmt: skip
-    ours, theirs = row("pih2t-serve", "http", 16), row("tritonserver", "http", 16)
-    ratios = {
-        "requests_per_s_vs_triton_c16": ours["requests_per_s"] / theirs["requests_per_s"],
-        "p99_vs_triton_c16": ours["p99_ms"] / theirs["p99_ms"],
-        "grpc_requests_per_s_vs_triton_c16": row("pih2t-serve", "grpc", 16)["requests_per_s"]
-        / row("tritonserver", "grpc", 16)["requests_per_s"],
-        "p50_c1_window_vs_no_window": row("pih2t-serve", "http", 1)["p50_ms"]
-        / row("pih2t-serve --max-wait-ms 0", "http", 1)["p50_ms"],
-    }
+    ratios = {}
+    for label, suffix in (("pih2t-serve", ""), ("pih2t-serve --workers 2", "_workers_2")):
+        for protocol in ("http", "grpc"):
+            ours, theirs = row(label, protocol, 16), row("tritonserver", protocol, 16)
+            speed = ours["requests_per_s"] / theirs["requests_per_s"]
+            ratios[f"{protocol}_requests_per_s_vs_triton_c16{suffix}"] = speed
+            ratios[f"{protocol}_p99_vs_triton_c16{suffix}"] = ours["p99_ms"] / theirs["p99_ms"]
+    ratios["p50_c1_window_vs_no_window"] = (
+        row("pih2t-serve", "http", 1)["p50_ms"] / row("pih2t-serve --max-wait-ms 0", "http", 1)["p50_ms"]
+    )
     print("\n" + "\n".join(f"{k}: {v:.2f}" for k, v in ratios.items()))
     args.output.mkdir(parents=True, exist_ok=True)
     report = {"machine": cpu_info(), "rows": rows, "ratios": ratios}
