@@ -230,17 +230,19 @@ def test_a_type_error_in_user_input_is_a_row_never_a_crash():
 
 @pytest.fixture
 def local_ray(monkeypatch):
-    """A Ray head started on 127.0.0.1 with 2 CPUs for the test (its own short temp folder: Ray's socket paths
-    must stay under 108 bytes), with its own authentication token given to the head and to every process the
-    test starts (Ray 2.60 authenticates local clusters; a token file left in ~/.ray by another run must not
-    count); stopped and removed afterwards."""
+    """A real two-node Ray cluster on this machine: a head and a worker node, each started by `ray start` on
+    127.0.0.1 with 1 CPU (their own short temp folder: Ray's socket paths must stay under 108 bytes), with one
+    authentication token given to both nodes and to every process the test starts (Ray 2.60 authenticates
+    local clusters; a token file left in ~/.ray by another run must not count); stopped and removed
+    afterwards. Yields the head's address."""
     import secrets
     import shutil
     import socket
     import tempfile
 
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    token = secrets.token_hex(32)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
 
     with socket.socket() as probe:
@@ -248,34 +250,39 @@ def local_ray(monkeypatch):
         port = probe.getsockname()[1]
     env = dict(os.environ)
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    ray = [os.path.join(os.path.dirname(sys.executable), "ray")]
-    start = [*ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
-    started = subprocess.run(
-        [*start, "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr[-2000:]
+    ray = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--node-ip-address=127.0.0.1", "--num-cpus=1"]
+    head = [*ray, "--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats"]
+    head.append(f"--temp-dir={temp}")
+    worker = [*ray, f"--address=127.0.0.1:{port}"]
     try:
+        for command in (head, worker):
+            started = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+            assert started.returncode == 0, started.stderr[-2000:]
         yield f"127.0.0.1:{port}"
     finally:
-        stop_processes_mentioning(temp)  # this cluster only: `ray stop` would stop every Ray of the user
+        # this cluster only (`ray stop` would stop every Ray of the user), including the processes that rename
+        # themselves (ray::DashboardAgent keeps only its log files in the temp folder open)
+        stop_processes_of_cluster(temp, token)
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def stop_processes_mentioning(marker: str, grace_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace_s``, every process of this user whose command line contains
-    ``marker`` (the temp folder a test gave its own Ray cluster)."""
+def stop_processes_of_cluster(temp: str, token: str, grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``, every process of the test's Ray cluster: those whose command
+    line names its ``temp`` folder, whose environment holds its ``token``, or that hold a file in ``temp``."""
     import signal as signals
+
+    def belongs(entry: Path) -> bool:
+        if temp.encode() in (entry / "cmdline").read_bytes() or token.encode() in (entry / "environ").read_bytes():
+            return True
+        return any(os.readlink(fd).startswith(temp) for fd in (entry / "fd").iterdir())
 
     def matching() -> list[int]:
         found = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and int(entry.name) != os.getpid():
-                try:
-                    if marker.encode() in (entry / "cmdline").read_bytes():
+                with contextlib.suppress(OSError):
+                    if belongs(entry):
                         found.append(int(entry.name))
-                except OSError:
-                    continue
         return found
 
     for number in matching():
@@ -290,7 +297,8 @@ def stop_processes_mentioning(marker: str, grace_s: float = 10.0) -> None:
 
 
 def test_the_ray_engine_gives_the_single_machine_rows(digits_artifact, digits_tree, labelled_run, local_ray, tmp_path):
-    """Two classifier actors on a local Ray instance: the same rows as the single-machine run."""
+    """Two classifier actors on a two-node Ray cluster: both nodes classify, and the rows equal the single-machine
+    run's."""
     output = tmp_path / "shards"
     done = run_cli(
         "predict", "--model", str(digits_artifact[1]), "--input", str(digits_tree), "-o", str(output),
@@ -306,4 +314,6 @@ def test_the_ray_engine_gives_the_single_machine_rows(digits_artifact, digits_tr
     assert all(a.scores == pytest.approx(b.scores, abs=1e-6) for a, b in zip(rows, expected, strict=True))
     summary = json.loads((tmp_path / "shards.summary.json").read_text())
     assert summary["engine"] == "ray" and summary["images"] == 500
+    per_node = summary["images_per_node"]
+    assert len(per_node) == 2 and sum(per_node.values()) == 500 and min(per_node.values()) > 0, per_node
     assert summary["top1"] == json.loads(labelled_run[1].with_name("preds.summary.json").read_text())["top1"]

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,12 @@ from pih2t_deploy.runtime.loader import read_artifact_info
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
+NODE_COLUMN = "ray_node"  # which node classified a row: counted for the summary, never written
 
 
 class ClassifierActor:
-    """A Ray actor holding one loaded classifier; maps a batch of paths to a table of PredictionRows."""
+    """A Ray actor holding one loaded classifier; maps a batch of paths to a table of PredictionRows, with the
+    id of the node it runs on in the column ``NODE_COLUMN``."""
 
     def __init__(self, model: str, backend: str, threads: int | None, top_k: int, workers: int) -> None:
         from pih2t_deploy.runtime.loader import load_classifier
@@ -42,6 +45,7 @@ class ClassifierActor:
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
+        import ray
 
         from pih2t_deploy.predict.local import stream_rows
 
@@ -52,7 +56,9 @@ class ClassifierActor:
         rows = stream_rows(
             self.classifier, items, top_k=self.top_k, batch_size=max(1, len(items)), workers=self.workers
         )
-        return pa.Table.from_pylist([row.to_dict() for row in rows], schema=parquet_schema())
+        table = pa.Table.from_pylist([row.to_dict() for row in rows], schema=parquet_schema())
+        node = ray.get_runtime_context().get_node_id()
+        return table.append_column(NODE_COLUMN, pa.array([node] * table.num_rows, pa.string()))
 
 
 def shard_rows(folder: Path) -> Iterator[PredictionRow]:
@@ -117,7 +123,7 @@ def run_on_ray(
         logging_level=logging.ERROR,
     )
     ray.data.DataContext.get_current().enable_progress_bars = progress
-    started, written = time.perf_counter(), 0
+    started, written, per_node = time.perf_counter(), 0, Counter[str]()
     actor_args = {
         "model": str(model_dir.resolve()),
         "backend": backend,
@@ -128,21 +134,29 @@ def run_on_ray(
     while chunk := list(itertools.islice(pending, chunk_images)):
         staging = output / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         dataset = ray.data.from_items([{"path": i.path, "true_label": i.true_label} for i in chunk])
-        dataset.map_batches(
+        classified = dataset.map_batches(
             ClassifierActor,
             fn_constructor_kwargs=actor_args,
             batch_size=batch_size,
             batch_format="pyarrow",
             concurrency=num_workers,
             num_cpus=threads or 1,
-        ).write_parquet(str(staging))
+        ).materialize()
+        per_node.update(row[NODE_COLUMN] for row in classified.select_columns([NODE_COLUMN]).iter_rows())
+        classified.drop_columns([NODE_COLUMN]).write_parquet(str(staging))
         for shard in sorted(staging.glob("*.parquet")):
             os.replace(shard, output / f"{staging.name.removeprefix(STAGING_PREFIX)}-{shard.name}")
         shutil.rmtree(staging, ignore_errors=True)
         written += len(chunk)
-        log(f"{written} images classified on Ray")
+        log(f"{written} images classified on Ray ({len(per_node)} nodes)")
     seconds = time.perf_counter() - started
-    engine = {"model": str(model), "engine": "ray", "address": address, "num_workers": num_workers}
+    engine = {
+        "model": str(model),
+        "engine": "ray",
+        "address": address,
+        "num_workers": num_workers,
+        "images_per_node": dict(sorted(per_node.items())),  # Ray node id -> images its actors classified
+    }
     return finish_run(
         output, shard_rows(output), info, inputs=inputs, written=written, skipped=len(done), seconds=seconds,
         engine=engine,
