@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from pih2t_deploy.checkpoint import load_checkpoint
 from pih2t_deploy.errors import ConfigError
+from pih2t_deploy.serving.process import free_port
 from pih2t_deploy.training.engine import Trainer
 from pih2t_deploy.training.recipe import load_recipe
 from tests.helpers import run_cli
@@ -174,30 +176,41 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     assert epochs == [1, 2, 3, 1, 2]
 
 
-def test_torchrun_with_two_cpu_processes(tmp_path):
-    """Two gloo processes finish both stages with identical weights on both ranks and one checkpoint."""
+def _torchrun(output: Path, *launch: str) -> subprocess.Popen:
+    """``torchrun <launch> pih2t train`` of the tiny Digits-LT recipe into ``output`` (one thread per process)."""
+    command = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "pih2t_deploy.cli", "train"]
+    command += ["--output", str(output), *TINY, "runtime.device=cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29533",
-        "-m",
-        "pih2t_deploy.cli",
-        "train",
-        "--output",
-        str(tmp_path / "ddp"),
-        *TINY,
-        "runtime.device=cpu",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _finished(process: subprocess.Popen) -> None:
+    _out, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err[-3000:]
+
+
+def test_torchrun_on_one_node_and_on_two_nodes_trains_the_same_weights(tmp_path):
+    """Two gloo processes on one node finish both stages with identical weights on both ranks and one
+    checkpoint; the same job as two nodes of one process each (two torchrun agents meeting through the c10d
+    rendezvous on 127.0.0.1, as on two machines) gives exactly the same weights."""
+    one_node = tmp_path / "one-node"
+    _finished(_torchrun(one_node, "--nproc_per_node=2", f"--master_port={free_port()}"))
+    metrics = json.loads((one_node / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     digests = metrics["rank_weight_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
-    assert sorted(p.name for p in (tmp_path / "ddp").glob("*.pt")) == ["model.pt", "stage1.pt"]
+    assert sorted(p.name for p in one_node.glob("*.pt")) == ["model.pt", "stage1.pt"]
+
+    two_nodes = tmp_path / "two-nodes"
+    rendezvous = ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", "--rdzv_id=pih2t-test"]
+    rendezvous.append(f"--rdzv_endpoint=127.0.0.1:{free_port()}")
+    agents = [_torchrun(two_nodes, *rendezvous) for _node in range(2)]
+    for agent in agents:
+        _finished(agent)
+    assert json.loads((two_nodes / "metrics.json").read_text())["world_size"] == 2
+    single = load_checkpoint(one_node / "model.pt").net.state_dict()
+    spread = load_checkpoint(two_nodes / "model.pt").net.state_dict()
+    assert single.keys() == spread.keys() and all(torch.equal(single[k], spread[k]) for k in single)
 
 
 @pytest.mark.parametrize(
