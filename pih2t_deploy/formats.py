@@ -51,6 +51,7 @@ class FormatSpec:
     triton: TritonModel | None = None
     bench_label: str | None = None
     bench_variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    precision: str = "fp32"  # what the CPU computes in (a bench variant with "bf16" computes in bf16)
 
     @property
     def model_file(self) -> str:
@@ -144,6 +145,7 @@ register_format(
         options=_INT8_OPTIONS,
         needs_calibration=True,
         triton=TritonModel("onnx", {"model.onnx": "model.int8.onnx"}, platform="onnxruntime_onnx"),
+        precision="int8",
     )
 )
 register_format(
@@ -195,6 +197,7 @@ register_format(
         description="OpenVINO IR of the statically quantized INT8 (QDQ) model",
         options=_INT8_OPTIONS,
         needs_calibration=True,
+        precision="int8",
         triton=TritonModel(
             "openvino", {"model.xml": "model.xml", "model.bin": "model.bin"}, backend="openvino", kind="cpu"
         ),

@@ -37,6 +37,11 @@ def test_bench_writes_json_markdown_and_a_png(tmp_path, digits_artifact, digits_
         assert set(per_batch) == {"1", "2"}
         assert {"p50_ms", "p90_ms", "p99_ms", "images_per_s", "speedup_vs_torch"} <= set(per_batch["1"])
     assert report["timings"]["torch"]["1"]["speedup_vs_torch"] == pytest.approx(1.0)
+    onnx = report["timings"]["onnx"]["2"]
+    assert onnx["gops_per_s"] == pytest.approx(report["ops_per_image"] * onnx["images_per_s"] / 1e9)
+    assert 0 < onnx["of_peak"] < 1 and onnx["of_peak"] * report["peaks"]["fp32"]["gops_per_s"] == pytest.approx(
+        onnx["gops_per_s"]
+    )
     assert report["formats"]["trt"]["status"] == "skipped" and "TensorRT" in report["formats"]["trt"]["reason"]
     assert report["formats"]["onnx"]["verification"][0]["passed"]
     assert report["accuracy"]["onnx"]["top1"] == pytest.approx(report["accuracy"]["torch"]["top1"])
@@ -45,7 +50,12 @@ def test_bench_writes_json_markdown_and_a_png(tmp_path, digits_artifact, digits_
     with Image.open(tmp_path / "b" / "bench.png") as image:
         image.verify()
     markdown = (tmp_path / "b" / "bench.md").read_text()
-    assert "| onnx | 2 |" in markdown and "Skipped formats" in markdown and "pih2t bench --ckpt" in markdown
+    assert (
+        "| onnx | 2 |" in markdown
+        and "% of peak" in markdown
+        and "Skipped formats" in markdown
+        and "pih2t bench --ckpt" in markdown
+    )
 
 
 def test_bench_refuses_unknown_formats(tmp_path, digits_artifact):

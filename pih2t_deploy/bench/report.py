@@ -23,15 +23,24 @@ def to_markdown(report: dict[str, Any], command: str) -> str:
         f"Command: `{command}`  ",
         f"Machine: {report['machine']}, device {report['device']}, {report['threads']} threads; date {report['date']}",
         f"CPU: {report['cpu']['model']}; flags: {', '.join(report['cpu']['flags']) or 'none of AMX/AVX-512/AVX2'}",
+    ]
+    peaks = report.get("peaks") or {}
+    if peaks:
+        lines.append(
+            f"Model: {report['ops_per_image'] / 1e9:.3g} G operations per image. CPU peak on "
+            + "; ".join(f"{p}: {v['gops_per_s']:.0f} G ops/s ({v['instruction']})" for p, v in peaks.items())
+        )
+    lines += [
         "",
-        "| format | batch | p50 ms | p90 ms | p99 ms | images/s | x PyTorch eager |",
-        "|---|---|---|---|---|---|---|",
+        "| format | batch | p50 ms | p90 ms | p99 ms | images/s | x PyTorch eager | G ops/s | % of peak |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, per_batch in report["timings"].items():
         for batch, t in per_batch.items():
+            of_peak = "-" if t.get("of_peak") is None else f"{100 * t['of_peak']:.1f}"
             lines.append(
                 f"| {name} | {batch} | {t['p50_ms']:.2f} | {t['p90_ms']:.2f} | {t['p99_ms']:.2f} | "
-                f"{t['images_per_s']:.1f} | {t['speedup_vs_torch']:.2f} |"
+                f"{t['images_per_s']:.1f} | {t['speedup_vs_torch']:.2f} | {t.get('gops_per_s', 0):.1f} | {of_peak} |"
             )
     skipped = {n: f for n, f in report["formats"].items() if f["status"] == "skipped"}
     if skipped:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from pih2t_deploy.bench.machine import cpu_info
+from pih2t_deploy.bench.peak import cpu_peaks, model_ops_per_image
 from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint, versions
 from pih2t_deploy.data.longtail import GroupThresholds
 from pih2t_deploy.errors import ConfigError, UserError, VerificationError
@@ -125,6 +127,28 @@ def timing_row(timing: Timing, batch: int, baseline: Timing) -> dict[str, float]
     }
 
 
+def format_precision(name: str) -> str:
+    """What ``name`` (a --formats name) computes in on the CPU: fp32, bf16 or int8."""
+    if name == BASELINE:
+        return "fp32"
+    spec, extra = bench_entries()[name]
+    return "bf16" if extra.get("bf16") else spec.precision
+
+
+def add_ops_and_peak(timings: dict[str, Any], ops_per_image: float, cores: int) -> dict[str, Any]:
+    """Adds to every timing row the operations per second it achieved (``gops_per_s``) and that as a fraction
+    of the CPU's peak for the format's precision on ``cores`` cores (``of_peak``, None where the CPU has no
+    peak for it); returns the peaks used."""
+    peaks = cpu_peaks(cores)
+    for name, per_batch in timings.items():
+        peak = peaks.get(format_precision(name))
+        for row in per_batch.values():
+            achieved = ops_per_image * row["images_per_s"]
+            row["gops_per_s"] = achieved / 1e9
+            row["of_peak"] = achieved / peak.ops_per_s if peak else None
+    return {p.precision: {"gops_per_s": p.ops_per_s / 1e9, "instruction": p.instruction} for p in peaks.values()}
+
+
 def passes_accuracy_gate(accuracy: dict[str, Any], name: str, max_group_drop: float) -> bool:
     """``name`` loses at most ``max_group_drop`` points against the PyTorch baseline on top-1 and on every
     Many/Medium/Few group that has test images."""
@@ -183,6 +207,9 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = logger.info) -
         )
         for name, timing in measured.items():
             timings[name][str(batch)] = timing_row(timing, batch, measured[BASELINE])
+    ops_per_image = model_ops_per_image(ckpt.net, tuple(shape))
+    cores = min(torch.get_num_threads(), len(os.sched_getaffinity(0)))
+    peaks = add_ops_and_peak(timings, ops_per_image, cores) if options.device == "cpu" else {}
     accuracy: dict[str, Any] = {}
     if options.eval_data:
         found = load_images(options.eval_data, ckpt, split="test")
@@ -202,6 +229,8 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = logger.info) -
         "device": options.device if options.device == "cpu" else torch.cuda.get_device_name(0),
         "machine": platform.processor() or platform.machine(),
         "cpu": cpu_info(),
+        "ops_per_image": ops_per_image,
+        "peaks": peaks,
         "recommended": recommend(timings, accuracy, options.batches, options.max_group_drop),
         "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"),
