@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 import httpx
-import kubernetes.client.models as k8s_models
 import kserve.models as kserve_models
+import kubernetes.client.models as k8s_models
 import pytest
 import yaml
 from kubernetes_validate import utils as k8s_validate

@@ -51,13 +51,8 @@ def test_model_operations_count_two_per_multiply_add_of_convolutions_and_linear_
 
 
 def test_the_bench_rows_get_achieved_operations_and_the_fraction_of_their_precisions_peak(monkeypatch):
-    fake_peaks = {"fp32": 1e11, "int8": 4e11}
-    monkeypatch.setattr(
-        "pih2t_deploy.bench.runner.cpu_peaks",
-        lambda cores: {
-            p: type("P", (), {"precision": p, "ops_per_s": v, "instruction": "x"})() for p, v in fake_peaks.items()
-        },
-    )
+    fake_peaks = {"fp32": Peak("fp32", 1e11, "x"), "int8": Peak("int8", 4e11, "x")}
+    monkeypatch.setattr("pih2t_deploy.bench.runner.cpu_peaks", lambda cores: fake_peaks)
     timings = {
         "torch": {"1": {"images_per_s": 50.0}},
         "onnx-int8": {"1": {"images_per_s": 200.0}},
