@@ -49,3 +49,38 @@ def test_the_measured_clock_is_a_clock_in_mhz():
     """On this machine a 1024x1024 fp32 product on one core sustains a clock between 100 MHz and 10 GHz (a rate
     in the wrong unit, or operations counted once per multiply-add, would fall outside by far)."""
     assert 100 < gemm_clock_mhz(1) < 10_000
+
+
+def test_model_operations_count_two_per_multiply_add_of_convolutions_and_linear_layers():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10)).train()
+    conv = 4 * 1 * 3 * 3 * 8 * 8  # output channels x input channels x kernel x output positions
+    linear = 4 * 8 * 8 * 10
+    assert model_ops_per_image(net, (1, 8, 8)) == 2 * (conv + linear)
+    assert net.training, "the model is left in the mode it came in"
+
+
+def test_the_bench_rows_get_achieved_operations_and_the_fraction_of_their_precisions_peak(monkeypatch):
+    fake_peaks = {"fp32": Peak("fp32", 1e11, "x"), "int8": Peak("int8", 4e11, "x")}
+    monkeypatch.setattr("pih2t_deploy.bench.runner.cpu_peaks", lambda cores, clock_mhz: fake_peaks)
+    monkeypatch.setattr("pih2t_deploy.bench.runner.gemm_clock_mhz", lambda cores: 3000.0)
+    timings = {
+        "torch": {"1": {"images_per_s": 50.0}},
+        "onnx-int8": {"1": {"images_per_s": 200.0}},
+        "openvino-bf16": {"1": {"images_per_s": 100.0}},
+    }
+    peaks = add_ops_and_peak(timings, 1e9, cores=2)
+    assert timings["torch"]["1"]["gops_per_s"] == pytest.approx(50.0)
+    assert timings["torch"]["1"]["of_peak"] == pytest.approx(0.5)
+    assert timings["onnx-int8"]["1"]["of_peak"] == pytest.approx(0.5)  # 200 G ops/s of the INT8 peak, 400
+    assert timings["openvino-bf16"]["1"]["of_peak"] is None  # no bf16 peak given
+    assert peaks == {
+        "fp32": {"gops_per_s": 100.0, "instruction": "x"},
+        "int8": {"gops_per_s": 400.0, "instruction": "x"},
+    }
+    assert [format_precision(n) for n in ("torch", "onnx", "onnx-int8", "openvino-bf16", "openvino-int8")] == [
+        "fp32",
+        "fp32",
+        "int8",
+        "bf16",
+        "int8",
+    ]
