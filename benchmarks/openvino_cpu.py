@@ -21,7 +21,7 @@ import numpy as np
 from bench_common import jpeg_bytes
 
 from pih2t_deploy.bench.machine import cpu_info
-from pih2t_deploy.bench.peak import cpu_peaks, gemm_clock_mhz, model_ops_per_image
+from pih2t_deploy.bench.peak import cpu_peaks, model_ops_per_image
 from pih2t_deploy.checkpoint import build_meta, save_checkpoint
 from pih2t_deploy.export.exporter import export_checkpoint
 from pih2t_deploy.export.options import ExportOptions
@@ -129,7 +129,7 @@ def main() -> None:
     base = next(iter(results.values()))
     cpu = cpu_info()
     ops = model_ops_per_image(resnet50(), (3, 224, 224))
-    peaks = cpu_peaks(args.threads, clock_mhz=gemm_clock_mhz(args.threads))
+    peaks = cpu_peaks(args.threads)
     lines = [
         f"CPU: {cpu['model']}; flags: {', '.join(cpu['flags'])}; OpenVINO {cpu_description()['openvino']}; "
         f"{args.threads} threads; {ops / 1e9:.2f} G operations per image; peak "

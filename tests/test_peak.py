@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from pih2t_deploy.bench.peak import Peak, cpu_peaks, gemm_clock_mhz, model_ops_per_image, ops_per_cycle
+from pih2t_deploy.bench.peak import Peak, cpu_peaks, model_ops_per_image, ops_per_cycle
 from pih2t_deploy.bench.runner import add_ops_and_peak, format_precision
 
 SAPPHIRE_RAPIDS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}
@@ -38,17 +38,8 @@ def test_the_peak_is_cores_times_clock_times_operations_per_cycle(tmp_path):
     assert set(peaks) == {"fp32", "bf16"}, "no INT8 dot-product instruction: no INT8 peak"
     assert peaks["fp32"].ops_per_s == 2 * 2000e6 * 32
     assert peaks["bf16"].ops_per_s == 2 * 2000e6 * 64
-    assert peaks["bf16"].instruction == "AVX512-BF16 dot products, 2 x 2000 MHz (reported)"
+    assert peaks["bf16"].instruction == "AVX512-BF16 dot products, 2 x 2000 MHz"
     assert cpu_peaks(2, tmp_path / "missing") == {}
-    boosted = cpu_peaks(2, cpuinfo, clock_mhz=3000.0)  # a VM reports its nominal clock; the cores boost
-    assert boosted["fp32"].ops_per_s == 2 * 3000e6 * 32 and boosted["fp32"].instruction.endswith("(measured)")
-    assert cpu_peaks(2, cpuinfo, clock_mhz=1000.0)["fp32"].ops_per_s == 2 * 2000e6 * 32
-
-
-def test_the_measured_clock_is_a_clock_in_mhz():
-    """On this machine a 1024x1024 fp32 product on one core sustains a clock between 100 MHz and 10 GHz (a rate
-    in the wrong unit, or operations counted once per multiply-add, would fall outside by far)."""
-    assert 100 < gemm_clock_mhz(1) < 10_000
 
 
 def test_model_operations_count_two_per_multiply_add_of_convolutions_and_linear_layers():
@@ -61,8 +52,7 @@ def test_model_operations_count_two_per_multiply_add_of_convolutions_and_linear_
 
 def test_the_bench_rows_get_achieved_operations_and_the_fraction_of_their_precisions_peak(monkeypatch):
     fake_peaks = {"fp32": Peak("fp32", 1e11, "x"), "int8": Peak("int8", 4e11, "x")}
-    monkeypatch.setattr("pih2t_deploy.bench.runner.cpu_peaks", lambda cores, clock_mhz: fake_peaks)
-    monkeypatch.setattr("pih2t_deploy.bench.runner.gemm_clock_mhz", lambda cores: 3000.0)
+    monkeypatch.setattr("pih2t_deploy.bench.runner.cpu_peaks", lambda cores: fake_peaks)
     timings = {
         "torch": {"1": {"images_per_s": 50.0}},
         "onnx-int8": {"1": {"images_per_s": 200.0}},

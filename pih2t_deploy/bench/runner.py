@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from pih2t_deploy.bench.machine import cpu_info
-from pih2t_deploy.bench.peak import cpu_peaks, gemm_clock_mhz, model_ops_per_image
+from pih2t_deploy.bench.peak import cpu_peaks, model_ops_per_image
 from pih2t_deploy.checkpoint import Checkpoint, load_checkpoint, versions
 from pih2t_deploy.data.longtail import GroupThresholds
 from pih2t_deploy.errors import ConfigError, UserError, VerificationError
@@ -139,7 +139,7 @@ def add_ops_and_peak(timings: dict[str, Any], ops_per_image: float, cores: int) 
     """Adds to every timing row the operations per second it achieved (``gops_per_s``) and that as a fraction
     of the CPU's peak for the format's precision on ``cores`` cores (``of_peak``, None where the CPU has no
     peak for it); returns the peaks used."""
-    peaks = cpu_peaks(cores, clock_mhz=gemm_clock_mhz(cores))
+    peaks = cpu_peaks(cores)
     for name, per_batch in timings.items():
         peak = peaks.get(format_precision(name))
         for row in per_batch.values():
