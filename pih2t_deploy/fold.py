@@ -3,6 +3,8 @@
 Global average pooling commutes with PIF's channel mean, so with g = GAP(X):
 GAP(PIF(X)) = A g + c*1 with A = a*I - (b/C) 1 1^T. A linear head z = lws * (W g' + b0) therefore folds into
 W' = lws * (W A) and b' = lws * (b0 + c W 1); post-hoc logit adjustment subtracts tau*log(prior) from b'.
+Where a LayerNorm follows pooling (timm's ConvNeXt), PIF folds into the norm instead (eps / a^2, weight
+sign(a) * weight; see models/timm_archs.py) and the Linear folds LWS and the adjustment.
 A cosine head keeps A and c as one CxC Linear before the normalisation. The result is the registered plain
 architecture (backbone, pooling, ``fc``) with no PIF, LWS or fusion code, unless PIF has an activation, which
 cannot fold and then stays in the graph.
@@ -61,8 +63,7 @@ class PIFClassifier(nn.Module):
         self.pif = pif
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fmap = self.pif(self.model.forward_features(x))
-        return self.model.fc(torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1))
+        return self.model.fc(self.model.pool(self.pif(self.model.forward_features(x))))
 
 
 def log_prior_tensor(class_counts: Sequence[int]) -> torch.Tensor:
@@ -98,10 +99,22 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
     return layer
 
 
-def _fold_head(net: PIH2TNet, adjustment: torch.Tensor) -> nn.Module:
-    """The plain head (one Linear, or the cosine classifier) equal to PIF+head+LWS-adjustment."""
+def _fold_pif_into_norm(norm: nn.Module, pif: PIF) -> None:
+    """PIF before a LayerNorm over channels, folded into the norm (timm_archs' docstring): the same output on the
+    unfused vector with eps / a^2 and weight sign(a) * weight; in place."""
+    a = pif.affine_coefficients().a
+    if not isinstance(norm, nn.LayerNorm) or norm.weight is None or a == 0:
+        raise ConfigError(f"PIF cannot fold into the {type(norm).__name__} after pooling (a={a})")
+    norm.eps = norm.eps / a**2
+    with torch.no_grad():
+        norm.weight.mul_(1.0 if a > 0 else -1.0)
+
+
+def _fold_head(net: PIH2TNet, adjustment: torch.Tensor, *, pif_in_head: bool = True) -> nn.Module:
+    """The plain head (one Linear, or the cosine classifier) equal to PIF+head+LWS-adjustment; without
+    ``pif_in_head`` PIF was folded elsewhere (into a norm after pooling) and the head folds LWS only."""
     channels, num_classes = net.num_features, net.config.num_classes
-    matrix, offset = _pif_matrix(net.pif, channels)
+    matrix, offset = _pif_matrix(net.pif if pif_in_head else None, channels)
     lws = _lws(net.head, num_classes)
     if isinstance(net.head, LinearHead):
         weight = net.head.fc.weight.detach().double()
@@ -110,7 +123,7 @@ def _fold_head(net: PIH2TNet, adjustment: torch.Tensor) -> nn.Module:
         folded_bias = lws * (bias + weight @ offset) - adjustment
         return _linear(folded_weight, folded_bias)
     if isinstance(net.head, CosineHead):
-        folds_pif = net.pif is not None and net.pif.is_affine
+        folds_pif = pif_in_head and net.pif is not None and net.pif.is_affine
         pre: nn.Module = _linear(matrix, offset) if folds_pif else nn.Identity()
         weight = F.normalize(net.head.weight.detach().double(), dim=1)
         return CosineClassifier(pre, _linear(net.head.scale * lws[:, None] * weight, -adjustment))
@@ -185,7 +198,12 @@ def fold(
     result = plain.load_state_dict(net.backbone.state_dict(), strict=False)
     if result.unexpected_keys or any(not key.startswith("fc.") for key in result.missing_keys):
         raise RuntimeError(f"backbone weights do not match {config.arch}: {result}")
-    plain.fc = _fold_head(net, adjustment)
+    norm = getattr(plain, "pooled_norm", None)  # a timm head's norm after pooling (ConvNeXt)
+    pif_into_norm = False
+    if norm is not None and net.pif is not None and net.pif.is_affine:
+        _fold_pif_into_norm(norm, net.pif)
+        pif_into_norm = True
+    plain.fc = _fold_head(net, adjustment, pif_in_head=not pif_into_norm)
     plain.eval()
     bn_fused = fuse_conv_bn(plain) if fuse_bn else 0
     folded: nn.Module = PIFClassifier(plain, net.pif) if net.pif is not None and not net.pif.is_affine else plain

@@ -32,6 +32,7 @@ INTEGRATION_MODULES = frozenset(
         "test_own_data",
         "test_predict",
         "test_serve_workers",
+        "test_timm_backbones",
         "test_training",
         "test_triton",
     }

@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pih2t_deploy.errors import ConfigError
@@ -90,8 +89,8 @@ class PIH2TNet(nn.Module):
         return self.pif(fmap) if self.pif is not None else fmap
 
     def classify(self, fmap: torch.Tensor) -> torch.Tensor:
-        """Global average pooling and the head: logits [B, K]."""
-        return self.head(torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1))
+        """The backbone's pooling (global average, + a norm for some timm heads) and the head: logits [B, K]."""
+        return self.head(self.backbone.pool(fmap))
 
     def forward(
         self,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pih2t_deploy.errors import ConfigError
@@ -27,6 +28,10 @@ class FeatureBackbone(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The final feature map [B, C, H, W], before pooling."""
         raise NotImplementedError
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The [B, C] vector ``fc`` takes: global average pooling (a timm backbone may add a norm after it)."""
+        return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1)
 
 
 @dataclass(frozen=True)
@@ -58,11 +63,17 @@ def arch_names() -> list[str]:
 
 
 def get_arch(name: str) -> ArchSpec:
-    """The spec registered under ``name``; a ConfigError listing the known names otherwise."""
-    try:
+    """The spec registered under ``name``, or of the timm model ``timm/<model>``; a ConfigError listing the
+    known names otherwise."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown architecture {name!r}; choose one of: {', '.join(arch_names())}") from None
+    if name.startswith("timm/"):
+        from pih2t_deploy.models.timm_archs import timm_spec
+
+        return timm_spec(name)
+    raise ConfigError(
+        f"unknown architecture {name!r}; choose one of: {', '.join(arch_names())}, or timm/<model> (a timm CNN)"
+    )
 
 
 def check_input_fits(name: str, input_size: int, channels: int) -> None:

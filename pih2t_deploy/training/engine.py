@@ -36,6 +36,7 @@ from pih2t_deploy.data.sources import DataBundle, build_data
 from pih2t_deploy.errors import ConfigError, DataError
 from pih2t_deploy.evaluation import summarize
 from pih2t_deploy.models import NetworkConfig, PIH2TNet, check_input_fits
+from pih2t_deploy.models.pretrained import load_backbone_weights
 from pih2t_deploy.training import distributed as dist_utils
 from pih2t_deploy.training.predict import predict
 from pih2t_deploy.training.recipe import Recipe
@@ -111,12 +112,8 @@ class Trainer:
         )
         torch.manual_seed(self.recipe.seed)
         net = PIH2TNet(config)
-        if model.backbone_weights:
-            state = read_weights_only(model.backbone_weights)
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            missing = net.backbone.load_state_dict(state, strict=False)
-            if missing.unexpected_keys or missing.missing_keys:
-                raise ConfigError(f"{model.backbone_weights} does not fit {model.arch}: {missing}")
+        if model.weights:
+            self.log(load_backbone_weights(net.backbone, model.weights).describe())
         return net.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]  # torch's stubs omit memory_format
 
     def loader(self, dataset, kind: str, batch_size: int, seed: int) -> DataLoader:

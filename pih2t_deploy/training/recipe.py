@@ -47,7 +47,8 @@ class ModelSettings:
     cosine_scale: PositiveFloat = 16.0
     lws: bool = False
     pif_activation: Literal["relu", "gelu", "silu", "tanh"] | None = None
-    backbone_weights: str | None = None
+    # pretrained backbone: a .safetensors/.pth/.pt file or hf-hub:<repo> (models/pretrained.py)
+    weights: str | None = None
 
 
 @dataclass(frozen=True)

@@ -279,7 +279,7 @@ class Stage2(Stage):
                 )
             else:
                 maps = net.features(images)
-            pooled = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(maps, 1), 1)
+            pooled = net.backbone.pool(maps)
         logits = self.model(pooled.float() if self.trainer.amp_dtype is None else pooled)
         return Step(self.loss_fn(logits, labels, epoch), float((logits.argmax(1) == labels).sum()))
 
