@@ -13,6 +13,8 @@ cannot fold and then stays in the graph.
 from __future__ import annotations
 
 import copy
+import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
@@ -48,6 +50,7 @@ class FoldReport:
     parameters_before: int
     parameters_after: int
     adjustment: torch.Tensor = field(repr=False, compare=False)  # float64 [K], subtracted from the logits
+    temperature: float = 1.0  # the adjusted logits are divided by it
 
     def to_dict(self) -> dict:
         """A JSON-safe dict of the report (without the adjustment vector; ``logit_adjust_tau`` says it)."""
@@ -110,9 +113,11 @@ def _fold_pif_into_norm(norm: nn.Module, pif: PIF) -> None:
         norm.weight.mul_(1.0 if a > 0 else -1.0)
 
 
-def _fold_head(net: PIH2TNet, adjustment: torch.Tensor, *, pif_in_head: bool = True) -> nn.Module:
-    """The plain head (one Linear, or the cosine classifier) equal to PIF+head+LWS-adjustment; without
-    ``pif_in_head`` PIF was folded elsewhere (into a norm after pooling) and the head folds LWS only."""
+def _fold_head(
+    net: PIH2TNet, adjustment: torch.Tensor, *, pif_in_head: bool = True, temperature: float = 1.0
+) -> nn.Module:
+    """The plain head (one Linear, or the cosine classifier) equal to (PIF+head+LWS - adjustment) / temperature;
+    without ``pif_in_head`` PIF was folded elsewhere (into a norm after pooling) and the head folds LWS only."""
     channels, num_classes = net.num_features, net.config.num_classes
     matrix, offset = _pif_matrix(net.pif if pif_in_head else None, channels)
     lws = _lws(net.head, num_classes)
@@ -121,12 +126,13 @@ def _fold_head(net: PIH2TNet, adjustment: torch.Tensor, *, pif_in_head: bool = T
         bias = net.head.fc.bias.detach().double()
         folded_weight = lws[:, None] * (weight @ matrix)
         folded_bias = lws * (bias + weight @ offset) - adjustment
-        return _linear(folded_weight, folded_bias)
+        return _linear(folded_weight / temperature, folded_bias / temperature)
     if isinstance(net.head, CosineHead):
         folds_pif = pif_in_head and net.pif is not None and net.pif.is_affine
         pre: nn.Module = _linear(matrix, offset) if folds_pif else nn.Identity()
         weight = F.normalize(net.head.weight.detach().double(), dim=1)
-        return CosineClassifier(pre, _linear(net.head.scale * lws[:, None] * weight, -adjustment))
+        scaled = net.head.scale * lws[:, None] * weight
+        return CosineClassifier(pre, _linear(scaled / temperature, -adjustment / temperature))
     raise TypeError(f"cannot fold head of type {type(net.head).__name__}")
 
 
@@ -172,9 +178,10 @@ def fold(
     check_batch: int = 4,
     seed: int = 0,
     deployment_prior: Sequence[float] | None = None,
+    temperature: float = 1.0,
 ) -> tuple[nn.Module, FoldReport]:
     """Return ``(plain_module, report)`` in eval mode, equal to ``net`` minus tau*log prior (plus log q for a
-    ``deployment_prior`` q, normalised; see ``data.label_shift``) within tolerance.
+    ``deployment_prior`` q, normalised; see ``data.label_shift``), divided by ``temperature``, within tolerance.
 
     ``input_shape`` is (C, H, W) of the random inputs the check uses. The check runs both models in float64,
     so it measures the fold itself, not float32 rounding (reported apart as ``max_abs_diff_fp32``).
@@ -182,6 +189,8 @@ def fold(
     difference exceeds ``tolerance`` times max(1, largest |logit|): absolute for logits up to 1, relative above
     (storing BN-fused weights in float32 loses relative precision, not absolute).
     """
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ConfigError(f"the temperature must be a positive number, got {temperature}")
     net = copy.deepcopy(net).eval()
     config = net.config
     adjustment = torch.zeros(config.num_classes, dtype=torch.float64)
@@ -203,14 +212,15 @@ def fold(
     if norm is not None and net.pif is not None and net.pif.is_affine:
         _fold_pif_into_norm(norm, net.pif)
         pif_into_norm = True
-    plain.fc = _fold_head(net, adjustment, pif_in_head=not pif_into_norm)
+    plain.fc = _fold_head(net, adjustment, pif_in_head=not pif_into_norm, temperature=temperature)
     plain.eval()
     bn_fused = fuse_conv_bn(plain) if fuse_bn else 0
     folded: nn.Module = PIFClassifier(plain, net.pif) if net.pif is not None and not net.pif.is_affine else plain
     keeps_pif = folded is not plain
     folded.eval()
-    max_abs, max_rel = compare_logits(net, folded, input_shape, adjustment, check_batch, seed, torch.float64)
-    fp32_abs, _ = compare_logits(net, folded, input_shape, adjustment, check_batch, seed)
+    compare = functools.partial(compare_logits, net, folded, input_shape, adjustment, check_batch, seed)
+    max_abs, max_rel = compare(torch.float64, temperature=temperature)
+    fp32_abs, _ = compare(temperature=temperature)
     report = FoldReport(
         max_abs_diff=max_abs,
         max_rel_diff=max_rel,
@@ -224,6 +234,7 @@ def fold(
         parameters_before=_count(net),
         parameters_after=_count(folded),
         adjustment=adjustment,
+        temperature=float(temperature),
     )
     allowed = tolerance * max(1.0, max_abs / max_rel if max_rel > 0 else 1.0)
     if not max_abs <= allowed:
@@ -242,8 +253,11 @@ def compare_logits(
     batch: int = 4,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    *,
+    temperature: float = 1.0,
 ) -> tuple[float, float]:
-    """Largest absolute and relative difference between ``reference - adjustment`` and ``candidate`` logits.
+    """Largest absolute and relative difference between ``(reference - adjustment) / temperature`` and
+    ``candidate`` logits.
 
     Both run on the same seeded standard-normal inputs, in ``dtype`` (copies are made for float64).
     """
@@ -251,7 +265,7 @@ def compare_logits(
     x = torch.randn(batch, *input_shape, generator=generator, dtype=dtype)
     if dtype != torch.float32:
         reference, candidate = copy.deepcopy(reference).to(dtype), copy.deepcopy(candidate).to(dtype)
-    expected = reference(x).double() - adjustment
+    expected = (reference(x).double() - adjustment) / temperature
     actual = candidate(x).double()
     max_abs = float((expected - actual).abs().max())
     return max_abs, float(max_abs / max(float(expected.abs().max()), 1e-12))

@@ -152,8 +152,9 @@ def test_the_fold_report_is_json_and_keeps_the_adjustment_out():
     assert "adjustment" not in data and data["logit_adjust_tau"] == 1.0 and data["pif_folded"] is True
     assert set(data) == {
         "max_abs_diff", "max_rel_diff", "max_abs_diff_fp32", "tolerance", "pif_folded", "pif_kept_in_graph",
-        "bn_fused", "logit_adjust_tau", "head", "parameters_before", "parameters_after",
+        "bn_fused", "logit_adjust_tau", "head", "parameters_before", "parameters_after", "temperature",
     }  # fmt: skip
+    assert data["temperature"] == 1.0
     assert torch.allclose(report.adjustment, LOG_PRIOR)  # tau 1: the log prior, kept for the export's reference
     assert data["head"] == "linear"
     # the fold removes exactly PIF's and LWS's parameters; the rest is the plain network's

@@ -106,7 +106,18 @@ def export(
         bool, Opt("--embed-preprocessing", help="graph takes uint8 NHWC pixels (onnx)")
     ] = False,
     probs: Annotated[bool, Opt("--probs", help="softmax in the graph (onnx)")] = False,
-    logit_adjust: Annotated[float, Opt("--logit-adjust", help="fold post-hoc logit adjustment TAU")] = 0.0,
+    logit_adjust: Annotated[
+        float | None,
+        Opt(
+            "--logit-adjust",
+            min=0,
+            help="fold post-hoc logit adjustment TAU (default: the tau training chose on validation, else 0)",
+        ),
+    ] = None,
+    temperature: Annotated[
+        float | None,
+        Opt(help="fold a temperature T: logits / T (default: the one training fitted on validation, else 1)"),
+    ] = None,
     fuse_bn: Annotated[bool, Opt("--fuse-bn", help="fold BatchNorm into convolutions")] = False,
     tolerance: Annotated[
         float | None, Opt(help="largest allowed abs output difference (default 1e-3, 5e-2 fp16)")
@@ -146,6 +157,7 @@ def export(
         embed_preprocessing=embed_preprocessing,
         probs=probs,
         logit_adjust_tau=logit_adjust,
+        temperature=temperature,
         fuse_bn=fuse_bn,
         tolerance=tolerance,
         seed=seed,

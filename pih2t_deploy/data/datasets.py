@@ -83,6 +83,12 @@ class FileImages(LabelledImages):
     def image(self, index: int) -> Image.Image:
         return open_image(str(self.paths[index]), name=str(self.paths[index]))
 
+    def subset(self, indices: np.ndarray) -> FileImages:
+        """A new data set with the images at ``indices``."""
+        return FileImages(
+            [self.paths[i] for i in indices], [self.targets[i] for i in indices], self.class_names, self.transform
+        )
+
 
 def require_every_class(data: LabelledImages, what: str) -> None:
     """DataError naming the first class without images in ``data``."""

@@ -112,6 +112,7 @@ class PriorModel:
     folded_tau: float
     balanced: bool
     measured_reference: np.ndarray | None = None
+    temperature: float = 1.0  # the folded logits are (z - tau0 log p_train) / temperature
 
     @classmethod
     def from_artifact(
@@ -120,11 +121,12 @@ class PriorModel:
         meta: Mapping[str, Any],
         folded_tau: float,
         measured_reference: Sequence[float] | None = None,
+        temperature: float = 1.0,
     ) -> PriorModel:
-        """The prior model of an artifact (its training counts, checkpoint metadata, folded tau and the
-        reference prior its export measured, if any)."""
+        """The prior model of an artifact (its training counts, checkpoint metadata, folded tau, the reference
+        prior its export measured, if any, and its folded temperature)."""
         measured = np.asarray(measured_reference, dtype=np.float64) if measured_reference is not None else None
-        return cls(log_prior(class_counts), float(folded_tau), trained_balanced(meta), measured)
+        return cls(log_prior(class_counts), float(folded_tau), trained_balanced(meta), measured, float(temperature))
 
     @property
     def reference_basis(self) -> str:
@@ -146,19 +148,20 @@ class PriorModel:
 
     @property
     def log_reference_prior(self) -> np.ndarray:
-        """log r: measured at export, else r proportional to p_train^(a - tau0) (module docstring)."""
+        """log r: measured at export, else r proportional to p_train^((a - tau0) / T) (module docstring)."""
         if self.measured_reference is not None:
             return np.log(np.maximum(self.measured_reference, PRIOR_FLOOR))
-        exponent = (0.0 if self.balanced else 1.0) - self.folded_tau
+        exponent = ((0.0 if self.balanced else 1.0) - self.folded_tau) / self.temperature
         raw = exponent * self.log_train_prior
         return raw - np.logaddexp.reduce(raw)
 
     def adjustment(self, tau: float | None = None, log_prior: np.ndarray | None = None) -> np.ndarray:
         """The vector added to the model's logits for a request asking for ``tau`` and/or a deployment prior
-        (given as its normalised log): -(tau - tau0) log p_train + log q."""
+        (given as its normalised log): -(tau - tau0) log p_train / T + log q, T the folded temperature (so the
+        answer is what a model folded with that tau and T would give, re-weighted for q)."""
         shift = np.zeros(self.num_classes)
         if tau is not None:
-            shift -= (tau - self.folded_tau) * self.log_train_prior
+            shift -= (tau - self.folded_tau) * self.log_train_prior / self.temperature
         if log_prior is not None:
             shift += log_prior
         return shift

@@ -20,6 +20,7 @@ from pih2t_deploy.data.folder_survey import FolderSurvey, check_upscale, fitted_
 from pih2t_deploy.data.images import IMAGE_SUFFIXES
 from pih2t_deploy.data.longtail import GroupThresholds, longtail_counts, measured_imbalance, select_longtail
 from pih2t_deploy.data.preprocessing import CIFAR_MEAN, CIFAR_STD, MODES, Preprocessing, to_mode
+from pih2t_deploy.data.validation import ValidationSplit, split_per_class
 from pih2t_deploy.errors import ConfigError, DataError
 from pih2t_deploy.settings import FORBID_UNKNOWN_KEYS, validate_settings
 
@@ -64,6 +65,8 @@ class DataConfig:
     max_upscale: float = 2.0
     longtail_selection: Literal["generator", "authors"] = "generator"
     index_groups: tuple[int, int] | None = None
+    val_fraction: float = 0.0  # of each class's training images, when the data has no val folder (validation.py)
+    val_split: str = "val"  # the validation folder of imagefolder data, used when it exists
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -84,6 +87,8 @@ class DataConfig:
             raise ConfigError(f"data.max_upscale must be > 0, got {self.max_upscale}")
         if self.mode is not None and self.mode not in MODES:
             raise ConfigError(f"unknown data.mode {self.mode!r}; choose RGB (colour) or L (grayscale)")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.index_groups is not None and not 0 < self.index_groups[0] < self.index_groups[1]:
             raise ConfigError(f"data.index_groups must be two class indices 0 < a < b, got {list(self.index_groups)}")
 
@@ -122,6 +127,8 @@ class DataBundle:
     train_transform: T.Compose
     config: DataConfig
     survey: FolderSurvey | None = None
+    val: LabelledImages | None = None
+    validation: ValidationSplit | None = None
 
     @property
     def imbalance_factor(self) -> float:
@@ -337,8 +344,29 @@ def build_data(config: DataConfig) -> DataBundle:
         files, test = _split_files(config) if config.source == "split-file" else _image_folders(config)
         prep, config, survey = _fitted_to_images(config, files)
         train = files
+    train, val, validation = _validation(config, train)
     require_every_class(train, "training set")
     test.transform = prep.transform()
+    if val is not None:
+        val.transform = prep.transform()
     transform = train_transform(config.augment, prep)
     train.transform = transform
-    return DataBundle(train, test, prep, transform, config, survey)
+    return DataBundle(train, test, prep, transform, config, survey, val, validation)
+
+
+def _validation(
+    config: DataConfig, train: LabelledImages
+) -> tuple[LabelledImages, LabelledImages | None, ValidationSplit | None]:
+    """(training set, validation set, description): ROOT/<val_split> of an image folder when it exists, else
+    ``val_fraction`` of each class (nothing when it is 0)."""
+    folder = Path(config.root or "") / config.val_split
+    if config.source == "imagefolder" and config.root and folder.is_dir():
+        paths, labels, names = _folder_tree(folder)
+        if names != train.class_names:
+            raise DataError(f"{folder}: validation classes differ from training classes")
+        return train, FileImages(paths, labels, names), ValidationSplit(str(folder), len(paths), [])
+    if config.val_fraction == 0:
+        return train, None, None
+    if not isinstance(train, ArrayImages | FileImages):
+        raise ConfigError(f"data.val_fraction cannot split {type(train).__name__} data")
+    return split_per_class(train, config.val_fraction, config.seed)

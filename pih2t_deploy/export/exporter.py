@@ -8,6 +8,7 @@ then renamed into place with ``labels.txt`` and ``model.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -60,15 +61,27 @@ class ExportResult:
 
 
 class Adjusted(nn.Module):
-    """The unfolded network minus the folded logit adjustment: the reference every export must match."""
+    """The unfolded network minus the folded logit adjustment, divided by the folded temperature: the reference
+    every export must match."""
 
-    def __init__(self, net: nn.Module, adjustment: torch.Tensor) -> None:
+    def __init__(self, net: nn.Module, adjustment: torch.Tensor, temperature: float = 1.0) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.temperature = net, temperature
         self.register_buffer("adjustment", adjustment.float(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x) - self.adjustment
+        return (self.net(x) - self.adjustment) / self.temperature
+
+
+def posthoc_choices(options: ExportOptions, meta: dict[str, Any]) -> tuple[float, float, str]:
+    """(tau, temperature, where they come from): the options' values when given, else what training chose on
+    validation (the checkpoint's ``posthoc``), else 0 and 1."""
+    chosen = meta.get("posthoc") or {}
+    tau = options.logit_adjust_tau if options.logit_adjust_tau is not None else float(chosen.get("tau", 0.0))
+    temperature = options.temperature if options.temperature is not None else float(chosen.get("temperature", 1.0))
+    given = options.logit_adjust_tau is not None and options.temperature is not None
+    source = "as given" if given or not chosen else f"chosen on validation at training ({chosen.get('objective')})"
+    return tau, temperature, source
 
 
 def _check_output(output: Path, force: bool) -> None:
@@ -136,27 +149,32 @@ def export_checkpoint(
     _check_output(output, options.force)
     ckpt = load_checkpoint(ckpt_path, class_counts=options.class_counts, class_names=options.class_names, log=log)
     meta, prep = ckpt.meta, ckpt.preprocessing
-    if options.logit_adjust_tau and ckpt.class_counts is None:
+    tau, temperature, chosen_by = posthoc_choices(options, meta)
+    options = dataclasses.replace(options, logit_adjust_tau=tau, temperature=temperature)
+    if tau and ckpt.class_counts is None:
         raise UserError(
             f"--logit-adjust needs the training images per class, which {ckpt_path} does not record; "
             "pass them with --class-counts N1,N2,... (one per class, in class order)"
         )
     log(f"loaded {ckpt_path}: {meta['arch']}, method {meta['method']}, {meta['num_classes']} classes")
+    if tau or temperature != 1.0:
+        log(f"folding logit-adjust tau {tau:g} and temperature {temperature:g}, {chosen_by}")
     eval_images = load_images(options.eval_data, ckpt, split="test") if options.eval_data else None
     folded, fold_report = fold(
         ckpt.net,
         input_shape=prep.input_shape,
-        logit_adjust_tau=options.logit_adjust_tau,
+        logit_adjust_tau=tau,
         class_counts=ckpt.class_counts,
         fuse_bn=options.fuse_bn,
         seed=options.seed,
+        temperature=temperature,
     )
     log(
         f"folded: float64 max abs logit difference {fold_report.max_abs_diff:.2e}; PIF "
         + ("kept in the graph (it has an activation)" if fold_report.pif_kept_in_graph else "folded away")
     )
     wrap = dict(embed_preprocessing=options.embed_preprocessing, probs=options.probs)
-    reference = torch_runner(ExportModule(Adjusted(ckpt.net, fold_report.adjustment), prep, **wrap))
+    reference = torch_runner(ExportModule(Adjusted(ckpt.net, fold_report.adjustment, temperature), prep, **wrap))
 
     @functools.cache
     def calibration_and_holdout() -> tuple[ImageSet, ImageSet | None]:
@@ -288,6 +306,7 @@ def _onnx_metadata(ckpt: Checkpoint, options: ExportOptions) -> dict[str, Any]:
         "pih2t.class_counts": ckpt.class_counts,
         "pih2t.preprocessing": ckpt.meta["preprocessing"],
         "pih2t.logit_adjust_tau": options.logit_adjust_tau,
+        "pih2t.temperature": options.temperature,
         "pih2t.input": "uint8 NHWC pixels" if options.embed_preprocessing else "float32 NCHW normalised",
         "pih2t.output": "probabilities" if options.probs else "logits",
         "pih2t.meta": {k: v for k, v in ckpt.meta.items() if k not in ("class_names", "class_counts")},

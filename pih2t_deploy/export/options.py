@@ -23,6 +23,7 @@ COMMON = frozenset(
         "format",
         "max_batch",
         "logit_adjust_tau",
+        "temperature",
         "fuse_bn",
         "seed",
         "class_counts",
@@ -51,7 +52,8 @@ class ExportOptions:
     simplify: bool = False
     embed_preprocessing: bool = False
     probs: bool = False
-    logit_adjust_tau: float = 0.0
+    logit_adjust_tau: float | None = None  # None: the checkpoint's value chosen on validation, else 0
+    temperature: float | None = None  # None: the checkpoint's value chosen on validation, else 1
     fuse_bn: bool = False
     tolerance: float | None = None
     seed: int = 0

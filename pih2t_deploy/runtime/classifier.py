@@ -42,6 +42,11 @@ class ModelInfo:
         return float((self.manifest.fold or {}).get("logit_adjust_tau", 0.0)) if self.manifest else 0.0
 
     @property
+    def folded_temperature(self) -> float:
+        """The temperature folded into the model at export (1 for a checkpoint or none)."""
+        return float((self.manifest.fold or {}).get("temperature", 1.0)) if self.manifest else 1.0
+
+    @property
     def prior_model(self) -> PriorModel | None:
         """What the model's answers assume about the class prior (``data.label_shift``); None when the
         artifact records no positive training count for every class."""
@@ -49,7 +54,7 @@ class ModelInfo:
         if not counts or len(counts) != self.num_classes or min(counts) <= 0:
             return None
         measured = ((self.manifest.accuracy if self.manifest else {}).get("label_shift") or {}).get("reference_prior")
-        return PriorModel.from_artifact(counts, self.meta, self.folded_tau, measured)
+        return PriorModel.from_artifact(counts, self.meta, self.folded_tau, measured, self.folded_temperature)
 
 
 class Classifier(ABC):

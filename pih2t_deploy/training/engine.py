@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -31,6 +32,8 @@ from torch.utils.data import DataLoader
 
 from pih2t_deploy.atomic import atomic_file, write_text_atomic
 from pih2t_deploy.checkpoint import build_meta, read_weights_only, save_checkpoint
+from pih2t_deploy.data.datasets import LabelledImages
+from pih2t_deploy.data.longtail import softmax
 from pih2t_deploy.data.samplers import make_sampler
 from pih2t_deploy.data.sources import DataBundle, build_data
 from pih2t_deploy.errors import ConfigError, DataError
@@ -38,6 +41,7 @@ from pih2t_deploy.evaluation import summarize
 from pih2t_deploy.models import NetworkConfig, PIH2TNet, check_input_fits
 from pih2t_deploy.models.pretrained import load_backbone_weights
 from pih2t_deploy.training import distributed as dist_utils
+from pih2t_deploy.training.posthoc import PosthocChoice, balanced_accuracy, choose_posthoc, reliability_diagram
 from pih2t_deploy.training.predict import predict
 from pih2t_deploy.training.recipe import Recipe
 from pih2t_deploy.training.stages import Stage1, Stage2
@@ -45,6 +49,7 @@ from pih2t_deploy.training.stages import Stage1, Stage2
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
+BEST_VAL_FILE = "best_val.pt"  # the stage-2 weights that scored best on validation so far
 EpochHook = Callable[[int, int], None]
 
 
@@ -181,6 +186,52 @@ class Trainer:
         dist_utils.barrier(self.world)
         self.on_epoch_end(stage, epoch)
 
+    # ----------------------------------------------------------------- validation
+    def _choose_on_validation(self, net: PIH2TNet, bundle: DataBundle, history: list[dict]) -> dict[str, Any]:
+        """Restore the stage-2 epoch that scored the best balanced accuracy on validation, then choose tau and
+        the temperature on validation (posthoc.py); what was chosen, for metrics.json."""
+        assert bundle.val is not None
+        net.load_state_dict(read_weights_only(self.output / BEST_VAL_FILE)["net"])
+        scored = [entry for entry in history if entry.get("stage") == 2 and "val" in entry]
+        best = max(scored, key=lambda entry: (entry["val"]["balanced"], -entry["epoch"]))
+        self.log(
+            f"stage 2: epoch {best['epoch']} of {len(scored)} kept, the best on validation (balanced accuracy "
+            f"{100 * best['val']['balanced']:.1f})"
+        )
+        choice = choose_posthoc(*self.logits(net, bundle.val), bundle.train.class_counts)
+        self.log(
+            f"chosen on validation ({choice.val_images} images): logit-adjust tau {choice.tau:g} ({choice.objective} "
+            f"{100 * choice.val_balanced_accuracy_before:.1f} -> {100 * choice.val_balanced_accuracy_after:.1f}), "
+            f"temperature {choice.temperature:.3f} (ECE {choice.val_ece_before:.3f} -> {choice.val_ece_after:.3f})"
+        )
+        return {
+            "split": bundle.validation.describe() if bundle.validation else None,
+            "best_stage2_epoch": best["epoch"],
+            "best_stage2_scores": best["val"],
+            "posthoc": choice.to_dict(),
+        }
+
+    def _posthoc_on_test(
+        self, posthoc: dict[str, Any], logits: np.ndarray, targets: np.ndarray, bundle: DataBundle
+    ) -> dict[str, Any]:
+        """The test set with the chosen tau and temperature applied (as the exported model answers), its
+        reliability diagram before and after, written as reliability.png."""
+        choice = PosthocChoice(**posthoc)
+        after = self.summarize(choice.apply(logits, bundle.train.class_counts), targets, bundle)
+        if self.world.is_main:
+            reliability_diagram(
+                softmax(logits),
+                softmax(choice.apply(logits, bundle.train.class_counts)),
+                targets,
+                self.output / "reliability.png",
+            )
+        self.log(_line("with tau and temperature", after))
+        keys = ("top1", "top5", "many", "medium", "few", "ece")
+        return {
+            "after_posthoc": {k: after[k] for k in keys},
+            "balanced_after_posthoc": balanced_accuracy(choice.apply(logits, bundle.train.class_counts), targets),
+        }
+
     # ----------------------------------------------------------------- run
     def wrap(self, module: nn.Module) -> nn.Module:
         """``module`` wrapped for distributed training when there are several processes."""
@@ -189,14 +240,39 @@ class Trainer:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids)
 
-    def evaluate(self, net: PIH2TNet, bundle: DataBundle) -> dict[str, Any]:
-        """The test-set summary of ``net`` (Many/Medium/Few, ECE, per class)."""
-        loader = DataLoader(bundle.test, batch_size=256, num_workers=self.workers)
-        logits, targets = predict(net, loader, self.device)
+    def logits(self, net: PIH2TNet, images: LabelledImages) -> tuple[np.ndarray, np.ndarray]:
+        """``net``'s logits on ``images`` and their labels."""
+        return predict(net, DataLoader(images, batch_size=256, num_workers=self.workers), self.device)
+
+    def summarize(self, logits: np.ndarray, targets: np.ndarray, bundle: DataBundle) -> dict[str, Any]:
+        """Top-1/top-5, Many/Medium/Few (by the training counts), ECE and per class, of ``logits``."""
         data = self.recipe.data
         return summarize(logits, targets, bundle.train.class_counts, data.thresholds, data.index_groups)
 
-    def _write_checkpoint(self, path: Path, net: PIH2TNet, bundle: DataBundle, stage: int, summary) -> None:
+    def evaluate(self, net: PIH2TNet, bundle: DataBundle) -> dict[str, Any]:
+        """The test-set summary of ``net`` (Many/Medium/Few, ECE, per class)."""
+        return self.summarize(*self.logits(net, bundle.test), bundle)
+
+    def score_validation(self, net: PIH2TNet, bundle: DataBundle) -> dict[str, float | None]:
+        """``net``'s validation scores (balanced accuracy decides); its weights are kept in BEST_VAL_FILE
+        when they beat every earlier epoch's (the first of equals stays)."""
+        assert bundle.val is not None
+        logits, targets = self.logits(net, bundle.val)
+        summary = self.summarize(logits, targets, bundle)
+        scores = {key: summary[key] for key in ("top1", "many", "medium", "few", "ece")}
+        scores["balanced"] = balanced_accuracy(logits, targets)
+        best_file = self.output / BEST_VAL_FILE
+        if self.world.is_main:
+            best = read_weights_only(best_file)["balanced"] if best_file.exists() else -1.0
+            if scores["balanced"] > best:
+                with atomic_file(best_file) as tmp:
+                    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+                    torch.save({"balanced": scores["balanced"], "net": state}, tmp)
+        return scores
+
+    def _write_checkpoint(
+        self, path: Path, net: PIH2TNet, bundle: DataBundle, stage: int, summary, posthoc: dict | None = None
+    ) -> None:
         if not self.world.is_main:
             return
         meta = build_meta(
@@ -211,6 +287,7 @@ class Trainer:
                 "training": self.recipe.to_dict(),
                 "seed": self.recipe.seed,
                 "test_metrics": {k: summary[k] for k in ("top1", "top5", "many", "medium", "few", "ece")},
+                **({"posthoc": posthoc} if posthoc else {}),
             },
         )
         save_checkpoint(path, net, meta)
@@ -253,6 +330,8 @@ class Trainer:
                 f"{bundle.survey.describe()}: the network sees {prep.input_size}x{prep.input_size} {prep.mode} "
                 f"(shorter side resized to {prep.resize})"
             )
+        if bundle.validation is not None:
+            self.log(bundle.validation.describe())
         state = self._load_state()
         if state is None and self.world.is_main:
             (self.output / "metrics.jsonl").unlink(missing_ok=True)
@@ -269,9 +348,15 @@ class Trainer:
             state = None
         stage1_seconds = time.perf_counter() - started
         stage2 = Stage2(self, net, bundle).run(state)
-        summary = stage2.last_test_summary or self.evaluate(net, bundle)
-        self._write_checkpoint(model_path, net, bundle, 2, summary)
+        chosen: dict[str, Any] = {}
+        if bundle.val is not None:
+            chosen = self._choose_on_validation(net, bundle, stage2.history)
+        test_logits, test_targets = self.logits(net, bundle.test)  # the test set, scored once
+        summary = self.summarize(test_logits, test_targets, bundle)
         self.log(_line("stage 2", summary))
+        if chosen:
+            chosen["test"] = self._posthoc_on_test(chosen["posthoc"], test_logits, test_targets, bundle)
+        self._write_checkpoint(model_path, net, bundle, 2, summary, chosen.get("posthoc"))
         digests = dist_utils.gather_strings(dist_utils.state_digest(net), self.world)
         metrics = {
             **summary,
@@ -279,6 +364,7 @@ class Trainer:
             "method": self.recipe.method,
             "final_epoch": self.recipe.stage2.epochs,
             **best_epoch_on_test(stage2.history),
+            **({"validation": chosen} if chosen else {}),
             "class_counts": bundle.train.class_counts,
             "class_names": bundle.train.class_names,
             "seconds": {"stage1": round(stage1_seconds, 2), "total": round(time.perf_counter() - started, 2)},
@@ -288,6 +374,7 @@ class Trainer:
         if self.world.is_main:
             write_text_atomic(self.output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             self._state_path().unlink(missing_ok=True)
+            (self.output / BEST_VAL_FILE).unlink(missing_ok=True)
         dist_utils.barrier(self.world)
         dist_utils.shutdown(self.world)
         return TrainResult(self.output, model_path, stage1_path, metrics)

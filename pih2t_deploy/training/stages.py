@@ -284,14 +284,18 @@ class Stage2(Stage):
         return Step(self.loss_fn(logits, labels, epoch), float((logits.argmax(1) == labels).sum()))
 
     def end_epoch(self) -> dict[str, Any]:
-        """Shift-BN statistics averaged over the processes; the test scores of this epoch when the recipe
-        asks for them (``runtime.test_each_stage2_epoch``, for the authors' best-epoch report)."""
+        """Shift-BN statistics averaged over the processes; the validation scores of this epoch (the best epoch
+        on them is kept: ``Trainer.keep_if_best``); the test scores when the recipe asks for them
+        (``runtime.test_each_stage2_epoch``, for the authors' best-epoch report)."""
         if self.settings.shift_bn:
             dist_utils.average_buffers(self.net.backbone, self.trainer.world)
-        if not self.trainer.recipe.runtime.test_each_stage2_epoch:
-            return {}
-        self.last_test_summary = self.trainer.evaluate(self.net, self.bundle)
-        return {"test": {key: self.last_test_summary[key] for key in ("top1", "many", "medium", "few")}}
+        record: dict[str, Any] = {}
+        if self.bundle.val is not None:
+            record["val"] = self.trainer.score_validation(self.net, self.bundle)
+        if self.trainer.recipe.runtime.test_each_stage2_epoch:
+            self.last_test_summary = self.trainer.evaluate(self.net, self.bundle)
+            record["test"] = {key: self.last_test_summary[key] for key in ("top1", "many", "medium", "few")}
+        return record
 
     def summary(self, history: list[dict[str, Any]]) -> StageSummary:
         return StageSummary(self.number, history, self.last_test_summary)
