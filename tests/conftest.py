@@ -33,6 +33,7 @@ INTEGRATION_MODULES = frozenset(
         "test_predict",
         "test_serve_workers",
         "test_timm_backbones",
+        "test_validation_posthoc",
         "test_training",
         "test_triton",
     }
