@@ -1,6 +1,7 @@
 """The validation split, the tau and temperature chosen on it (checked against scikit-learn and SciPy), their
 exact fold into the classifier, the per-request tau of a temperature-scaled artifact, and a short training run
-whose choices are recomputed independently from its saved model and the same split."""
+whose choices are recomputed independently from its saved model and the same split, and whose TensorBoard
+scalars are read back with TensorBoard's own reader."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from PIL import Image
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 from sklearn.metrics import balanced_accuracy_score
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pih2t_deploy.data.datasets import ArrayImages
 from pih2t_deploy.data.label_shift import PriorModel
@@ -115,6 +117,14 @@ def test_a_run_with_validation_keeps_the_best_epoch_and_its_choices_are_recomput
     assert metrics["validation"]["best_stage2_epoch"] == best["epoch"]
     assert f"epoch {best['epoch']} of 4 kept, the best on validation" in log
     recorded = metrics["validation"]["posthoc"]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    balanced = [(e.step, e.value) for e in events.Scalars("stage2/val_balanced")]
+    assert balanced == [(h["epoch"], pytest.approx(h["val"]["balanced"])) for h in stage2]
+    assert [e.step for e in events.Scalars("stage1/loss")] == list(range(1, 13))
+    assert events.Scalars("final/test_ece")[0].value == pytest.approx(metrics["ece"])
+    after = metrics["validation"]["test"]["after_posthoc"]
+    assert events.Scalars("final/test_after_posthoc_few")[0].value == pytest.approx(after["few"])
 
     ckpt = load_checkpoint(run / "model.pt")
     assert ckpt.meta["posthoc"] == recorded

@@ -45,6 +45,7 @@ from pih2t_deploy.training.posthoc import PosthocChoice, balanced_accuracy, choo
 from pih2t_deploy.training.predict import predict
 from pih2t_deploy.training.recipe import Recipe
 from pih2t_deploy.training.stages import Stage1, Stage2
+from pih2t_deploy.training.tracking import TensorBoardLog
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ class Trainer:
                 )
             with (self.output / "metrics.jsonl").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(history[-1]) + "\n")
+            self.tracking.epoch(history[-1])
         dist_utils.barrier(self.world)
         self.on_epoch_end(stage, epoch)
 
@@ -217,19 +219,15 @@ class Trainer:
         """The test set with the chosen tau and temperature applied (as the exported model answers), its
         reliability diagram before and after, written as reliability.png."""
         choice = PosthocChoice(**posthoc)
-        after = self.summarize(choice.apply(logits, bundle.train.class_counts), targets, bundle)
+        adjusted = choice.apply(logits, bundle.train.class_counts)
+        after = self.summarize(adjusted, targets, bundle)
         if self.world.is_main:
-            reliability_diagram(
-                softmax(logits),
-                softmax(choice.apply(logits, bundle.train.class_counts)),
-                targets,
-                self.output / "reliability.png",
-            )
+            reliability_diagram(softmax(logits), softmax(adjusted), targets, self.output / "reliability.png")
         self.log(_line("with tau and temperature", after))
         keys = ("top1", "top5", "many", "medium", "few", "ece")
         return {
-            "after_posthoc": {k: after[k] for k in keys},
-            "balanced_after_posthoc": balanced_accuracy(choice.apply(logits, bundle.train.class_counts), targets),
+            "before_posthoc": {"balanced": balanced_accuracy(logits, targets)},
+            "after_posthoc": {**{k: after[k] for k in keys}, "balanced": balanced_accuracy(adjusted, targets)},
         }
 
     # ----------------------------------------------------------------- run
@@ -332,6 +330,9 @@ class Trainer:
             )
         if bundle.validation is not None:
             self.log(bundle.validation.describe())
+        self.tracking = TensorBoardLog(
+            self.output / "tensorboard", self.world.is_main and self.recipe.runtime.tensorboard
+        )
         state = self._load_state()
         if state is None and self.world.is_main:
             (self.output / "metrics.jsonl").unlink(missing_ok=True)
@@ -371,6 +372,10 @@ class Trainer:
             "world_size": self.world.size,
             "rank_weight_digests": digests,
         }
+        self.tracking.final(summary)
+        if chosen:
+            self.tracking.final(chosen["test"]["after_posthoc"], "test_after_posthoc")
+        self.tracking.close()
         if self.world.is_main:
             write_text_atomic(self.output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             self._state_path().unlink(missing_ok=True)

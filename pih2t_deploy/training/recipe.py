@@ -122,6 +122,7 @@ class RuntimeSettings:
     workers: NonNegativeInt = 0
     progress: bool = True
     test_each_stage2_epoch: bool = True
+    tensorboard: bool = True  # event files in RUN/tensorboard (training/tracking.py)
 
 
 @dataclass(frozen=True)
