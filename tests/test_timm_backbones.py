@@ -23,6 +23,7 @@ from pih2t_deploy.models.pretrained import load_backbone_weights
 from tests.helpers import run_cli
 
 COUNTS = [50, 20, 10, 5, 2]
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's resnet10t was trained with
 
 
 def _trained_looking(arch: str, a_sign: float, in_channels: int = 3) -> PIH2TNet:
@@ -121,6 +122,9 @@ def test_a_timm_resnet_at_32_px_trains_from_a_weights_file_folds_exports_and_ser
     assert "operator counts identical to the vanilla timm/resnet10t" in exported.stdout + exported.stderr
     image = (tmp_path / "digits" / "test" / "three" / "three_0000.png").read_bytes()
     classifier = load_classifier(tmp_path / "export")
+    prep = classifier.info.preprocessing  # resnet10t's pretrained configuration, for grayscale: channel means
+    assert prep.interpolation == "bicubic" and prep.mode == "L"
+    assert prep.mean == pytest.approx((sum(IMAGENET_MEAN) / 3,)) and prep.std == pytest.approx((sum(IMAGENET_STD) / 3,))
     expected = classifier.probabilities(classifier.predict(classifier.prepare([Image.open(io.BytesIO(image))])))[0]
     port = free_port()
     server = start_rest_server(tmp_path / "export", port)

@@ -7,6 +7,7 @@ No source downloads anything: a missing folder gets a message saying where to pu
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
@@ -331,8 +332,10 @@ def _fitted_to_images(config: DataConfig, train: FileImages) -> tuple[Preprocess
     return Preprocessing(size, resize, "RGB"), fitted, survey
 
 
-def build_data(config: DataConfig) -> DataBundle:
-    """Training set (long-tailed), balanced test set and preprocessing for ``config``; clear DataErrors."""
+def build_data(config: DataConfig, normalization: Callable[[str], dict[str, Any] | None] | None = None) -> DataBundle:
+    """Training set (long-tailed), balanced test set and preprocessing for ``config``; clear DataErrors.
+    ``normalization(mode)`` may replace the preprocessing's mean, std and interpolation (a pretrained
+    backbone's own, ``models.timm_archs.pretrained_normalization``)."""
     train: LabelledImages
     test: LabelledImages
     survey = None
@@ -344,6 +347,9 @@ def build_data(config: DataConfig) -> DataBundle:
         files, test = _split_files(config) if config.source == "split-file" else _image_folders(config)
         prep, config, survey = _fitted_to_images(config, files)
         train = files
+    override = normalization(prep.mode) if normalization is not None else None
+    if override:
+        prep = replace(prep, **override)
     train, val, validation = _validation(config, train)
     require_every_class(train, "training set")
     test.transform = prep.transform()

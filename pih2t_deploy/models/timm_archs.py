@@ -106,6 +106,21 @@ def _is_channel_layer_norm(norm: nn.Module) -> bool:
     return isinstance(norm, nn.LayerNorm) and norm.weight is not None and len(norm.normalized_shape) == 1
 
 
+def pretrained_normalization(arch: str, mode: str) -> dict[str, Any] | None:
+    """The mean, std and interpolation of timm model ``arch``'s pretrained configuration, for images of colour
+    ``mode`` (grayscale: the means of the three channels' values); None for other architectures."""
+    if not arch.startswith(PREFIX):
+        return None
+    cfg = import_timm().get_pretrained_cfg(arch.removeprefix(PREFIX))
+    if cfg is None or cfg.mean is None or cfg.std is None:
+        return None
+    mean, std = tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
+    if mode == "L":
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    interpolation = cfg.interpolation if cfg.interpolation in ("nearest", "bilinear", "bicubic") else "bilinear"
+    return {"mean": mean, "std": std, "interpolation": interpolation}
+
+
 @functools.cache
 def timm_spec(arch: str) -> ArchSpec:
     """The registry entry of ``arch`` ("timm/<model name>"), built on first use; ConfigError for an unknown

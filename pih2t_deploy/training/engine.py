@@ -14,6 +14,7 @@ each epoch's randomness derives from (seed, epoch), so a resumed run equals an u
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from pih2t_deploy.errors import ConfigError, DataError
 from pih2t_deploy.evaluation import summarize
 from pih2t_deploy.models import NetworkConfig, PIH2TNet, check_input_fits
 from pih2t_deploy.models.pretrained import load_backbone_weights
+from pih2t_deploy.models.timm_archs import pretrained_normalization
 from pih2t_deploy.training import distributed as dist_utils
 from pih2t_deploy.training.posthoc import PosthocChoice, balanced_accuracy, choose_posthoc, reliability_diagram
 from pih2t_deploy.training.predict import predict
@@ -313,7 +315,8 @@ class Trainer:
             return finished
         self.output.mkdir(parents=True, exist_ok=True)
         try:
-            bundle = build_data(self.recipe.data)
+            arch = self.recipe.model.arch
+            bundle = build_data(self.recipe.data, functools.partial(pretrained_normalization, arch))
         except OSError as exc:
             raise DataError(f"cannot read the data: {exc}") from None
         self.log(
@@ -330,6 +333,12 @@ class Trainer:
             )
         if bundle.validation is not None:
             self.log(bundle.validation.describe())
+        if pretrained_normalization(self.recipe.model.arch, bundle.preprocessing.mode):
+            prep = bundle.preprocessing
+            self.log(
+                f"preprocessing of {self.recipe.model.arch}'s pretrained configuration: mean {list(prep.mean)}, "
+                f"std {list(prep.std)}, {prep.interpolation} resizing"
+            )
         self.tracking = TensorBoardLog(
             self.output / "tensorboard", self.world.is_main and self.recipe.runtime.tensorboard
         )
