@@ -1,16 +1,19 @@
 """pih2t-serve on an OpenVINO INT8 artifact against the raw OpenVINO runtime at batch 32, in one run.
 
-    python benchmarks/serve_openvino.py [--seconds 20] [--threads 2]
+    python benchmarks/serve_openvino.py [--seconds 20] [--threads 2] [--client httpx|perf_analyzer]
 
 Exports the folded ResNet-50 (random weights, 224, 100 classes) as openvino-int8, measures the compiled IR's
 images/s at batch 32 with ``--threads`` threads, then starts pih2t-serve --backend openvino (micro-batches up
 to 32, same threads) and drives it from a separate client process at concurrency 32 with one 256x256 JPEG per
-request. Prints served/raw.
+request: Python httpx posting to /v1/classify, or Triton's perf_analyzer (C++, set up by perf_analyzer.sh)
+sending the JPEG as a v2 BYTES tensor, which leaves more of the shared cores to the server. Prints served/raw.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -18,10 +21,12 @@ from pathlib import Path
 import numpy as np
 from bench_common import jpeg_bytes
 from openvino_cpu import build_artifacts
+from perf_analyzer_vs_triton import measure, perf_analyzer
 
 from pih2t_deploy.bench.load import run_load
 from pih2t_deploy.runtime.openvino_backend import ir_runner
 from pih2t_deploy.serving.process import free_port, start_rest_server
+from pih2t_deploy.serving.v2_codec import serialize_bytes
 
 
 def raw_images_per_s(xml: Path, threads: int, seconds: float, batch: int = 32) -> float:
@@ -39,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--client", choices=("httpx", "perf_analyzer"), default="httpx")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pih2t-serve-openvino-") as work:
         artifact = build_artifacts(Path(work), only=("openvino-int8",))["openvino-int8"]
@@ -59,12 +65,19 @@ def main() -> None:
             "1024",
         )
         try:
-            served = run_load(f"http://127.0.0.1:{port}", 32, args.seconds, image)
+            if args.client == "perf_analyzer":
+                data = Path(work) / "data.json"
+                encoded = base64.b64encode(serialize_bytes([image.read_bytes()])).decode()
+                data.write_text(json.dumps({"data": [{"image": {"b64": encoded}}]}))
+                found = measure(perf_analyzer(), "pih2t_image", f"127.0.0.1:{port}", "http", 32, data, args.seconds)
+                served = {"throughput": found["requests_per_s"], "errors": 0, **found}
+            else:
+                served = run_load(f"http://127.0.0.1:{port}", 32, args.seconds, image)
         finally:
             server.terminate()
             server.wait(timeout=60)
     print(
-        f"raw OpenVINO INT8 batch 32: {raw:.1f} images/s; pih2t-serve at concurrency 32: "
+        f"raw OpenVINO INT8 batch 32: {raw:.1f} images/s; pih2t-serve at concurrency 32 ({args.client}): "
         f"{served['throughput']:.1f} requests/s (p50 {served['p50_ms']:.0f} ms, p99 {served['p99_ms']:.0f} ms, "
         f"errors {served['errors']}); served/raw {served['throughput'] / raw:.2f}"
     )
