@@ -176,3 +176,11 @@ def test_the_kept_epoch_is_restored_before_the_choices_are_made(tmp_path):
     chosen = trainer._choose_on_validation(final, bundle, history)
     assert chosen["best_stage2_epoch"] == 1
     assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), best.state_dict().values(), strict=True))
+
+
+def test_a_temperature_at_the_edge_of_its_range_is_flagged_in_the_log_line():
+    """Perfectly separated validation images: the NLL keeps falling as T -> 0, so T ends on the search's edge."""
+    targets = np.repeat(np.arange(3), 5)
+    separated = choose_posthoc(5.0 * np.eye(3)[targets], targets, [10, 5, 2])
+    assert separated.temperature_at_bound and "not well determined" in separated.describe()
+    assert not choose_posthoc(*_validation_logits(), COUNTS).temperature_at_bound

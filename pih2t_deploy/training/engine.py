@@ -203,11 +203,7 @@ class Trainer:
             f"{100 * best['val']['balanced']:.1f})"
         )
         choice = choose_posthoc(*self.logits(net, bundle.val), bundle.train.class_counts)
-        self.log(
-            f"chosen on validation ({choice.val_images} images): logit-adjust tau {choice.tau:g} ({choice.objective} "
-            f"{100 * choice.val_balanced_accuracy_before:.1f} -> {100 * choice.val_balanced_accuracy_after:.1f}), "
-            f"temperature {choice.temperature:.3f} (ECE {choice.val_ece_before:.3f} -> {choice.val_ece_after:.3f})"
-        )
+        self.log(choice.describe())
         return {
             "split": bundle.validation.describe() if bundle.validation else None,
             "best_stage2_epoch": best["epoch"],

@@ -84,6 +84,21 @@ class PosthocChoice:
     val_ece_after: float
     val_nll_before: float
     val_nll_after: float
+    temperature_at_bound: bool = False  # the NLL kept falling to the search's edge: T is not well determined
+
+    def describe(self) -> str:
+        """One line for the training log."""
+        line = (
+            f"chosen on validation ({self.val_images} images): logit-adjust tau {self.tau:g} ({self.objective} "
+            f"{100 * self.val_balanced_accuracy_before:.1f} -> {100 * self.val_balanced_accuracy_after:.1f}), "
+            f"temperature {self.temperature:.3f} (ECE {self.val_ece_before:.3f} -> {self.val_ece_after:.3f})"
+        )
+        if self.temperature_at_bound:
+            line += (
+                "; the temperature is at the edge of its search range: the validation images are separated "
+                "(nearly) perfectly, so it is not well determined (--temperature 1 at export keeps the raw scale)"
+            )
+        return line
 
     def apply(self, logits: np.ndarray, class_counts: Sequence[int]) -> np.ndarray:
         """``logits`` as the folded classifier gives them: (z - tau log p_train) / T."""
@@ -101,6 +116,8 @@ def choose_posthoc(logits: np.ndarray, targets: np.ndarray, class_counts: Sequen
     adjusted = logits - tau * log_prior(class_counts)
     temperature = fit_temperature(adjusted, targets)
     calibrated = adjusted / temperature
+    low, high = INVERSE_TEMPERATURE_RANGE
+    at_bound = min(abs(1 / temperature - low), abs(1 / temperature - high)) < 1e-3 * high
     return PosthocChoice(
         tau=tau,
         temperature=round(temperature, 6),
@@ -112,6 +129,7 @@ def choose_posthoc(logits: np.ndarray, targets: np.ndarray, class_counts: Sequen
         val_ece_after=expected_calibration_error(softmax(calibrated), targets),
         val_nll_before=negative_log_likelihood(logits, targets),
         val_nll_after=negative_log_likelihood(calibrated, targets),
+        temperature_at_bound=at_bound,
     )
 
 
