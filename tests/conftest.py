@@ -22,6 +22,7 @@ INTEGRATION_MODULES = frozenset(
         "test_demo",
         "test_export_formats",
         "test_export_onnx",
+        "test_finetune_stage",
         "test_fold",
         "test_fuzz",
         "test_gpu_check",

@@ -85,6 +85,12 @@ class StageSettings:
     by ``gamma`` at each of ``milestones`` (epochs); ``warmup_epochs`` of linear warm-up precede any of them.
     ``clip_grad_norm`` rescales the gradients whose global norm exceeds it before each step (None: never), which
     keeps a high lr stable on small data sets.
+
+    Fine-tuning a pretrained backbone (stage 1): ``optimizer`` sgd or adamw (AdamW uses ``weight_decay`` as its
+    decoupled decay and ignores momentum); the backbone learns at ``lr * backbone_lr_scale`` while PIF and the
+    new head learn at ``lr``; ``frozen`` names modules (as ``net.named_modules()`` calls them, e.g.
+    ``backbone.body.conv1``, ``backbone.body.layer1``) whose weights stay as loaded and whose BatchNorm
+    statistics stay fixed.
     """
 
     __pydantic_config__ = FORBID_UNKNOWN_KEYS
@@ -106,6 +112,9 @@ class StageSettings:
     shift_bn: bool = True
     accumulate: PositiveInt = 1
     clip_grad_norm: PositiveFloat | None = None
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    backbone_lr_scale: PositiveFloat = 1.0
+    frozen: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from pih2t_deploy.data.sources import DataBundle
+from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.fusion import h2t_fuse
 from pih2t_deploy.models import PIH2TNet
 from pih2t_deploy.training import distributed as dist_utils
@@ -106,20 +107,27 @@ class Stage:
         self.receivers = self.trainer.loader(self.bundle.train, self.settings.sampler, batch, recipe.seed)
         self.donors = self.trainer.loader(self.bundle.train, self.settings.donor_sampler, batch, recipe.seed + 1)
         steps_per_epoch = max(1, -(-len(self.receivers) // self.settings.accumulate))
-        trainable = self.trainable_parameters()
-        self.optimizer = torch.optim.SGD(
-            trainable,
-            lr=self.settings.lr,
-            momentum=self.settings.momentum,
-            weight_decay=self.settings.weight_decay,
-            nesterov=self.settings.nesterov and self.settings.momentum > 0,
-        )
+        self.optimizer = build_optimizer(self.settings, self.parameter_groups())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(self.settings, steps_per_epoch))
 
     # what each stage defines
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters this stage optimises (the others are frozen)."""
         raise NotImplementedError
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: the trainable parameters at the stage's lr; in stage 1 the
+        backbone's at ``lr * backbone_lr_scale`` (fine-tuning a pretrained backbone)."""
+        trainable = self.trainable_parameters()
+        scale = self.settings.backbone_lr_scale
+        if self.number != 1 or scale == 1.0:
+            return [{"params": trainable, "lr": self.settings.lr}]
+        backbone = {id(p) for p in self.net.backbone.parameters()}
+        groups = [
+            {"params": [p for p in trainable if id(p) in backbone], "lr": self.settings.lr * scale},
+            {"params": [p for p in trainable if id(p) not in backbone], "lr": self.settings.lr},
+        ]
+        return [group for group in groups if group["params"]]
 
     def set_train_mode(self) -> None:
         """Put the network in this stage's training mode."""
@@ -210,6 +218,31 @@ class Stage:
         return StageSummary(self.number, history)
 
 
+def frozen_modules(net: nn.Module, names: tuple[str, ...]) -> list[nn.Module]:
+    """The modules of ``net`` named in ``names`` (``stage1.frozen``); ConfigError naming the first unknown one
+    with the names of the backbone's top-level parts."""
+    modules = dict(net.named_modules())
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        prefix = "backbone.body." if "backbone.body" in modules else "backbone."
+        parts = [n for n in modules if n.startswith(prefix) and "." not in n.removeprefix(prefix)]
+        raise ConfigError(f"stage1.frozen: no module {unknown[0]!r}; the backbone's parts are {', '.join(parts)}")
+    return [modules[name] for name in names]
+
+
+def build_optimizer(settings: StageSettings, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or AdamW over ``groups``, with the stage's weight decay."""
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(
+        groups,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        nesterov=settings.nesterov and settings.momentum > 0,
+    )
+
+
 @dataclass
 class Stage1(Stage):
     """Representation learning: everything but LWS trains; mixup when the recipe asks for it."""
@@ -222,9 +255,16 @@ class Stage1(Stage):
             self.accuracy_label = "mixup acc"
 
     def trainable_parameters(self) -> list[nn.Parameter]:
+        frozen = {id(p) for module in frozen_modules(self.net, self.settings.frozen) for p in module.parameters()}
         for name, param in self.net.named_parameters():
-            param.requires_grad_(not name.endswith("lws"))
-        return [p for name, p in self.net.named_parameters() if not name.endswith("lws")]
+            param.requires_grad_(not name.endswith("lws") and id(param) not in frozen)
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+    def set_train_mode(self) -> None:
+        """Training mode, but frozen modules in eval mode (their BatchNorm statistics stay as loaded)."""
+        self.net.train()
+        for module in frozen_modules(self.net, self.settings.frozen):
+            module.eval()
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, donor: Any, epoch: int) -> Step:
         """The base loss; under mixup, the loss and the accuracy are weighted between both images' labels
