@@ -29,7 +29,7 @@ def test_export_round_trip_with_dynamic_batch_and_metadata(tmp_path, ckpt):
     path, net = ckpt
     result = export_checkpoint(path, ExportOptions(output=tmp_path / "art", logit_adjust_tau=1.0))
     folder = result.folder
-    assert sorted(p.name for p in folder.iterdir()) == ["labels.txt", "model.json", "model.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "labels.txt", "model.json", "model.onnx"]
     assert (folder / "labels.txt").read_text().splitlines() == [f"c{i}" for i in range(7)]
     manifest = json.loads((folder / "model.json").read_text())
     assert manifest["files"]["model.onnx"] == sha256_file(folder / "model.onnx")

@@ -93,7 +93,7 @@ def test_one_entry_adds_a_format_to_export_runtime_bench_and_triton(new_format, 
     result = export_checkpoint(ckpt, ExportOptions(output=tmp_path / "art", format="onnx-renamed"))
     manifest = json.loads((tmp_path / "art" / "model.json").read_text())
     assert (manifest["model_file"], manifest["model_format"]) == ("model.renamed.onnx", "onnx-renamed")
-    assert sorted(result.manifest.files) == ["labels.txt", "model.renamed.onnx"]
+    assert sorted(result.manifest.files) == ["README.md", "labels.txt", "model.renamed.onnx"]
 
     classifier = load_classifier(tmp_path / "art")
     assert classifier.describe()["file"] == "model.renamed.onnx"

@@ -38,8 +38,14 @@ def fp32_ir(digits_artifact, tmp_path_factory):
 
 def test_fp32_ir_matches_onnxruntime_and_records_what_made_it(fp32_ir, digits_artifact):
     folder, manifest = fp32_ir
-    assert sorted(p.name for p in folder.iterdir()) == ["labels.txt", "model.bin", "model.json", "model.xml"]
-    assert set(manifest.files) == {"labels.txt", "model.bin", "model.xml"}
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "labels.txt",
+        "model.bin",
+        "model.json",
+        "model.xml",
+    ]
+    assert set(manifest.files) == {"README.md", "labels.txt", "model.bin", "model.xml"}
     assert manifest.openvino["inference_precision"] == "f32" and manifest.openvino["openvino"]
     assert all(r["passed"] and r["tolerance"] == pytest.approx(1e-3) for r in manifest.verification)
     assert manifest.graph["identical"]

@@ -50,7 +50,13 @@ def copy_of(folder: Path, tmp_path: Path) -> Path:
 
 def test_a_signed_export_verifies_and_any_change_breaks_it(signed, tmp_path):
     artifact, public, stranger = signed
-    assert sorted(p.name for p in artifact.iterdir()) == ["labels.txt", "model.json", "model.onnx", "model.sig"]
+    assert sorted(p.name for p in artifact.iterdir()) == [
+        "README.md",
+        "labels.txt",
+        "model.json",
+        "model.onnx",
+        "model.sig",
+    ]
     verify_folder(artifact, public)
     with pytest.raises(SignatureError, match="fails its signature check"):
         verify_folder(artifact, stranger)

@@ -1,7 +1,7 @@
 """The validation split, the tau and temperature chosen on it (checked against scikit-learn and SciPy), their
 exact fold into the classifier, the per-request tau of a temperature-scaled artifact, and a short training run
 whose choices are recomputed independently from its saved model and the same split, and whose TensorBoard
-scalars are read back with TensorBoard's own reader."""
+scalars are read back with TensorBoard's own reader, and whose artifact's model card huggingface_hub reads."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
@@ -150,7 +151,15 @@ def test_a_run_with_validation_keeps_the_best_epoch_and_its_choices_are_recomput
     exported = run_cli("export", "--ckpt", str(run / "model.pt"), "--output", str(tmp_path / "export"))
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert f"folding logit-adjust tau {recorded['tau']:g} and temperature" in exported.stdout + exported.stderr
+    card = ModelCard.load(tmp_path / "export" / "README.md")  # huggingface_hub's own reader
+    metrics_by_name = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    after = metrics["validation"]["test"]["after_posthoc"]
+    assert metrics_by_name["Few-shot top-1"] == pytest.approx(round(100 * after["few"], 2))
+    assert metrics_by_name["expected calibration error"] == pytest.approx(round(after["ece"], 4))
+    assert "the training run's test set, with the tau and temperature chosen on validation" in card.text
+    assert f"| 0 | eight | {counts[0]} | " in card.text  # classes with their training counts and groups
     classifier = load_classifier(tmp_path / "export")
+    assert "README.md" in classifier.info.manifest.files, "the card is hashed like every other file"
     assert classifier.info.folded_tau == recorded["tau"]
     assert classifier.info.folded_temperature == recorded["temperature"]
     images = [bundle.test.image(i) for i in range(8)]

@@ -39,6 +39,7 @@ from pih2t_deploy.errors import DataError, UserError
 from pih2t_deploy.evaluation import summarize
 from pih2t_deploy.export.builders import BuildInputs, BuildResult
 from pih2t_deploy.export.gates import AccuracyGate, ParityGate
+from pih2t_deploy.export.model_card import write_card
 from pih2t_deploy.export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from pih2t_deploy.export.options import ExportOptions
 from pih2t_deploy.export.real_images import ImageSet, load_images
@@ -218,7 +219,9 @@ def export_checkpoint(
             if eval_images is None and options.quantized:  # INT8 is judged on real images it was not calibrated on
                 eval_images = calibration_and_holdout()[1]
             reports, accuracy = _verify(ckpt, options, reference, built, eval_images, log)
-            manifest = write_manifest(tmp, _manifest(ckpt, options, fold_report, reports, accuracy, built.sections))
+            described = _manifest(ckpt, options, fold_report, reports, accuracy, built.sections)
+            write_card(tmp, described)  # README.md, listed and hashed in model.json with the other files
+            manifest = write_manifest(tmp, described)
             if options.sign_key is not None:
                 sign_folder(tmp, options.sign_key)
                 log(f"signed with {options.sign_key} ({SIGNATURE_FILE})")

@@ -267,7 +267,7 @@ class Trainer:
         return scores
 
     def _write_checkpoint(
-        self, path: Path, net: PIH2TNet, bundle: DataBundle, stage: int, summary, posthoc: dict | None = None
+        self, path: Path, net: PIH2TNet, bundle: DataBundle, stage: int, summary, chosen: dict | None = None
     ) -> None:
         if not self.world.is_main:
             return
@@ -283,7 +283,8 @@ class Trainer:
                 "training": self.recipe.to_dict(),
                 "seed": self.recipe.seed,
                 "test_metrics": {k: summary[k] for k in ("top1", "top5", "many", "medium", "few", "ece")},
-                **({"posthoc": posthoc} if posthoc else {}),
+                # what was chosen on validation, and the test set scored with it (the model card reports it)
+                **({"posthoc": chosen["posthoc"], "posthoc_test": chosen["test"]["after_posthoc"]} if chosen else {}),
             },
         )
         save_checkpoint(path, net, meta)
@@ -362,7 +363,7 @@ class Trainer:
         self.log(_line("stage 2", summary))
         if chosen:
             chosen["test"] = self._posthoc_on_test(chosen["posthoc"], test_logits, test_targets, bundle)
-        self._write_checkpoint(model_path, net, bundle, 2, summary, chosen.get("posthoc"))
+        self._write_checkpoint(model_path, net, bundle, 2, summary, chosen)
         digests = dist_utils.gather_strings(dist_utils.state_digest(net), self.world)
         metrics = {
             **summary,
