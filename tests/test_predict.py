@@ -266,7 +266,7 @@ def local_ray(monkeypatch):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def stop_processes_of_cluster(temp: str, token: str, grace_s: float = 10.0) -> None:
+def stop_processes_of_cluster(temp: str, token: str, grace_s: float = 3.0) -> None:
     """SIGTERM, then SIGKILL after ``grace_s``, every process of the test's Ray cluster: those whose command
     line names its ``temp`` folder, whose environment holds its ``token``, or that hold a file in ``temp``."""
     import signal as signals

@@ -95,6 +95,7 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
 
 def test_hub_weights_offline_get_one_line_saying_how_to_download_elsewhere(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read once, when the library loads
     net = PIH2TNet(NetworkConfig(arch="timm/resnet10t", num_classes=5))
     with pytest.raises(ConfigError, match=r"huggingface-cli download timm/resnet10t.a1_in1k model.safetensors"):
         load_backbone_weights(net.backbone, "hf-hub:timm/resnet10t.a1_in1k")

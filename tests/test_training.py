@@ -219,7 +219,7 @@ def test_torchrun_on_one_node_and_on_two_nodes_trains_the_same_weights(tmp_path)
         (["--recipe", "imagenet-1k"], "unknown recipe 'imagenet-1k'"),
         (
             ["stage1.epoch=3"],
-            "unknown setting stage1.epoch; known: accumulate, batch_size, clip_grad_norm, donor_sampler,",
+            "unknown setting stage1.epoch; known: accumulate, backbone_lr_scale, batch_size, clip_grad_norm,",
         ),
         (["optimizer=adam"], "unknown setting optimizer; known: data, loss, method, model, name, runtime,"),
         (["--method", "focal"], "setting method='focal' is not allowed: Input should be 'ce', 'h2t' or 'pih2t'"),
