@@ -42,30 +42,27 @@ def _front_matter(name: str, manifest: Manifest, scores: dict[str, Any] | None) 
     from huggingface_hub import EvalResult, ModelCardData
 
     data = manifest.meta.get("data") or {}
-    results = []
-    for key in GROUPS if scores else ():
-        if scores is not None and scores.get(key) is not None:
-            results.append(
-                EvalResult(
-                    task_type="image-classification",
-                    dataset_type=str(data.get("source", "unknown")),
-                    dataset_name=Path(str(data.get("root") or data.get("source", "unknown"))).name,
-                    metric_type="accuracy",
-                    metric_name=METRIC_NAMES[key],
-                    metric_value=round(100 * float(scores[key]), 2),
-                )
-            )
-    if scores is not None and scores.get("ece") is not None:
-        results.append(
-            EvalResult(
-                task_type="image-classification",
-                dataset_type=str(data.get("source", "unknown")),
-                dataset_name=Path(str(data.get("root") or data.get("source", "unknown"))).name,
-                metric_type="ece",
-                metric_name="expected calibration error",
-                metric_value=round(float(scores["ece"]), 4),
-            )
+    source = str(data.get("source", "unknown"))
+    dataset = Path(str(data.get("root") or source)).name
+
+    def result(metric_type: str, metric_name: str, value: float) -> EvalResult:
+        return EvalResult(
+            task_type="image-classification",
+            dataset_type=source,
+            dataset_name=dataset,
+            metric_type=metric_type,
+            metric_name=metric_name,
+            metric_value=value,
         )
+
+    scores = scores or {}
+    results = [
+        result("accuracy", METRIC_NAMES[key], round(100 * float(scores[key]), 2))
+        for key in GROUPS
+        if scores.get(key) is not None
+    ]
+    if scores.get("ece") is not None:
+        results.append(result("ece", "expected calibration error", round(float(scores["ece"]), 4)))
     card = ModelCardData(
         model_name=name,
         library_name="pih2t-deploy",

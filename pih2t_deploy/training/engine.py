@@ -102,6 +102,7 @@ class Trainer:
             if self.device.type == "cuda" and recipe.runtime.channels_last
             else torch.preserve_format
         )
+        self.best_val_score: float | None = None  # the best validation balanced accuracy kept in BEST_VAL_FILE
 
     # ----------------------------------------------------------------- set-up
     def _network(self, bundle: DataBundle) -> PIH2TNet:
@@ -259,8 +260,10 @@ class Trainer:
         scores["balanced"] = balanced_accuracy(logits, targets)
         best_file = self.output / BEST_VAL_FILE
         if self.world.is_main:
-            best = read_weights_only(best_file)["balanced"] if best_file.exists() else -1.0
-            if scores["balanced"] > best:
+            if self.best_val_score is None:  # first epoch of this process: a resumed run's best is in the file
+                self.best_val_score = read_weights_only(best_file)["balanced"] if best_file.exists() else -1.0
+            if scores["balanced"] > self.best_val_score:
+                self.best_val_score = scores["balanced"]
                 with atomic_file(best_file) as tmp:
                     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
                     torch.save({"balanced": scores["balanced"], "net": state}, tmp)
