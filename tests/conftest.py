@@ -34,6 +34,7 @@ INTEGRATION_MODULES = frozenset(
         "test_predict",
         "test_serve_workers",
         "test_timm_backbones",
+        "test_tracking",
         "test_validation_posthoc",
         "test_training",
         "test_triton",

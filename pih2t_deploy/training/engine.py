@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from pih2t_deploy.atomic import atomic_file, write_text_atomic
-from pih2t_deploy.checkpoint import build_meta, read_weights_only, save_checkpoint
+from pih2t_deploy.checkpoint import build_meta, read_weights_only, save_checkpoint, versions
 from pih2t_deploy.data.datasets import LabelledImages
 from pih2t_deploy.data.longtail import softmax
 from pih2t_deploy.data.samplers import make_sampler
@@ -47,7 +47,7 @@ from pih2t_deploy.training.posthoc import PosthocChoice, balanced_accuracy, choo
 from pih2t_deploy.training.predict import predict
 from pih2t_deploy.training.recipe import Recipe
 from pih2t_deploy.training.stages import Stage1, Stage2
-from pih2t_deploy.training.tracking import TensorBoardLog
+from pih2t_deploy.training.tracking import RunTracking
 
 logger = logging.getLogger(__name__)
 
@@ -339,9 +339,31 @@ class Trainer:
                 f"preprocessing of {self.recipe.model.arch}'s pretrained configuration: mean {list(prep.mean)}, "
                 f"std {list(prep.std)}, {prep.interpolation} resizing"
             )
-        self.tracking = TensorBoardLog(
-            self.output / "tensorboard", self.world.is_main and self.recipe.runtime.tensorboard
+        runtime = self.recipe.runtime
+        self.tracking = RunTracking(
+            self.output,
+            runtime.tracking,
+            enabled=self.world.is_main,
+            recipe=self.recipe.to_dict(),
+            mlflow_uri=runtime.mlflow_uri,
+            mlflow_experiment=runtime.mlflow_experiment,
+            resume=self.resume,
+            tags={"pih2t.run_folder": str(self.output.resolve()), **{f"version.{k}": v for k, v in versions().items()}},
+            log=self.log,
         )
+        try:
+            result = self._train(bundle)
+        except BaseException:
+            self.tracking.finish(failed=True)
+            raise
+        self.tracking.finish()
+        dist_utils.barrier(self.world)
+        dist_utils.shutdown(self.world)
+        return result
+
+    def _train(self, bundle: DataBundle) -> TrainResult:
+        """Both stages (from the saved state when resuming), the choices on validation, the test scores;
+        model.pt and metrics.json written."""
         state = self._load_state()
         if state is None and self.world.is_main:
             (self.output / "metrics.jsonl").unlink(missing_ok=True)
@@ -384,13 +406,10 @@ class Trainer:
         self.tracking.final(summary)
         if chosen:
             self.tracking.final(chosen["test"]["after_posthoc"], "test_after_posthoc")
-        self.tracking.close()
         if self.world.is_main:
             write_text_atomic(self.output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             self._state_path().unlink(missing_ok=True)
             (self.output / BEST_VAL_FILE).unlink(missing_ok=True)
-        dist_utils.barrier(self.world)
-        dist_utils.shutdown(self.world)
         return TrainResult(self.output, model_path, stage1_path, metrics)
 
 

@@ -14,12 +14,13 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from pih2t_deploy.data.sources import DataConfig
 from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.settings import FORBID_UNKNOWN_KEYS, validate_settings
 from pih2t_deploy.training.losses import LossName, loss_parameters, require_head_for_loss
+from pih2t_deploy.training.tracking import TrackerName
 
 RECIPES = resources.files("pih2t_deploy") / "recipes"
 
@@ -28,6 +29,13 @@ PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 SamplerKind = Literal["instance", "class", "sqrt"]
+
+
+def _as_list(value: Any) -> Any:
+    """``runtime.tracking=mlflow`` (one name, or names separated by commas) as a list."""
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return value
 
 
 def _device(value: str) -> str:
@@ -131,7 +139,9 @@ class RuntimeSettings:
     workers: NonNegativeInt = 0
     progress: bool = True
     test_each_stage2_epoch: bool = True
-    tensorboard: bool = True  # event files in RUN/tensorboard (training/tracking.py)
+    tracking: Annotated[tuple[TrackerName, ...], BeforeValidator(_as_list)] = ("tensorboard",)
+    mlflow_uri: str | None = None  # else MLFLOW_TRACKING_URI, else sqlite beside the run folder (tracking.py)
+    mlflow_experiment: str | None = None  # else MLFLOW_EXPERIMENT_NAME, else pih2t-deploy
 
 
 @dataclass(frozen=True)
