@@ -32,6 +32,7 @@ INTEGRATION_MODULES = frozenset(
         "test_openvino",
         "test_own_data",
         "test_predict",
+        "test_push_to_hub",
         "test_serve_workers",
         "test_timm_backbones",
         "test_tracking",

@@ -52,6 +52,32 @@ def test_what_the_recipe_leaves_open_is_chosen_from_the_images(tmp_path, size, m
     assert bundle.survey is not None and bundle.survey.images_read == 27
 
 
+@pytest.mark.parametrize(
+    ("arch", "given", "expected"),
+    [
+        ("timm/resnet50", {}, (224, 236)),  # timm: input 224, crop_pct 0.95 -> 224 / 0.95 = 235.8
+        ("timm/resnet10t", {}, (176, 201)),  # input 176, crop_pct 0.875 -> 201.1
+        ("timm/resnet50", {"input_size": 200}, (200, 211)),  # a given size keeps the backbone's crop
+        ("timm/resnet50", {"input_size": 200, "resize": 220}, (200, 220)),  # given sizes win
+    ],
+)
+def test_a_pretrained_backbones_input_size_and_crop_fit_photos_the_recipe_leaves_open(tmp_path, arch, given, expected):
+    from pih2t_deploy.models.timm_archs import pretrained_defaults
+
+    backbone = pretrained_defaults(arch)
+    root = _folder(tmp_path, (400, 300), "RGB")
+    prep = build_data(DataConfig(source="imagefolder", root=str(root), **given), backbone).preprocessing
+    assert (prep.input_size, prep.resize, prep.interpolation) == (*expected, "bicubic")
+    assert prep.mean == backbone.mean == (0.485, 0.456, 0.406)
+
+
+def test_a_data_set_of_fixed_sizes_keeps_them_under_a_pretrained_backbone():
+    from pih2t_deploy.models.timm_archs import pretrained_defaults
+
+    prep = build_data(DataConfig(source="digits-lt"), pretrained_defaults("timm/resnet50")).preprocessing
+    assert (prep.input_size, prep.resize, prep.interpolation) == (8, 8, "bicubic"), "digits are 8x8"
+
+
 def test_a_resize_far_beyond_the_images_is_refused_with_the_overrides_that_fit(tmp_path):
     root = str(_folder(tmp_path, (28, 28), "L"))
     with pytest.raises(ConfigError) as refused:

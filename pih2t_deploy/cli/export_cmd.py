@@ -139,9 +139,18 @@ def export(
     ] = None,
     class_names: Annotated[str | None, Opt(help="comma-separated class names (files from the authors' code)")] = None,
     seed: Annotated[int, Opt(help="seed of the verification inputs")] = 0,
+    push_to_hub: Annotated[
+        str | None,
+        Opt(help="upload the verified folder to this Hugging Face model repo (owner/name; HF_TOKEN or hf auth login)"),
+    ] = None,
+    private: Annotated[bool, Opt("--private", help="with --push-to-hub: create the repo private")] = False,
 ) -> None:
     """Fold the train-time fusion away, export, verify against PyTorch and write the artifact folder."""
     from pih2t_deploy.export.exporter import export_checkpoint
+    from pih2t_deploy.export.hub import check_hub_target, push_folder
+
+    if push_to_hub:
+        check_hub_target(push_to_hub)
 
     options = ExportOptions(
         output=output,
@@ -180,3 +189,7 @@ def export(
     if graph:
         console.print(graph_summary(graph, manifest.meta["arch"]), markup=False, highlight=False)
     console.print(f"wrote {result.folder}/ ({', '.join(manifest.files)}, {MANIFEST_FILE})")
+    if push_to_hub:
+        message = f"pih2t-export: {format} artifact of {ckpt.name} ({manifest.meta['arch']})"
+        url = push_folder(result.folder, push_to_hub, private=private, message=message, log=log)
+        console.print(f"pushed to {url}", markup=False, highlight=False)

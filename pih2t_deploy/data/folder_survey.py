@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from pih2t_deploy.data.backbone_defaults import IMAGENET_CROP_PCT
 from pih2t_deploy.errors import ConfigError, DataError
 
 SURVEYED_IMAGES = 1000  # headers read at most (evenly spread over the sorted file list)
@@ -70,13 +71,20 @@ def survey_images(paths: Sequence[Path]) -> FolderSurvey:
     )
 
 
-def fitted_sizes(survey: FolderSurvey, input_size: int | None, resize: int | None) -> tuple[int, int]:
-    """``(input_size, resize)``: those given, the rest chosen from the images' median shorter side S: photos
-    (S >= 224) get 224 after resizing to 256 (ImageNet's geometry, never beyond S); smaller images keep
-    their own size (input_size = resize = S, no upscaling)."""
+def fitted_sizes(
+    survey: FolderSurvey,
+    input_size: int | None,
+    resize: int | None,
+    backbone: tuple[int, float] = (PHOTO_INPUT_SIZE, IMAGENET_CROP_PCT),
+) -> tuple[int, int]:
+    """``(input_size, resize)``: those given, the rest chosen from the images' median shorter side S and the
+    backbone's ``(input size, crop fraction)`` (ImageNet's 224 of 256 unless a pretrained one says otherwise):
+    photos (S at least the input size) get that input size after resizing to input size / crop fraction, never
+    beyond S; smaller images keep their own size (input_size = resize = S, no upscaling)."""
     side = survey.shorter_side
-    size = input_size or min(PHOTO_INPUT_SIZE, side)
-    return size, resize or max(size, min(side, round(size * 256 / 224)))
+    default_size, crop_pct = backbone
+    size = input_size or min(default_size, side)
+    return size, resize or max(size, min(side, round(size / crop_pct)))
 
 
 def check_upscale(survey: FolderSurvey, input_size: int, resize: int, max_upscale: float) -> None:

@@ -7,7 +7,6 @@ No source downloads anything: a missing folder gets a message saying where to pu
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
@@ -16,8 +15,15 @@ import numpy as np
 import torch
 from torchvision.transforms import v2 as T
 
+from pih2t_deploy.data.backbone_defaults import IMAGENET_CROP_PCT, BackboneDefaults
 from pih2t_deploy.data.datasets import ArrayImages, FileImages, LabelledImages, require_every_class
-from pih2t_deploy.data.folder_survey import FolderSurvey, check_upscale, fitted_sizes, survey_images
+from pih2t_deploy.data.folder_survey import (
+    PHOTO_INPUT_SIZE,
+    FolderSurvey,
+    check_upscale,
+    fitted_sizes,
+    survey_images,
+)
 from pih2t_deploy.data.images import IMAGE_SUFFIXES
 from pih2t_deploy.data.longtail import GroupThresholds, longtail_counts, measured_imbalance, select_longtail
 from pih2t_deploy.data.preprocessing import CIFAR_MEAN, CIFAR_STD, MODES, Preprocessing, to_mode
@@ -318,13 +324,17 @@ def _image_folders(config: DataConfig) -> tuple[FileImages, FileImages]:
     return FileImages(train_paths, train_labels, names), FileImages(test_paths, test_labels, names)
 
 
-def _fitted_to_images(config: DataConfig, train: FileImages) -> tuple[Preprocessing, DataConfig, FolderSurvey]:
+def _fitted_to_images(
+    config: DataConfig, train: FileImages, backbone: BackboneDefaults | None
+) -> tuple[Preprocessing, DataConfig, FolderSurvey]:
     """Folder and split-file data: the survey of the training images decides what ``config`` leaves unset
-    (grayscale images get mode L; sizes by fitted_sizes), then refuses a resize that upscales too far.
-    ImageNet statistics for RGB, 0.5/0.5 for grayscale."""
+    (grayscale images get mode L; sizes by fitted_sizes, with a pretrained ``backbone``'s input size and crop
+    fraction), then refuses a resize that upscales too far. ImageNet statistics for RGB, 0.5/0.5 for
+    grayscale."""
     survey = survey_images(train.paths)
     mode = config.mode or ("L" if survey.grayscale else "RGB")
-    size, resize = fitted_sizes(survey, config.input_size, config.resize)
+    geometry = (backbone.input_size, backbone.crop_pct) if backbone else (PHOTO_INPUT_SIZE, IMAGENET_CROP_PCT)
+    size, resize = fitted_sizes(survey, config.input_size, config.resize, geometry)
     check_upscale(survey, size, resize, config.max_upscale)
     fitted = replace(config, mode=mode, input_size=size, resize=resize)
     if mode == "L":
@@ -332,10 +342,10 @@ def _fitted_to_images(config: DataConfig, train: FileImages) -> tuple[Preprocess
     return Preprocessing(size, resize, "RGB"), fitted, survey
 
 
-def build_data(config: DataConfig, normalization: Callable[[str], dict[str, Any] | None] | None = None) -> DataBundle:
+def build_data(config: DataConfig, backbone: BackboneDefaults | None = None) -> DataBundle:
     """Training set (long-tailed), balanced test set and preprocessing for ``config``; clear DataErrors.
-    ``normalization(mode)`` may replace the preprocessing's mean, std and interpolation (a pretrained
-    backbone's own, ``models.timm_archs.pretrained_normalization``)."""
+    A pretrained ``backbone`` (``models.timm_archs.pretrained_defaults``) gives the mean, std and
+    interpolation, and for folder and split-file data the input size and crop fraction left unset."""
     train: LabelledImages
     test: LabelledImages
     survey = None
@@ -345,11 +355,10 @@ def build_data(config: DataConfig, normalization: Callable[[str], dict[str, Any]
         train, test, prep = _cifar(config, 10 if config.source == "cifar10-lt" else 100)
     else:
         files, test = _split_files(config) if config.source == "split-file" else _image_folders(config)
-        prep, config, survey = _fitted_to_images(config, files)
+        prep, config, survey = _fitted_to_images(config, files, backbone)
         train = files
-    override = normalization(prep.mode) if normalization is not None else None
-    if override:
-        prep = replace(prep, **override)
+    if backbone is not None:
+        prep = replace(prep, **backbone.normalization(prep.mode))
     train, val, validation = _validation(config, train)
     require_every_class(train, "training set")
     test.transform = prep.transform()

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pih2t_deploy.data.backbone_defaults import IMAGENET_CROP_PCT, BackboneDefaults
 from pih2t_deploy.errors import ConfigError
 from pih2t_deploy.models.registry import ArchSpec, FeatureBackbone
 
@@ -106,19 +107,24 @@ def _is_channel_layer_norm(norm: nn.Module) -> bool:
     return isinstance(norm, nn.LayerNorm) and norm.weight is not None and len(norm.normalized_shape) == 1
 
 
-def pretrained_normalization(arch: str, mode: str) -> dict[str, Any] | None:
-    """The mean, std and interpolation of timm model ``arch``'s pretrained configuration, for images of colour
-    ``mode`` (grayscale: the means of the three channels' values); None for other architectures."""
+def pretrained_defaults(arch: str) -> BackboneDefaults | None:
+    """The preprocessing of timm model ``arch``'s pretrained configuration (its training input size and crop
+    fraction, as timm's own fine-tuning uses; a crop mode other than centre keeps ImageNet's fraction); None
+    for other architectures or a configuration without mean and std."""
     if not arch.startswith(PREFIX):
         return None
     cfg = import_timm().get_pretrained_cfg(arch.removeprefix(PREFIX))
     if cfg is None or cfg.mean is None or cfg.std is None:
         return None
-    mean, std = tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
-    if mode == "L":
-        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
     interpolation = cfg.interpolation if cfg.interpolation in ("nearest", "bilinear", "bicubic") else "bilinear"
-    return {"mean": mean, "std": std, "interpolation": interpolation}
+    centre = cfg.crop_pct is not None and cfg.crop_mode in (None, "center")
+    return BackboneDefaults(
+        mean=tuple(float(v) for v in cfg.mean),
+        std=tuple(float(v) for v in cfg.std),
+        interpolation=interpolation,
+        input_size=int(cfg.input_size[-1]),
+        crop_pct=float(cfg.crop_pct) if centre else IMAGENET_CROP_PCT,
+    )
 
 
 @functools.cache

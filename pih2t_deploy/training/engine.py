@@ -14,7 +14,6 @@ each epoch's randomness derives from (seed, epoch), so a resumed run equals an u
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ from pih2t_deploy.errors import ConfigError, DataError
 from pih2t_deploy.evaluation import summarize
 from pih2t_deploy.models import NetworkConfig, PIH2TNet, check_input_fits
 from pih2t_deploy.models.pretrained import load_backbone_weights
-from pih2t_deploy.models.timm_archs import pretrained_normalization
+from pih2t_deploy.models.timm_archs import pretrained_defaults
 from pih2t_deploy.training import distributed as dist_utils
 from pih2t_deploy.training.posthoc import PosthocChoice, balanced_accuracy, choose_posthoc, reliability_diagram
 from pih2t_deploy.training.predict import predict
@@ -315,8 +314,8 @@ class Trainer:
             return finished
         self.output.mkdir(parents=True, exist_ok=True)
         try:
-            arch = self.recipe.model.arch
-            bundle = build_data(self.recipe.data, functools.partial(pretrained_normalization, arch))
+            backbone = pretrained_defaults(self.recipe.model.arch)
+            bundle = build_data(self.recipe.data, backbone)
         except OSError as exc:
             raise DataError(f"cannot read the data: {exc}") from None
         self.log(
@@ -333,12 +332,9 @@ class Trainer:
             )
         if bundle.validation is not None:
             self.log(bundle.validation.describe())
-        if pretrained_normalization(self.recipe.model.arch, bundle.preprocessing.mode):
-            prep = bundle.preprocessing
-            self.log(
-                f"preprocessing of {self.recipe.model.arch}'s pretrained configuration: mean {list(prep.mean)}, "
-                f"std {list(prep.std)}, {prep.interpolation} resizing"
-            )
+        if backbone is not None:
+            described = backbone.describe(bundle.preprocessing.mode, sizes=bundle.survey is not None)
+            self.log(f"preprocessing of {self.recipe.model.arch}'s pretrained configuration: {described}")
         runtime = self.recipe.runtime
         self.tracking = RunTracking(
             self.output,
