@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pih2t_deploy import __version__
-from pih2t_deploy.errors import UserError
+from pih2t_deploy.errors import UserError, first_line
 
 ARTIFACT_FORMAT_NAME = "pih2t-artifact"
 ARTIFACT_VERSION = 1
@@ -202,5 +202,5 @@ def read_manifest(folder: Path) -> Manifest:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{path} is unreadable ({str(exc).splitlines()[0]})") from None
+        raise ArtifactError(f"{path} is unreadable ({first_line(exc)})") from None
     return Manifest.from_dict(data, str(path))

@@ -23,3 +23,9 @@ class VerificationError(Exception):
     """A numerical check (fold parity, export parity) exceeded its tolerance: exit status 1."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when the message is empty), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

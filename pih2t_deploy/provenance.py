@@ -17,7 +17,7 @@ import ast
 from pathlib import Path
 from typing import Any
 
-from pih2t_deploy.errors import UserError
+from pih2t_deploy.errors import UserError, first_line
 
 SIGNATURE_FILE = "model.sig"
 MISSING = "signing needs the signing extra: pip install 'pih2t-deploy[signing]'"
@@ -75,7 +75,7 @@ def verify_folder(folder: Path, public_key: Path) -> None:
 
 def _first_reason(exc: Exception) -> str:
     """The first of the problems model-signing lists (``Signature mismatch: ['...', ...]``), cut short."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = first_line(exc)
     _, _, listed = text.partition(": ")
     try:
         problems = ast.literal_eval(listed)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pih2t_deploy.errors import UserError
+from pih2t_deploy.errors import UserError, first_line
 
 
 class HubError(UserError):
@@ -24,7 +24,7 @@ def check_hub_target(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        raise HubError(f"--push-to-hub {repo_id!r} is not a repository id: {str(exc).splitlines()[0]}") from None
+        raise HubError(f"--push-to-hub {repo_id!r} is not a repository id: {first_line(exc)}") from None
     if "/" not in repo_id:
         raise HubError(f"--push-to-hub {repo_id!r}: name the owner too, as in your-name/{repo_id}")
     if not get_token():
@@ -45,6 +45,5 @@ def push_folder(folder: Path, repo_id: str, *, private: bool, message: str, log:
         log(f"uploading {folder} to {url}")
         commit = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="model", commit_message=message)
     except (HfHubHTTPError, OfflineModeIsEnabled, httpx.HTTPError, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise HubError(f"pushing to {repo_id} failed ({reason}); {retry}") from None
+        raise HubError(f"pushing to {repo_id} failed ({first_line(exc)}); {retry}") from None
     return str(commit.commit_url)

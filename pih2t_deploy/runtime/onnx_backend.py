@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from pih2t_deploy.errors import UserError
+from pih2t_deploy.errors import UserError, first_line
 from pih2t_deploy.runtime.classifier import Classifier, ModelInfo
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -38,7 +38,7 @@ class OnnxClassifier(Classifier):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=[provider])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-            raise UserError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"onnxruntime cannot load {path}: {first_line(exc)}") from None
         active = self.session.get_providers()[0]
         if active != provider:
             raise UserError(f"onnxruntime fell back to {active} although {provider} was requested; refusing to start")

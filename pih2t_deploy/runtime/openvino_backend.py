@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pih2t_deploy.errors import UserError
+from pih2t_deploy.errors import UserError, first_line
 from pih2t_deploy.runtime.classifier import Classifier, ModelInfo
 
 PRECISIONS = {"f32": "FP32", "bf16": "BF16"}  # inference precision hint -> OPTIMIZATION_CAPABILITIES entry
@@ -58,7 +58,7 @@ def compile_ir(path: Path, precision: str = "f32", threads: int | None = None) -
     try:
         return core.compile_model(str(path), "CPU", config)
     except RuntimeError as exc:
-        raise UserError(f"OpenVINO cannot load {path}: {str(exc).strip().splitlines()[0]}") from None
+        raise UserError(f"OpenVINO cannot load {path}: {first_line(exc)}") from None
 
 
 def ir_runner(path: Path, precision: str = "f32", threads: int | None = None) -> Any:

@@ -28,7 +28,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from pih2t_deploy.errors import UserError
+from pih2t_deploy.errors import UserError, first_line
 
 MAX_MEMBERS = 100_000
 # the layout torch.export.save writes under the archive's root folder, for a program of plain tensors
@@ -53,7 +53,7 @@ def read_program(path: Path) -> Any:
     try:
         return torch.export.load(io.BytesIO(raw))
     except Exception as exc:  # torch.export raises several types for unreadable archives
-        raise UserError(f"cannot load {path} as a torch.export program: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot load {path} as a torch.export program: {first_line(exc)}") from None
 
 
 def check_archive(raw: bytes, where: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pih2t_deploy.errors import first_line
 from pih2t_deploy.serving.client_numbers import parse_whole_number
 from pih2t_deploy.serving.errors import InvalidInput, quote
 
@@ -54,7 +55,7 @@ def load_json(raw: bytes) -> Any:
     except RecursionError:
         raise ProtocolError("the JSON body is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer with too many digits
-        raise ProtocolError(f"the request body is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+        raise ProtocolError(f"the request body is not valid JSON ({first_line(exc)[:120]})") from None
 
 
 def parameters_of(holder: dict[str, Any], where: str) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pih2t_deploy.errors import ConfigError
+from pih2t_deploy.atomic import write_text_atomic
+from pih2t_deploy.errors import ConfigError, first_line
 
 SCORES = ("top1", "balanced", "many", "medium", "few", "ece")
 TrackerName = Literal["tensorboard", "mlflow"]
@@ -83,11 +84,13 @@ class MlflowLog:
         self,
         output: Path,
         params: dict[str, str],
+        *,
+        uri: str | None,
+        experiment: str | None,
+        resume: bool,
         tags: dict[str, str],
-        settings: tuple[str | None, str | None, bool],
         log: Callable[[str], None],
     ) -> None:
-        uri, experiment, resume = settings
         try:
             from mlflow import MlflowClient
             from mlflow.entities import Param
@@ -117,9 +120,9 @@ class MlflowLog:
             for start in range(0, len(items), MLFLOW_BATCH):
                 self.client.log_batch(self.run_id, params=items[start : start + MLFLOW_BATCH])
         except Exception as exc:  # an unreachable server or a malformed URI: said before any training
-            raise ConfigError(f"MLflow tracking at {uri} failed: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(f"MLflow tracking at {uri} failed: {first_line(exc)}") from None
         output.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(self.run_id + "\n", encoding="utf-8")
+        write_text_atomic(id_file, self.run_id + "\n")
         log(f"MLflow: run {self.run_id} in experiment {name!r} at {uri}")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
@@ -160,8 +163,11 @@ class RunTracking:
         if not enabled:
             return
         if "mlflow" in names:
-            settings = (mlflow_uri, mlflow_experiment, resume)
-            self.trackers.append(MlflowLog(output, flat_params(recipe), tags or {}, settings, log))
+            mlflow = MlflowLog(
+                output, flat_params(recipe), uri=mlflow_uri, experiment=mlflow_experiment, resume=resume,
+                tags=tags or {}, log=log,
+            )  # fmt: skip
+            self.trackers.append(mlflow)
         if "tensorboard" in names:
             self.trackers.append(TensorBoardLog(output / "tensorboard"))
 
