@@ -73,3 +73,30 @@ def test_missing_pieces_are_named(digits_artifact, tmp_path):
     (folder / MANIFEST_FILE).write_text(json.dumps(raw))
     with pytest.raises(ArtifactError, match=r"lacks or misnames a field of pih2t-artifact/1"):
         read_manifest(folder)
+
+
+def test_the_model_cards_class_table_shows_names_with_pipes_and_markup_as_written(digits_artifact):
+    """Rendered by markdown-it (CommonMark tables, as the Hub renders cards): one row per class, four cells
+    each, the names shown as written."""
+    import dataclasses
+
+    from markdown_it import MarkdownIt
+
+    from pih2t_deploy.export.model_card import render_card
+
+    manifest = read_manifest(digits_artifact[1])
+    names = ["a|b", "<b>bold</b>", "back\\slash", *manifest.meta["class_names"][3:]]
+    card = render_card(dataclasses.replace(manifest, meta={**manifest.meta, "class_names": names}))
+    table = card.split("## Classes", 1)[1].split("## Use", 1)[0]
+    tokens = MarkdownIt("commonmark").enable("table").parse(table)
+    rows, row = [], []
+    for token in tokens:
+        if token.type == "tr_open":
+            row = []
+        elif token.type == "inline":
+            row.append(token.content)
+        elif token.type == "tr_close":
+            rows.append(row)
+    assert all(len(cells) == 4 for cells in rows)
+    shown = [MarkdownIt().renderInline(cells[1]) for cells in rows[1:4]]
+    assert shown == ["a|b", "&lt;b&gt;bold&lt;/b&gt;", "back\\slash"], "as written, HTML shown, not run"

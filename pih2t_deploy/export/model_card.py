@@ -73,6 +73,13 @@ def _front_matter(name: str, manifest: Manifest, scores: dict[str, Any] | None) 
     return card.to_yaml()
 
 
+def table_cell(text: str) -> str:
+    """``text`` as one Markdown table cell that shows as written: a ``|`` would end the cell, ``<`` could start
+    HTML, and a line break would end the row."""
+    escaped = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    return " ".join(escaped.split())
+
+
 def render_card(manifest: Manifest) -> str:
     """The card's text for the artifact ``manifest`` describes."""
     meta = manifest.meta
@@ -155,7 +162,7 @@ def render_card(manifest: Manifest) -> str:
     ]
     for index, label in enumerate(names[:MAX_CLASS_ROWS]):
         count = counts[index] if index < len(counts) else "-"
-        lines.append(f"| {index} | {label} | {count} | {groups[index] if index < len(groups) else '-'} |")
+        lines.append(f"| {index} | {table_cell(label)} | {count} | {groups[index] if index < len(groups) else '-'} |")
     if len(names) > MAX_CLASS_ROWS:
         lines.append(f"\n{len(names) - MAX_CLASS_ROWS} more classes: see labels.txt and model.json.")
     lines += ["", "## Use", "", "```bash", "pih2t-serve --model .", "```", ""]
