@@ -149,7 +149,9 @@ def matmul_rate(device: torch.device, quick: bool) -> float:
     return 2 * n**3 / seconds / 1e12
 
 
-def _time_batch(model, batch: int, size: int, device: torch.device, budget_end: float) -> dict[str, float | str]:
+def _time_batch(
+    model, batch: int, size: int, device: torch.device, budget_end: float, compile_it: bool = True
+) -> dict[str, float | str]:
     x = torch.randn(batch, 3, size, size, device=device)
     x_cl = x.to(memory_format=torch.channels_last)
     model_cl = model.to(memory_format=torch.channels_last)
@@ -159,7 +161,9 @@ def _time_batch(model, batch: int, size: int, device: torch.device, budget_end: 
         results["eager_fp32"] = timed(lambda: model(x), device, 10)
         with low:
             results["eager_bf16_cl"] = timed(lambda: model_cl(x_cl), device, 10)
-        if time.perf_counter() < budget_end:
+        if not compile_it:
+            results["compile_bf16_cl"] = "skipped: --quick compiles the first batch size only"
+        elif time.perf_counter() < budget_end:
             try:
                 compiled = torch.compile(model_cl, dynamic=False)
                 with low:
@@ -199,7 +203,8 @@ def inference_timings(device: torch.device, quick: bool, tflops: float) -> list[
     for batch in [1, 4] if quick else [1, 64, 256]:
         minimum = batch * gflop / (tflops * 1e3)
         row: dict[str, float | str] = {"batch": batch, "theoretical_min_ms": 1000 * minimum}
-        for name, value in _time_batch(model, batch, size, device, budget_end).items():
+        compile_it = not quick or not rows  # on a CPU, one compilation shows the path works; each takes ~15 s
+        for name, value in _time_batch(model, batch, size, device, budget_end, compile_it).items():
             if isinstance(value, float):
                 row.update(
                     {
