@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -317,3 +318,19 @@ def test_the_ray_engine_gives_the_single_machine_rows(digits_artifact, digits_tr
     per_node = summary["images_per_node"]
     assert len(per_node) == 2 and sum(per_node.values()) == 500 and min(per_node.values()) > 0, per_node
     assert summary["top1"] == json.loads(labelled_run[1].with_name("preds.summary.json").read_text())["top1"]
+
+
+def test_a_local_ray_pool_larger_than_the_machine_is_refused_at_once(digits_artifact, digits_tree, tmp_path):
+    """Without --address Ray runs on this machine only, which cannot grow: more actors than CPUs is refused
+    before any work, not after the wait for the pool to start."""
+    done = run_cli(
+        "predict", "--model", str(digits_artifact[1]), "--input", str(digits_tree), "-o", str(tmp_path / "out"),
+        "--engine", "ray", "--num-workers", "256", "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert re.fullmatch(
+        r"error: --num-workers 256 x 1 thread\(s\) needs 256 CPUs and this machine's Ray has \d+; lower "
+        r"--num-workers, or pass --address of a larger cluster",
+        done.stderr.strip().splitlines()[-1],
+    )
+    assert not any((tmp_path / "out").glob("*.parquet"))

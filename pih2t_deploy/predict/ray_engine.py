@@ -30,6 +30,7 @@ from pih2t_deploy.runtime.loader import read_artifact_info
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
+ACTOR_START_TIMEOUT_S = 300  # how long a run waits for its whole actor pool to start
 NODE_COLUMN = "ray_node"  # which node classified a row: counted for the summary, never written
 
 
@@ -122,7 +123,17 @@ def run_on_ray(
         log_to_driver=False,
         logging_level=logging.ERROR,
     )
-    ray.data.DataContext.get_current().enable_progress_bars = progress
+    cpus, needed = int(ray.cluster_resources().get("CPU", 0)), num_workers * (threads or 1)
+    if address is None and needed > cpus:  # a local instance cannot grow: say so now, not after the timeout
+        raise ConfigError(
+            f"--num-workers {num_workers} x {threads or 1} thread(s) needs {needed} CPUs and this machine's Ray has "
+            f"{cpus}; lower --num-workers, or pass --address of a larger cluster"
+        )
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    # every actor of the pool up before the first batch: otherwise the first one ready may classify a small job
+    # alone, and a cluster that cannot hold the pool fails here with a reason instead of running short-handed
+    context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     started, written, per_node = time.perf_counter(), 0, Counter[str]()
     actor_args = {
         "model": str(model_dir.resolve()),
@@ -134,14 +145,20 @@ def run_on_ray(
     while chunk := list(itertools.islice(pending, chunk_images)):
         staging = output / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         dataset = ray.data.from_items([{"path": i.path, "true_label": i.true_label} for i in chunk])
-        classified = dataset.map_batches(
-            ClassifierActor,
-            fn_constructor_kwargs=actor_args,
-            batch_size=batch_size,
-            batch_format="pyarrow",
-            concurrency=num_workers,
-            num_cpus=threads or 1,
-        ).materialize()
+        try:
+            classified = dataset.map_batches(
+                ClassifierActor,
+                fn_constructor_kwargs=actor_args,
+                batch_size=batch_size,
+                batch_format="pyarrow",
+                concurrency=num_workers,
+                num_cpus=threads or 1,
+            ).materialize()
+        except ray.exceptions.GetTimeoutError:
+            raise ConfigError(
+                f"Ray did not start {num_workers} classifier actors of {threads or 1} CPU(s) each within "
+                f"{ACTOR_START_TIMEOUT_S} s: the cluster lacks the CPUs; lower --num-workers or --threads"
+            ) from None
         per_node.update(row[NODE_COLUMN] for row in classified.select_columns([NODE_COLUMN]).iter_rows())
         classified.drop_columns([NODE_COLUMN]).write_parquet(str(staging))
         for shard in sorted(staging.glob("*.parquet")):
