@@ -33,7 +33,8 @@ def check_hub_target(repo_id: str) -> None:
 
 def push_folder(folder: Path, repo_id: str, *, private: bool, message: str, log: Callable[[str], None]) -> str:
     """Create model repository ``repo_id`` if it does not exist (``private`` then) and upload every file of
-    ``folder`` in one commit; the commit's URL. HubError with the reason and the command to retry."""
+    ``folder`` (one commit for an artifact's few files; huggingface_hub batches only much larger folders); the
+    commit's URL. HubError with the reason and the command to retry."""
     import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
