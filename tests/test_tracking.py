@@ -1,5 +1,6 @@
 """MLflow tracking on a real MLflow store (SQLite, read back with MLflow's own client): a short training run's
-parameters, per-epoch metrics, final scores and uploaded run folder; a failed run marked FAILED and resumed in
+parameters, per-epoch metrics, final scores and uploaded run folder; a failed run marked FAILED (KILLED after
+Ctrl-C) and resumed in
 the same MLflow run; an unreachable tracking server refused before training; a store that breaks mid-run
 dropped with a warning while training goes on."""
 
@@ -66,7 +67,7 @@ def test_a_failed_run_is_marked_failed_and_a_resumed_one_goes_on_in_the_same_mlf
     run.mkdir()
     first = RunTracking(run, ("mlflow",), enabled=True, recipe={"stage1": {"lr": 0.1}}, mlflow_uri=uri)
     first.epoch(_record(1, 2.5))
-    first.finish(failed=True)
+    first.finish("FAILED")
     client = MlflowClient(tracking_uri=uri)
     run_id = (run / MLFLOW_RUN_ID_FILE).read_text().strip()
     assert client.get_run(run_id).info.status == "FAILED"
@@ -82,8 +83,9 @@ def test_a_failed_run_is_marked_failed_and_a_resumed_one_goes_on_in_the_same_mlf
     assert "model.pt" in [a.path for a in client.list_artifacts(run_id)]
 
     fresh = RunTracking(run, ("mlflow",), enabled=True, recipe={}, mlflow_uri=uri)  # not resuming: a new run
-    fresh.finish()
-    assert (run / MLFLOW_RUN_ID_FILE).read_text().strip() != run_id
+    fresh.finish("KILLED")  # Ctrl-C
+    fresh_id = (run / MLFLOW_RUN_ID_FILE).read_text().strip()
+    assert fresh_id != run_id and client.get_run(fresh_id).info.status == "KILLED"
 
 
 def test_an_unreachable_tracking_server_is_refused_before_training_with_one_line(tmp_path, monkeypatch):
@@ -121,3 +123,22 @@ def test_tracking_names_are_checked_with_the_recipe():
     assert build_recipe({"name": "x", "runtime": {"tracking": []}}).runtime.tracking == ()
     with pytest.raises(ConfigError, match=r"runtime\.tracking"):
         build_recipe({"name": "x", "runtime": {"tracking": "wandb"}})
+
+
+@pytest.mark.parametrize(("error", "status"), [(KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")])
+def test_a_training_run_stopped_by_ctrl_c_or_an_error_ends_its_mlflow_run_so(tmp_path, error, status):
+    from pih2t_deploy.training.engine import Trainer
+
+    def stop(stage: int, epoch: int) -> None:
+        raise error("stopped in stage 1")
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    settings = ["stage1.epochs=3", "runtime.progress=false", "runtime.tracking=mlflow", f"runtime.mlflow_uri={uri}"]
+    recipe = load_recipe("digits-lt", settings)
+    run = tmp_path / "runs" / "stopped"
+    with pytest.raises(error):
+        Trainer(recipe, run, on_epoch_end=stop, log=lambda _m: None).run()
+    client = MlflowClient(tracking_uri=uri)
+    tracked = client.get_run((run / MLFLOW_RUN_ID_FILE).read_text().strip())
+    assert tracked.info.status == status
+    assert [m.step for m in client.get_metric_history(tracked.info.run_id, "stage1/loss")] == [1], "epoch 1 logged"

@@ -349,8 +349,8 @@ class Trainer:
         )
         try:
             result = self._train(bundle)
-        except BaseException:
-            self.tracking.finish(failed=True)
+        except BaseException as exc:
+            self.tracking.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         self.tracking.finish()
         dist_utils.barrier(self.world)

@@ -25,6 +25,7 @@ from pih2t_deploy.errors import ConfigError, first_line
 
 SCORES = ("top1", "balanced", "many", "medium", "few", "ece")
 TrackerName = Literal["tensorboard", "mlflow"]
+RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 MLFLOW_RUN_ID_FILE = "mlflow_run_id"
 MLFLOW_BATCH = 100  # MLflow's limit on parameters per log_batch call
 DEFAULT_EXPERIMENT = "pih2t-deploy"
@@ -72,7 +73,7 @@ class TensorBoardLog:
             self.writer.add_scalar(key, value, step)
         self.writer.flush()
 
-    def finish(self, output: Path, failed: bool) -> None:
+    def finish(self, output: Path, status: RunStatus) -> None:
         """Close the event file."""
         self.writer.close()
 
@@ -133,11 +134,11 @@ class MlflowLog:
         metrics = [Metric(key, value, now, step) for key, value in values.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
-    def finish(self, output: Path, failed: bool) -> None:
-        """Upload the run folder as the run's artifacts (a finished run only) and end the run."""
-        if not failed:
+    def finish(self, output: Path, status: RunStatus) -> None:
+        """Upload the run folder as the run's artifacts (a finished run only) and end the run with ``status``."""
+        if status == "FINISHED":
             self.client.log_artifacts(self.run_id, str(output))
-        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+        self.client.set_terminated(self.run_id, status=status)
 
 
 class RunTracking:
@@ -179,9 +180,10 @@ class RunTracking:
         """The finished run's scores (step 0) under ``prefix``."""
         self._each("log the final scores", lambda tracker: tracker.scalars(final_scalars(scores, prefix), 0))
 
-    def finish(self, failed: bool = False) -> None:
-        """Close every tracker: a finished run uploads its folder to MLflow; a failed one is marked FAILED."""
-        self._each("finish", lambda tracker: tracker.finish(self.output, failed))
+    def finish(self, status: RunStatus = "FINISHED") -> None:
+        """Close every tracker: a finished run uploads its folder to MLflow; one that failed is marked FAILED,
+        one interrupted (Ctrl-C) KILLED, as MLflow's own runs are."""
+        self._each("finish", lambda tracker: tracker.finish(self.output, status))
         self.trackers = []
 
     def _each(self, action: str, call: Callable[[TensorBoardLog | MlflowLog], None]) -> None:
