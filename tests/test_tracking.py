@@ -1,8 +1,7 @@
 """MLflow tracking on a real MLflow store (SQLite, read back with MLflow's own client): a short training run's
 parameters, per-epoch metrics, final scores and uploaded run folder; a failed run marked FAILED (KILLED after
-Ctrl-C) and resumed in
-the same MLflow run; an unreachable tracking server refused before training; a store that breaks mid-run
-dropped with a warning while training goes on."""
+Ctrl-C) and resumed in the same MLflow run; an unreachable tracking server refused before training; a store that
+breaks mid-run dropped with a warning while training goes on."""
 
 from __future__ import annotations
 
