@@ -20,8 +20,7 @@ $(VENV)/.installed-$(ORT): pyproject.toml
 	@if $(BIN)/python -m pip show -q $(OTHER_ORT) >/dev/null 2>&1; then \
 		$(BIN)/python -m pip uninstall -q -y onnxruntime onnxruntime-gpu; fi
 	@echo "installing pih2t-deploy[all,$(ORT)] into $(VENV)"
-	@# --no-compile: Python writes the bytecode of the modules that are imported, when they are, not of all 7 GB
-	$(BIN)/python -m pip install -q --no-compile -e '.[all,$(ORT)]'
+	$(BIN)/python -m pip install -q -e '.[all,$(ORT)]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
