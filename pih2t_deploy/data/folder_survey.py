@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from pih2t_deploy.data.backbone_defaults import IMAGENET_CROP_PCT
+from pih2t_deploy.data.backbone_defaults import IMAGENET_CROP_PCT, BackboneDefaults
 from pih2t_deploy.errors import ConfigError, DataError
 
 SURVEYED_IMAGES = 1000  # headers read at most (evenly spread over the sorted file list)
@@ -75,14 +75,16 @@ def fitted_sizes(
     survey: FolderSurvey,
     input_size: int | None,
     resize: int | None,
-    backbone: tuple[int, float] = (PHOTO_INPUT_SIZE, IMAGENET_CROP_PCT),
+    backbone: BackboneDefaults | None = None,
 ) -> tuple[int, int]:
-    """``(input_size, resize)``: those given, the rest chosen from the images' median shorter side S and the
-    backbone's ``(input size, crop fraction)`` (ImageNet's 224 of 256 unless a pretrained one says otherwise):
+    """``(input_size, resize)``: those given, the rest chosen from the images' median shorter side S and a
+    pretrained ``backbone``'s input size and crop fraction (without one, ImageNet's 224 of 256):
     photos (S at least the input size) get that input size after resizing to input size / crop fraction, never
     beyond S; smaller images keep their own size (input_size = resize = S, no upscaling)."""
     side = survey.shorter_side
-    default_size, crop_pct = backbone
+    default_size, crop_pct = (
+        (backbone.input_size, backbone.crop_pct) if backbone else (PHOTO_INPUT_SIZE, IMAGENET_CROP_PCT)
+    )
     size = input_size or min(default_size, side)
     return size, resize or max(size, min(side, round(size / crop_pct)))
 

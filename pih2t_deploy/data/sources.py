@@ -15,15 +15,9 @@ import numpy as np
 import torch
 from torchvision.transforms import v2 as T
 
-from pih2t_deploy.data.backbone_defaults import IMAGENET_CROP_PCT, BackboneDefaults
+from pih2t_deploy.data.backbone_defaults import BackboneDefaults
 from pih2t_deploy.data.datasets import ArrayImages, FileImages, LabelledImages, require_every_class
-from pih2t_deploy.data.folder_survey import (
-    PHOTO_INPUT_SIZE,
-    FolderSurvey,
-    check_upscale,
-    fitted_sizes,
-    survey_images,
-)
+from pih2t_deploy.data.folder_survey import FolderSurvey, check_upscale, fitted_sizes, survey_images
 from pih2t_deploy.data.images import IMAGE_SUFFIXES
 from pih2t_deploy.data.longtail import GroupThresholds, longtail_counts, measured_imbalance, select_longtail
 from pih2t_deploy.data.preprocessing import CIFAR_MEAN, CIFAR_STD, MODES, Preprocessing, to_mode
@@ -333,8 +327,7 @@ def _fitted_to_images(
     grayscale."""
     survey = survey_images(train.paths)
     mode = config.mode or ("L" if survey.grayscale else "RGB")
-    geometry = (backbone.input_size, backbone.crop_pct) if backbone else (PHOTO_INPUT_SIZE, IMAGENET_CROP_PCT)
-    size, resize = fitted_sizes(survey, config.input_size, config.resize, geometry)
+    size, resize = fitted_sizes(survey, config.input_size, config.resize, backbone)
     check_upscale(survey, size, resize, config.max_upscale)
     fitted = replace(config, mode=mode, input_size=size, resize=resize)
     if mode == "L":

@@ -174,11 +174,13 @@ class RunTracking:
 
     def epoch(self, record: dict[str, Any]) -> None:
         """One epoch's record, at step = its epoch."""
-        self._each("log an epoch", lambda tracker: tracker.scalars(epoch_scalars(record), int(record["epoch"])))
+        values, step = epoch_scalars(record), int(record["epoch"])
+        self._each("log an epoch", lambda tracker: tracker.scalars(values, step))
 
     def final(self, scores: dict[str, Any], prefix: str = "test") -> None:
         """The finished run's scores (step 0) under ``prefix``."""
-        self._each("log the final scores", lambda tracker: tracker.scalars(final_scalars(scores, prefix), 0))
+        values = final_scalars(scores, prefix)
+        self._each("log the final scores", lambda tracker: tracker.scalars(values, 0))
 
     def finish(self, status: RunStatus = "FINISHED") -> None:
         """Close every tracker: a finished run uploads its folder to MLflow; one that failed is marked FAILED,
