@@ -27,7 +27,7 @@ from pih2t_deploy.export.exporter import export_checkpoint
 from pih2t_deploy.export.options import ExportOptions
 from pih2t_deploy.models import NetworkConfig, PIH2TNet
 from pih2t_deploy.runtime import load_classifier
-from pih2t_deploy.runtime.openvino_backend import cpu_description, ir_runner
+from pih2t_deploy.runtime.openvino_backend import IRRunner, cpu_description
 from pih2t_deploy.timing import time_interleaved
 
 BATCHES = (1, 32)
@@ -106,11 +106,11 @@ def main() -> None:
         runners = {
             "onnxruntime fp32 (model.onnx)": load_classifier(folders["onnx"], threads=args.threads).predict,
             "onnxruntime INT8 (model.int8.onnx)": load_classifier(folders["onnx-int8"], threads=args.threads).predict,
-            "OpenVINO fp32 (model.xml)": ir_runner(folders["openvino"] / "model.xml", "f32", args.threads),
-            "OpenVINO INT8 (INT8 model.xml)": ir_runner(folders["openvino-int8"] / "model.xml", "f32", args.threads),
+            "OpenVINO fp32 (model.xml)": IRRunner(folders["openvino"] / "model.xml", "f32", args.threads),
+            "OpenVINO INT8 (INT8 model.xml)": IRRunner(folders["openvino-int8"] / "model.xml", "f32", args.threads),
         }
         if "BF16" in cpu_description()["capabilities"]:
-            runners["OpenVINO bf16 (model.xml, bf16 hint)"] = ir_runner(
+            runners["OpenVINO bf16 (model.xml, bf16 hint)"] = IRRunner(
                 folders["openvino"] / "model.xml", "bf16", args.threads
             )
         int8_xml = folders["openvino-int8"] / "model.xml"

@@ -58,10 +58,13 @@ def test_a_worker_that_ends_is_started_again_and_answers():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"max_batch": 0}, {"max_queue": 0}, {"max_wait_ms": -0.5}, {"timeout_s": 0.0}], ids=lambda b: next(iter(b))
+    "bad",
+    [{"max_batch": 0}, {"max_queue": 0}, {"max_wait_ms": -0.5}, {"timeout_s": 0.0}, {"parallel_batches": 0}],
+    ids=lambda b: next(iter(b)),
 )
 def test_each_bad_setting_alone_is_refused(bad):
-    with pytest.raises(ValueError, match=r"^max_batch and max_queue must be >= 1, max_wait_ms >= 0, timeout_s > 0$"):
+    message = r"^max_batch, max_queue and parallel_batches must be >= 1, max_wait_ms >= 0, timeout_s > 0$"
+    with pytest.raises(ValueError, match=message):
         MicroBatcher(_predict, **bad)
 
 
@@ -288,3 +291,65 @@ def test_a_full_batch_runs_without_waiting_and_the_next_one_still_gathers():
 
     asyncio.run(scenario())
     assert sizes == [4, 3, 4]
+
+
+class CountingGate(Gate):
+    """A Gate that also counts the calls inside it at once (``inside``, highest ``peak``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock, self.inside, self.peak = threading.Lock(), 0, 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.inside += 1
+            self.peak = max(self.peak, self.inside)
+        try:
+            return super().__call__(batch)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+@pytest.mark.parametrize(("parallel", "in_flight"), [(1, 1), (2, 3), (3, 4)])
+def test_a_model_running_several_batches_gets_them_plus_one_gathered_ahead(parallel, in_flight):
+    """Six one-image requests, max_batch 1: a model that runs ``parallel`` batches at once is given that many
+    plus one gathered ahead (one at a time for a single-batch model), never more, and every request gets its
+    own rows."""
+    gate = CountingGate()
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = MicroBatcher(gate, max_batch=1, max_wait_ms=0, timeout_s=10, parallel_batches=parallel)
+        batcher.start()
+        waiting = [asyncio.ensure_future(batcher.submit(_images(1, float(i)))) for i in range(6)]
+        while gate.inside < in_flight:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)
+        assert gate.inside == in_flight and batcher.depth == 6 - in_flight
+        gate.release()
+        answers = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert gate.peak == in_flight
+    for i, answer in enumerate(answers):
+        np.testing.assert_array_equal(answer, [[2.0 * i, 2.0 * i]])
+
+
+def test_stop_waits_for_every_batch_in_flight():
+    """Two batches running and one gathered ahead, none queued: stop returns once all three are answered."""
+    gate = CountingGate()
+
+    async def scenario() -> list[asyncio.Future]:
+        batcher = MicroBatcher(gate, max_batch=1, max_wait_ms=0, timeout_s=10, parallel_batches=2)
+        batcher.start()
+        waiting = [asyncio.ensure_future(batcher.submit(_images(1, float(i)))) for i in range(3)]
+        while gate.inside < 3:
+            await asyncio.sleep(0.001)
+        threading.Timer(0.05, gate.release).start()
+        await batcher.stop()
+        assert all(w.done() for w in waiting), "stop returned before every batch in flight was answered"
+        return waiting
+
+    assert [w.result().tolist() for w in asyncio.run(scenario())] == [[[0.0, 0.0]], [[2.0, 2.0]], [[4.0, 4.0]]]

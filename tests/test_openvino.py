@@ -4,6 +4,9 @@ pih2t-bench's recommendation."""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -133,6 +136,51 @@ def test_pih2t_serve_on_the_openvino_backend_answers_like_the_backend(fp32_ir):
     for i, result in enumerate(answer["results"]):
         top = result["predictions"][0]
         assert top["index"] == int(expected[i].argmax()) and top["score"] == pytest.approx(expected[i].max(), abs=1e-6)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two OpenVINO streams need two CPUs")
+def test_the_throughput_hint_runs_a_batch_per_stream_and_each_caller_gets_its_own_answers(fp32_ir):
+    """With two threads the throughput hint gives two streams: four batches predicted from four threads at once
+    get the latency hint's logits, each its own, and pih2t-serve answers concurrent requests like the backend."""
+    import httpx
+
+    latency = load_classifier(fp32_ir[0], "openvino", threads=2)
+    throughput = load_classifier(fp32_ir[0], "openvino", threads=2, performance_hint="throughput")
+    assert (latency.parallel_batches, throughput.parallel_batches) == (1, 2)
+    assert throughput.describe() == {
+        "backend": "openvino",
+        "precision": "f32",
+        "file": "model.xml",
+        "hint": "throughput",
+        "streams": 2,
+    }
+    batch, _ = _test_inputs(latency)
+    parts = [np.roll(batch, shift, axis=0)[: 3 + shift] for shift in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(throughput.predict, parts))
+    for part, answer in zip(parts, answers, strict=True):
+        np.testing.assert_allclose(answer, latency.predict(part), atol=1e-5)
+    expected = latency.probabilities(latency.predict(batch))
+    with running_server(create_app(lambda: throughput, ServeSettings(max_batch=2, max_wait_ms=0))) as (url, _):
+
+        def top(i: int) -> dict:
+            files = [("files", (f"{i}.png", images.sample(i), "image/png"))]
+            return httpx.post(f"{url}/v1/classify", files=files, params={"top_k": 1}).json()["results"][0]
+
+        with ThreadPoolExecutor(10) as pool:
+            results = list(pool.map(top, range(10)))
+        card = httpx.get(f"{url}/v1/model").json()
+    assert card["backend"]["hint"] == "throughput"
+    for i, result in enumerate(results):
+        best = result["predictions"][0]
+        assert best["index"] == int(expected[i].argmax())
+        assert best["score"] == pytest.approx(expected[i].max(), abs=1e-5)
+
+
+def test_a_performance_hint_other_than_latency_is_refused_for_other_backends(digits_artifact):
+    message = r"^--performance-hint throughput applies to --backend openvino only; leave it out for onnxruntime$"
+    with pytest.raises(ConfigError, match=message):
+        load_classifier(digits_artifact[1], "onnxruntime", performance_hint="throughput")
 
 
 def test_triton_repository_of_an_ir_uses_the_openvino_backend(fp32_ir, tmp_path):

@@ -10,7 +10,7 @@ import typer
 
 from pih2t_deploy.cli.common import VERIFY_KEY_HELP, err_console, verify_signature
 from pih2t_deploy.errors import ConfigError
-from pih2t_deploy.runtime.loader import BackendName
+from pih2t_deploy.runtime.loader import BackendName, PerformanceHint
 
 
 def serve(
@@ -54,6 +54,13 @@ def serve(
         int | None,
         typer.Option(help="inference threads per worker (default: the runtime's choice; with --workers, CPUs / N)"),
     ] = None,
+    performance_hint: Annotated[
+        PerformanceHint,
+        typer.Option(
+            help="openvino: latency runs each batch on all threads; throughput runs one batch per OpenVINO stream, "
+            "several at once (more requests/s under load, slower single requests; docs/performance.md)"
+        ),
+    ] = "latency",
     workers: Annotated[
         int,
         typer.Option(
@@ -140,6 +147,7 @@ def serve(
         header_timeout_s=header_timeout_s,
         max_connections=max_connections,
         log_level=log_level,
+        performance_hint=performance_hint,
     )
     # loaded here even for --workers (which load their own copies): a folder that cannot be served fails now,
     # with one line, instead of in every worker

@@ -151,7 +151,7 @@ def build_openvino(ctx: BuildInputs, folder: Path) -> BuildResult:
     """``model.xml`` + ``model.bin``: OpenVINO IR of the fp32 export (weights kept in fp32), run in the
     precision the export asks for (f32, or bf16 with --bf16; refused on a CPU without bf16)."""
     from pih2t_deploy.export.openvino_ir import save_ir
-    from pih2t_deploy.runtime.openvino_backend import cpu_description, ir_runner
+    from pih2t_deploy.runtime.openvino_backend import IRRunner, cpu_description
 
     precision = "bf16" if ctx.options.bf16 else "f32"
     with tempfile.TemporaryDirectory() as work:
@@ -159,19 +159,19 @@ def build_openvino(ctx: BuildInputs, folder: Path) -> BuildResult:
         graph = _export_counted(ctx, onnx_path, half=False)
         save_ir(onnx_path, ctx.model_path(folder))
     sections = {"graph": graph, "openvino": {**cpu_description(), "inference_precision": precision}}
-    return BuildResult(ir_runner(ctx.model_path(folder), precision), sections)
+    return BuildResult(IRRunner(ctx.model_path(folder), precision), sections)
 
 
 def build_openvino_int8(ctx: BuildInputs, folder: Path) -> BuildResult:
     """``model.xml`` + ``model.bin``: OpenVINO IR of the QDQ INT8 graph; OpenVINO runs its convolutions in INT8."""
     from pih2t_deploy.export.openvino_ir import save_ir
-    from pih2t_deploy.runtime.openvino_backend import cpu_description, ir_runner
+    from pih2t_deploy.runtime.openvino_backend import IRRunner, cpu_description
 
     with tempfile.TemporaryDirectory() as work:
         quantized = _quantized_graph(ctx, Path(work))
         save_ir(quantized.path, ctx.model_path(folder))
     sections = {"graph": quantized.graph, "openvino": {**cpu_description(), "inference_precision": "f32"}}
-    return BuildResult(ir_runner(ctx.model_path(folder), "f32"), sections, quantized.fp32_reference)
+    return BuildResult(IRRunner(ctx.model_path(folder), "f32"), sections, quantized.fp32_reference)
 
 
 def build_torch(ctx: BuildInputs, folder: Path) -> BuildResult:

@@ -61,6 +61,7 @@ class Classifier(ABC):
     """A loaded model: ``predict(batch)`` maps float32 [N, C, H, W] to float32 logits [N, K]."""
 
     backend: str = ""
+    parallel_batches: int = 1  # batches ``predict`` runs at once when called from that many threads
 
     def __init__(self, info: ModelInfo) -> None:
         self.info = info

@@ -18,6 +18,7 @@ from pih2t_deploy.formats import FORMATS, formats_of_backend
 from pih2t_deploy.runtime.classifier import Classifier, ModelInfo
 
 BackendName = Literal["onnxruntime", "openvino", "torch", "tensorrt"]
+PerformanceHint = Literal["latency", "throughput"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
 
 
@@ -53,10 +54,16 @@ def load_classifier(
     device: str = "cpu",
     threads: int | None = None,
     name: str | None = None,
+    performance_hint: PerformanceHint = "latency",
 ) -> Classifier:
-    """Load the model at ``path`` with ``backend``; a UserError says what is missing or mismatched."""
+    """Load the model at ``path`` with ``backend``; a UserError says what is missing or mismatched.
+    ``performance_hint`` throughput (OpenVINO only) runs several batches at once on OpenVINO's streams."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if performance_hint != "latency" and backend != "openvino":
+        raise ConfigError(
+            f"--performance-hint {performance_hint} applies to --backend openvino only; leave it out for {backend}"
+        )
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"unknown device {device!r}; choose cpu or cuda")
     target = Path(path)
@@ -84,7 +91,7 @@ def load_classifier(
     if backend == "openvino":
         from pih2t_deploy.runtime.openvino_backend import OpenVINOClassifier
 
-        return OpenVINOClassifier(model_file, info, device=device, threads=threads)
+        return OpenVINOClassifier(model_file, info, device=device, threads=threads, hint=performance_hint)
     if backend == "torch":
         from pih2t_deploy.runtime.torch_backend import TorchClassifier
 

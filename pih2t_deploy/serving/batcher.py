@@ -1,9 +1,11 @@
 """Micro-batching: gather concurrent requests into one batch, run it in a worker thread, answer in order.
 
 Requests wait in a bounded queue; a worker task takes up to ``max_batch`` images, waiting at most
-``max_wait_ms`` for more after the first, runs ``predict`` in a single worker thread (the event loop never
-blocks) and resolves every request's future with its own rows. A full queue raises QueueFullError at once;
-a request that has not been answered within ``timeout_s`` raises RequestTimeoutError.
+``max_wait_ms`` for more after the first, runs ``predict`` in a worker thread (the event loop never blocks)
+and resolves every request's future with its own rows. A model that runs several batches at once
+(``parallel_batches``, e.g. OpenVINO's streams) gets that many in flight plus one more gathered ahead, which
+waits for the first one to finish. A full queue raises QueueFullError at once; a request that has not been
+answered within ``timeout_s`` raises RequestTimeoutError.
 """
 
 from __future__ import annotations
@@ -56,9 +58,10 @@ class MicroBatcher:
         timeout_s: float = 30.0,
         on_batch: Callable[[int], None] = lambda _size: None,
         hold_for_arrivals: bool = False,
+        parallel_batches: int = 1,
     ) -> None:
-        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0 or timeout_s <= 0:
-            raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms >= 0, timeout_s > 0")
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0 or timeout_s <= 0 or parallel_batches < 1:
+            raise ValueError("max_batch, max_queue and parallel_batches must be >= 1, max_wait_ms >= 0, timeout_s > 0")
         self.predict, self.on_batch, self.hold_for_arrivals = predict, on_batch, hold_for_arrivals
         self.on_the_way = 0  # requests being read or decoded, not yet submitted
         self.max_batch, self.max_wait, self.max_queue, self.timeout = (
@@ -69,7 +72,13 @@ class MicroBatcher:
         )
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.queued_images = 0
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pih2t-predict")
+        # one batch gathered ahead of the running ones, so that a stream that finishes starts again at once
+        # (docs/performance.md); a model that runs one batch at a time gathers the next once it is free
+        self.in_flight = parallel_batches + 1 if parallel_batches > 1 else 1
+        self.slots = asyncio.Semaphore(self.in_flight)
+        self.running: set[asyncio.Task] = set()
+        self.carried: _Pending | None = None  # a request that did not fit the last batch: it starts the next
+        self.executor = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="pih2t-predict")
         self.worker: asyncio.Task | None = None
         self.restarts = 0
         self.stopping = False
@@ -95,7 +104,7 @@ class MicroBatcher:
         return self.worker is not None and not self.worker.done()
 
     async def stop(self) -> None:
-        """Finish every queued request, then stop the worker and its thread."""
+        """Finish every queued request and every running batch, then stop the worker and its threads."""
         self.stopping = True
         while self.queued_images and self.worker and not self.worker.done():
             await asyncio.sleep(0.005)
@@ -103,6 +112,7 @@ class MicroBatcher:
             self.worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.worker
+        await asyncio.gather(*self.running)
         self.executor.shutdown(wait=True)
 
     @contextlib.contextmanager
@@ -139,7 +149,7 @@ class MicroBatcher:
             future.set_exception(RequestTimeoutError(f"no answer within {self.timeout:g} s"))
 
     async def _collect(self) -> list[_Pending]:
-        first = await self.queue.get()
+        first, self.carried = self.carried or await self.queue.get(), None
         batch, size = [first], len(first.images)
         deadline = time.monotonic() + self.max_wait
         while size < self.max_batch:
@@ -153,17 +163,27 @@ class MicroBatcher:
             except (TimeoutError, asyncio.QueueEmpty):
                 break
             if size + len(item.images) > self.max_batch:
-                await self._run_batch(batch)
-                batch, size = [item], len(item.images)
-                deadline = time.monotonic() + self.max_wait
-                continue
+                self.carried = item
+                break
             batch.append(item)
             size += len(item.images)
         return batch
 
     async def _run(self) -> None:
         while True:
-            await self._run_batch(await self._collect())
+            await self.slots.acquire()
+            try:
+                batch = await self._collect()
+            except BaseException:
+                self.slots.release()
+                raise
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+            self.running.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task) -> None:
+        self.running.discard(task)
+        self.slots.release()
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         live = [item for item in batch if not item.future.done()]

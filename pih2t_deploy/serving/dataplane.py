@@ -161,6 +161,7 @@ class DataPlane:
             timeout_s=self.settings.timeout_s,
             on_batch=self.metrics.batch_size.observe,
             hold_for_arrivals=True,
+            parallel_batches=classifier.parallel_batches,
         )
         self.batcher.start()
         self._loaded = True

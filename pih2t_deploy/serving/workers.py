@@ -34,7 +34,7 @@ from pih2t_deploy.serving.settings import ServeSettings
 
 if TYPE_CHECKING:
     from pih2t_deploy.runtime import Classifier
-    from pih2t_deploy.runtime.loader import BackendName
+    from pih2t_deploy.runtime.loader import BackendName, PerformanceHint
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class ServeSpec:
     header_timeout_s: float
     max_connections: int
     log_level: str
+    performance_hint: PerformanceHint = "latency"
 
 
 def threads_per_worker(threads: int | None, workers: int) -> int | None:
@@ -70,11 +71,18 @@ def threads_per_worker(threads: int | None, workers: int) -> int | None:
 
 
 def load_model(spec: ServeSpec) -> Classifier:
-    """The classifier ``spec`` names, loaded with its backend, device and threads."""
+    """The classifier ``spec`` names, loaded with its backend, device, threads and performance hint."""
     from pih2t_deploy.runtime import load_classifier
 
     backend = cast("BackendName", spec.backend)
-    return load_classifier(spec.model, backend, device=spec.device, threads=spec.threads, name=spec.name)
+    return load_classifier(
+        spec.model,
+        backend,
+        device=spec.device,
+        threads=spec.threads,
+        name=spec.name,
+        performance_hint=spec.performance_hint,
+    )
 
 
 def serve_one(spec: ServeSpec, classifier: Classifier, sockets: list[socket.socket] | None = None) -> None:
