@@ -27,7 +27,7 @@ from pih2t_deploy.export.exporter import export_checkpoint
 from pih2t_deploy.export.options import ExportOptions
 from pih2t_deploy.models import NetworkConfig, PIH2TNet
 from pih2t_deploy.runtime import load_classifier
-from pih2t_deploy.runtime.openvino_backend import IRRunner, cpu_description
+from pih2t_deploy.runtime.openvino_backend import IRRunner, compile_ir, cpu_description
 from pih2t_deploy.timing import time_interleaved
 
 BATCHES = (1, 32)
@@ -68,8 +68,7 @@ def throughput_runner(xml: Path, threads: int) -> Callable[[np.ndarray], np.ndar
     """OpenVINO's THROUGHPUT hint: several streams, the batch split over as many asynchronous requests."""
     import openvino as ov
 
-    core = ov.Core()
-    compiled = core.compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": threads})
+    compiled = compile_ir(xml, "f32", threads, "throughput")
     queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     outputs: dict[int, np.ndarray] = {}
     queue.set_callback(lambda request, index: outputs.__setitem__(index, request.get_output_tensor(0).data.copy()))

@@ -44,7 +44,8 @@ def raw_images_per_s(xml: Path, threads: int, seconds: float, batch: int = 32) -
 
 
 def served(artifact: Path, hint: str, args: argparse.Namespace, image: Path) -> dict:
-    """requests/s, p50 and p99 (ms) of pih2t-serve with performance hint ``hint`` at concurrency 32."""
+    """requests/s, p50 and p99 (ms) of pih2t-serve with performance hint ``hint`` at concurrency 32 (for
+    perf_analyzer, ``image`` with suffix .json holds the request's input)."""
     port = free_port()
     server = start_rest_server(
         artifact,
@@ -63,8 +64,6 @@ def served(artifact: Path, hint: str, args: argparse.Namespace, image: Path) -> 
     try:
         if args.client == "perf_analyzer":
             data = image.with_suffix(".json")
-            encoded = base64.b64encode(serialize_bytes([image.read_bytes()])).decode()
-            data.write_text(json.dumps({"data": [{"image": {"b64": encoded}}]}))
             found = measure(perf_analyzer(), "pih2t_image", f"127.0.0.1:{port}", "http", 32, data, args.seconds)
             return {"throughput": found["requests_per_s"], "errors": 0, **found}
         return run_load(f"http://127.0.0.1:{port}", 32, args.seconds, image)
@@ -85,6 +84,8 @@ def main() -> None:
         artifact = build_artifacts(Path(work), only=("openvino-int8",))["openvino-int8"]
         image = Path(work) / "image.jpg"
         image.write_bytes(jpeg_bytes())
+        encoded = base64.b64encode(serialize_bytes([image.read_bytes()])).decode()
+        image.with_suffix(".json").write_text(json.dumps({"data": [{"image": {"b64": encoded}}]}))
         for round_ in range(1, args.rounds + 1):
             raw = raw_images_per_s(artifact / "model.xml", args.threads, args.seconds)
             line = f"round {round_}: raw OpenVINO INT8 batch 32 {raw:.1f} images/s"
