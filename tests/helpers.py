@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -50,3 +51,16 @@ def kill_if_running(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.kill()
         process.wait()
+
+
+def start_interruptible(command: list[str]) -> subprocess.Popen[str]:
+    """``command`` started with SIGINT at its default, so that it gets Ctrl-C's KeyboardInterrupt even when this
+    test run was itself started in the background (a shell starts background jobs with SIGINT ignored, and a
+    child inherits that)."""
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )

@@ -24,7 +24,7 @@ from pih2t_deploy.data.sources import DataConfig, build_data
 from pih2t_deploy.predict import PredictionRow, predict_images
 from pih2t_deploy.predict.ray_engine import shard_rows
 from pih2t_deploy.predict.writers import journal_path, read_rows
-from tests.helpers import run_cli
+from tests.helpers import run_cli, start_interruptible
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def _many_links(tree, folder, count):
 
 def _start(*args):
     command = [sys.executable, "-m", "pih2t_deploy.cli", "predict", "--no-progress", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_interruptible(command)
 
 
 def _wait_for_rows(path, minimum, process, timeout=120.0):

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pih2t_deploy.predict import predict_images
 from pih2t_deploy.predict import rows as rows_module
 from pih2t_deploy.predict.writers import open_writer
 from tests import images
-from tests.helpers import run_cli
+from tests.helpers import run_cli, start_interruptible
 
 
 @pytest.fixture
@@ -75,11 +74,8 @@ def test_ctrl_c_stops_a_job_that_meets_a_fifo_and_its_output_stays_valid(digits_
     (tmp_path / "list.txt").write_text("stuck.png\n" + "d.png\n" * 3000)
     output = tmp_path / "out.jsonl"
     command = [sys.executable, "-m", "pih2t_deploy.cli", "predict", "--model", str(digits_artifact[1])]
-    process = subprocess.Popen(
-        [*command, "--input", str(tmp_path / "list.txt"), "-o", str(output), "--batch", "4", "--workers", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = start_interruptible(
+        [*command, "--input", str(tmp_path / "list.txt"), "-o", str(output), "--batch", "4", "--workers", "1"]
     )
     deadline = time.monotonic() + 60
     while not (output.exists() and output.read_bytes().count(b"\n") >= 20):
