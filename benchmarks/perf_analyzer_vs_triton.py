@@ -9,7 +9,13 @@ the other, in one run. Rows: HTTP at concurrency 16 and 1, gRPC at 16, pih2t-ser
 at concurrency 1 (the cost of the gathering window for a lone client), and pih2t-serve --workers 2 (two
 processes on the port) at 16 over HTTP and gRPC.
 
-    python benchmarks/perf_analyzer_vs_triton.py [--artifact EXPORT] [--seconds 4] [--output runs/bench-pa]
+gRPC rows are measured once per ``--grpc-channel-share`` value, for both servers alike: how many of
+perf_analyzer's request contexts share one gRPC channel (one HTTP/2 connection), its environment variable
+TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT. Triton's client shares a channel among 6 by default, so its 16
+contexts hold about 3 connections; the kernel spreads connections, not requests, over --workers processes.
+
+    python benchmarks/perf_analyzer_vs_triton.py [--artifact EXPORT] [--seconds 4] [--grpc-channel-share 6 1]
+        [--output runs/bench-pa]
 
 Without --artifact a small Digits-LT model is trained (a few epochs; speed does not depend on its accuracy).
 """
@@ -20,6 +26,7 @@ import argparse
 import base64
 import csv
 import json
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -54,14 +61,23 @@ def digits_artifact(folder: Path) -> Path:
     return export_checkpoint(result.model_path, ExportOptions(output=folder / "export")).folder
 
 
-def measure(tool: str, model: str, url: str, protocol: str, concurrency: int, data: Path, seconds: float) -> dict:
-    """One perf_analyzer measurement: requests/s and latency percentiles (ms)."""
+MAX_TRIALS = 20  # windows perf_analyzer may take to find 3 within 10% of each other (its default, 10, gave up
+# on tritonserver's gRPC row with 8 s windows on 2026-12-07)
+DEFAULT_CHANNEL_SHARE = 6  # Triton's client library: request contexts per gRPC channel unless told otherwise
+
+
+def measure(
+    tool: str, model: str, url: str, protocol: str, concurrency: int, data: Path, seconds: float, share: int | None
+) -> dict:
+    """One perf_analyzer measurement, its gRPC contexts ``share`` to a channel (the client's default when None):
+    requests/s, latency percentiles (ms)."""
+    env = {**os.environ, "TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT": str(share or DEFAULT_CHANNEL_SHARE)}
     with tempfile.NamedTemporaryFile(suffix=".csv") as report:
         done = subprocess.run(
             [tool, "-m", model, "-u", url, "-i", protocol, "--input-data", str(data), "--shape", "image:1",
              "--concurrency-range", str(concurrency), "--measurement-interval", str(int(seconds * 1000)),
-             "-f", report.name],
-            capture_output=True, text=True, timeout=600,
+             "--max-trials", str(MAX_TRIALS), "-f", report.name],
+            capture_output=True, text=True, timeout=600, env=env,
         )  # fmt: skip
         if done.returncode:
             raise SystemExit(f"perf_analyzer failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -73,14 +89,30 @@ def measure(tool: str, model: str, url: str, protocol: str, concurrency: int, da
     }
 
 
+def cases(wanted: tuple[tuple[str, int], ...], shares: list[int]) -> list[tuple[str, int, int | None]]:
+    """(protocol, concurrency, channel share) for each wanted pair: gRPC once per share, HTTP once."""
+    return [(p, c, share) for p, c in wanted for share in (shares if p == "grpc" else [None])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", type=Path)
     parser.add_argument("--seconds", type=float, default=4.0, help="perf_analyzer measurement window")
+    parser.add_argument(
+        "--grpc-channel-share", type=int, nargs="+", default=[DEFAULT_CHANNEL_SHARE],
+        help="perf_analyzer's gRPC request contexts per channel; each value measures every gRPC row",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=Path("runs/bench-pa"))
     args = parser.parse_args()
     tool = perf_analyzer()
+    shares: list[int] = args.grpc_channel_share
     rows: list[dict] = []
+
+    def record(server: str, protocol: str, concurrency: int, share: int | None, result: dict) -> None:
+        rows.append({"server": server, "protocol": protocol, "concurrency": concurrency, "channel_share": share})
+        rows[-1].update(result)
+        print(rows[-1], flush=True)
+
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         artifact = args.artifact or digits_artifact(work)
@@ -93,14 +125,11 @@ def main() -> None:
         triton = start_server(work / "repo", ports, work / "triton", log_path=work / "triton.log")
         try:
             wait_until_ready(triton, ports)
-            for protocol, port, concurrency in (
-                ("http", ports.http, 16),
-                ("http", ports.http, 1),
-                ("grpc", ports.grpc, 16),
-            ):
-                result = measure(tool, "pih2t", f"127.0.0.1:{port}", protocol, concurrency, data, args.seconds)
-                rows.append({"server": "tritonserver", "protocol": protocol, "concurrency": concurrency, **result})
-                print(rows[-1], flush=True)
+            for protocol, concurrency, share in cases((("http", 16), ("http", 1), ("grpc", 16)), shares):
+                port = ports.http if protocol == "http" else ports.grpc
+                url = f"127.0.0.1:{port}"
+                result = measure(tool, "pih2t", url, protocol, concurrency, data, args.seconds, share)
+                record("tritonserver", protocol, concurrency, share, result)
         finally:
             triton.terminate()
             triton.wait(timeout=60)
@@ -113,33 +142,32 @@ def main() -> None:
         for label, options, wanted in variants:
             http, grpc = free_port(), free_port()
             server = start_rest_server(artifact, http, "--grpc-port", str(grpc), *options)
-            cases = [(protocol, http if protocol == "http" else grpc, c) for protocol, c in wanted]
             try:
                 name = httpx.get(f"http://127.0.0.1:{http}/v1/model").json()["name"] + "_image"
-                for protocol, port, concurrency in cases:
-                    result = measure(tool, name, f"127.0.0.1:{port}", protocol, concurrency, data, args.seconds)
-                    rows.append({"server": label, "protocol": protocol, "concurrency": concurrency, **result})
-                    print(rows[-1], flush=True)
+                for protocol, concurrency, share in cases(wanted, shares):
+                    url = f"127.0.0.1:{http if protocol == 'http' else grpc}"
+                    result = measure(tool, name, url, protocol, concurrency, data, args.seconds, share)
+                    record(label, protocol, concurrency, share, result)
             finally:
                 server.terminate()
                 server.wait(timeout=60)
 
-    def row(server: str, protocol: str, concurrency: int) -> dict:
-        return next(
-            r for r in rows if (r["server"], r["protocol"], r["concurrency"]) == (server, protocol, concurrency)
-        )
+    def row(server: str, protocol: str, concurrency: int, share: int | None = None) -> dict:
+        wanted = (server, protocol, concurrency, share)
+        return next(r for r in rows if (r["server"], r["protocol"], r["concurrency"], r["channel_share"]) == wanted)
 
-    print("\n| server | protocol | concurrency | requests/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
+    print("\n| server | protocol | concurrency | gRPC channel share | requests/s | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['server']} | {r['protocol']} | {r['concurrency']} | {r['requests_per_s']:.0f} | "
-              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")  # fmt: skip
+        print(f"| {r['server']} | {r['protocol']} | {r['concurrency']} | {r['channel_share'] or '-'} | "
+              f"{r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")  # fmt: skip
     ratios = {}
     for label, suffix in (("pih2t-serve", ""), ("pih2t-serve --workers 2", "_workers_2")):
-        for protocol in ("http", "grpc"):
-            ours, theirs = row(label, protocol, 16), row("tritonserver", protocol, 16)
-            speed = ours["requests_per_s"] / theirs["requests_per_s"]
-            ratios[f"{protocol}_requests_per_s_vs_triton_c16{suffix}"] = speed
-            ratios[f"{protocol}_p99_vs_triton_c16{suffix}"] = ours["p99_ms"] / theirs["p99_ms"]
+        for protocol, share in [("http", None)] + [("grpc", share) for share in shares]:
+            ours, theirs = row(label, protocol, 16, share), row("tritonserver", protocol, 16, share)
+            key = f"{protocol}{'' if share is None else f'_share_{share}'}"
+            ratios[f"{key}_requests_per_s_vs_triton_c16{suffix}"] = ours["requests_per_s"] / theirs["requests_per_s"]
+            ratios[f"{key}_p99_vs_triton_c16{suffix}"] = ours["p99_ms"] / theirs["p99_ms"]
     ratios["p50_c1_window_vs_no_window"] = (
         row("pih2t-serve", "http", 1)["p50_ms"] / row("pih2t-serve --max-wait-ms 0", "http", 1)["p50_ms"]
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -53,7 +52,7 @@ class BodyLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(send, 413, too_large)
             return
-        deadline = time.monotonic() + self.timeout_s
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         state = {"seen": 0, "rejected": False, "started": False, "complete": False}
 
         async def reject(status: int, message: str) -> Message:
@@ -68,8 +67,9 @@ class BodyLimitMiddleware:
                 return {"type": "http.disconnect"}
             if state["complete"]:  # the body is in; only a disconnect can follow, however long that takes
                 return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            try:  # a timer on the loop's clock, not wait_for's task per message
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
             except TimeoutError:
                 return await reject(408, f"the request body did not arrive within {self.timeout_s:g} s")
             if message["type"] == "http.request":

@@ -94,6 +94,7 @@ class RequestMetricsMiddleware:
 
     def __init__(self, app, metrics: ServiceMetrics) -> None:
         self.app, self.metrics = app, metrics
+        self._resolved: dict[tuple[str, int], tuple] = {}  # bounded: routes are templates, statuses few
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -112,5 +113,14 @@ class RequestMetricsMiddleware:
         finally:
             self.metrics.in_flight.dec()
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, str(status["code"])).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            count, latency = self._series(route, status["code"])
+            count.inc()
+            latency.observe(time.perf_counter() - started)
+
+    def _series(self, route: str, status: int) -> tuple:
+        """The request counter and latency histogram of ``route`` answered with ``status``, resolved once."""
+        found = self._resolved.get((route, status))
+        if found is None:
+            found = self.metrics.requests.labels(route, str(status)), self.metrics.latency.labels(route)
+            self._resolved[(route, status)] = found
+        return found

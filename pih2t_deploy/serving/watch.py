@@ -56,6 +56,14 @@ class LongTail:
             for name, values in settings.priors.items()
         }
         self.class_label = _class_labels(info.labels, counts, self.groups, settings.max_class_labels)
+        self._counters = [  # per class: its label's answer counter, its group's, its group's confidence histogram
+            (
+                metrics.predicted_class.labels(label),
+                metrics.predicted_group.labels(group),
+                metrics.confidence.labels(group),
+            )
+            for label, group in zip(self.class_label, self.groups, strict=True)
+        ]
         folder = settings.low_confidence_dir
         self.low_confidence = (
             LowConfidenceLog(folder, settings.low_confidence_threshold, settings.low_confidence_keep)
@@ -93,15 +101,12 @@ class LongTail:
 
     def _count(self, probabilities: np.ndarray) -> None:
         top = probabilities.argmax(axis=1)
-        confidence = probabilities.max(axis=1)
-        for index in np.unique(top):
-            self.metrics.predicted_class.labels(self.class_label[index]).inc(int((top == index).sum()))
-        for group in set(self.groups[i] for i in top):
-            members = np.array([self.groups[i] == group for i in top])
-            self.metrics.predicted_group.labels(group).inc(int(members.sum()))
-            histogram = self.metrics.confidence.labels(group)
-            for value in confidence[members]:
-                histogram.observe(float(value))
+        confidence = probabilities[np.arange(len(top)), top]
+        for index, value in zip(top.tolist(), confidence.tolist(), strict=True):
+            by_class, by_group, histogram = self._counters[index]
+            by_class.inc()
+            by_group.inc()
+            histogram.observe(value)
 
     def report(self) -> dict[str, Any] | None:
         """The label-shift report (None without a watch), its gauges updated."""
