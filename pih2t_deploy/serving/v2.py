@@ -62,16 +62,16 @@ _INFER_JSON = {
         },
     },
 }
+INFER_HEADERS: list[dict] = [
+    {
+        "name": "Inference-Header-Content-Length",
+        "in": "header",
+        "required": False,
+        "description": "binary tensor extension: the length in bytes of the JSON header that starts the body",
+        "schema": {"type": "string"},
+    }
+]
 INFER_BODY = {
-    "parameters": [
-        {
-            "name": "Inference-Header-Content-Length",
-            "in": "header",
-            "required": False,
-            "description": "binary tensor extension: the length in bytes of the JSON header that starts the body",
-            "schema": {"type": "string"},
-        }
-    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -132,13 +132,13 @@ def _path(*names: str) -> list[dict]:
     "/models/{name}/infer",
     response_model=schemas.InferResponse,
     responses=_errors(*INFER_ERRORS),
-    openapi_extra={**INFER_BODY, "parameters": _path("name") + INFER_BODY["parameters"]},
+    openapi_extra={**INFER_BODY, "parameters": _path("name") + INFER_HEADERS},
 )
 @router.post(
     "/models/{name}/versions/{version}/infer",
     response_model=schemas.InferResponse,
     responses=_errors(*INFER_ERRORS),
-    openapi_extra={**INFER_BODY, "parameters": _path("name", "version") + INFER_BODY["parameters"]},
+    openapi_extra={**INFER_BODY, "parameters": _path("name", "version") + INFER_HEADERS},
 )
 async def infer(request: Request) -> Response:
     """Run the model on one input tensor; JSON or binary tensor data, classification extension."""
