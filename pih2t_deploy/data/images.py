@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -33,20 +35,40 @@ def open_image(source: str | bytes | IO[bytes], name: str = "image", max_pixels:
     Raises ImageTooLargeError when width*height exceeds ``max_pixels`` (checked from the header, before
     decoding) and DataError naming ``name`` for anything that is not a decodable image.
     """
+    return load_image(peek_image(source, name, max_pixels), name)
+
+
+def peek_image(source: str | bytes | IO[bytes], name: str = "image", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """``source`` opened with only its header read: its size is known and at most ``max_pixels``, no pixel is
+    decoded yet (``load_image`` does that). Raises as ``open_image`` does for what the header shows."""
     if isinstance(source, bytes) and not source:
         raise CorruptImageError(f"{name} is empty")
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    with _decoding(name, max_pixels):
+        image = Image.open(stream)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(f"{name} is {width}x{height} pixels; the limit is {max_pixels:,} pixels")
+        return image
+
+
+def load_image(image: Image.Image, name: str = "image") -> Image.Image:
+    """The pixels of a ``peek_image`` result decoded: its first frame, EXIF rotation applied; DataError naming
+    ``name`` when they cannot be decoded."""
+    with _decoding(name, MAX_PIXELS):
+        if getattr(image, "is_animated", False):
+            image.seek(0)
+        image.load()
+        return ImageOps.exif_transpose(image)
+
+
+@contextlib.contextmanager
+def _decoding(name: str, max_pixels: int) -> Iterator[None]:
+    """PIL's failures while opening or decoding ``name`` as this module's named errors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(f"{name} is {width}x{height} pixels; the limit is {max_pixels:,} pixels")
-            if getattr(image, "is_animated", False):
-                image.seek(0)
-            image.load()
-            return ImageOps.exif_transpose(image)
+            yield
     except ImageTooLargeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -59,15 +81,3 @@ def open_image(source: str | bytes | IO[bytes], name: str = "image", max_pixels:
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise CorruptImageError(f"{name} is truncated or corrupt ({exc})") from None
-
-
-def header_pixels(data: bytes) -> int:
-    """width x height as the image's header states it, read without decoding the pixels; 0 when the bytes are
-    not a readable image header (decoding them later says what is wrong)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            width, height = Image.open(io.BytesIO(data)).size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return 0
-    return width * height

@@ -43,7 +43,7 @@ from pih2t_deploy.serving.errors import (
     Unavailable,
     quote,
 )
-from pih2t_deploy.serving.images import decode_batch, request_pixels
+from pih2t_deploy.serving.images import decode_batch, peek_batch
 from pih2t_deploy.serving.metrics import ServiceMetrics
 from pih2t_deploy.serving.prior_knob import PriorRequest
 from pih2t_deploy.serving.prior_knob import parse_request as parse_prior_request
@@ -289,11 +289,11 @@ class DataPlane:
         classifier = self.require_ready()
         if len(blobs) > self.settings.max_batch:
             raise PayloadTooLarge(f"{len(blobs)} images in one request; the limit is {self.settings.max_batch}")
-        pixels = request_pixels(blobs, self.settings.max_request_pixels)
+        peeked, pixels = peek_batch(blobs, self.settings.max_pixels, self.settings.max_request_pixels)
         if pixels <= INLINE_DECODE_PIXELS:
-            return decode_batch(blobs, classifier.prepare, self.settings.max_pixels)
+            return decode_batch(peeked, classifier.prepare)
         return await asyncio.get_running_loop().run_in_executor(
-            self.decode_pool, decode_batch, blobs, classifier.prepare, self.settings.max_pixels
+            self.decode_pool, decode_batch, peeked, classifier.prepare
         )
 
     async def infer(self, name: str, version: str | None, read: Callable[[], Awaitable[InferRequest]]) -> InferResult:

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,6 +25,7 @@ from pih2t_deploy.runtime import Classifier
 from pih2t_deploy.serving import v1, v2
 from pih2t_deploy.serving.body_limit import BodyLimitMiddleware
 from pih2t_deploy.serving.dataplane import DataPlane
+from pih2t_deploy.serving.direct_route import DirectRoute
 from pih2t_deploy.serving.errors import ServingError
 from pih2t_deploy.serving.http_edge import serving_error
 from pih2t_deploy.serving.metrics import RequestMetricsMiddleware
@@ -86,6 +88,9 @@ def create_app(load: Callable[[], Classifier], settings: ServeSettings | None = 
             await asyncio.to_thread(plane.longtail.report)  # refreshes the label-shift gauges
         return Response(plane.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    # added first, so innermost: inside the body limit and the request metrics, outside the router
+    infer_routes = [route for route in v2.router.routes if isinstance(route, APIRoute) and route.endpoint is v2.infer]
+    app.add_middleware(DirectRoute, routes=infer_routes, on_error=serving_error)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=plane.settings.max_upload_bytes, timeout_s=plane.settings.body_timeout_s
     )
