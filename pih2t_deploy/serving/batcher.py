@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -150,19 +151,17 @@ class MicroBatcher:
     async def _collect(self) -> list[_Pending]:
         first, self.carried = self.carried or await self.queue.get(), None
         batch, size = [first], len(first.images)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait
+        deadline = time.monotonic() + self.max_wait
         while size < self.max_batch:
-            if not self.queue.empty():
-                item = self.queue.get_nowait()  # queued already: no wait, no timer
-            elif (self.hold_for_arrivals and self.on_the_way == 0) or loop.time() >= deadline:
-                break  # nothing on its way (waiting cannot fill the batch), or the window has closed
-            else:
-                try:
-                    async with asyncio.timeout_at(deadline):  # a cancelled get() leaves the queue as it was
-                        item = await self.queue.get()
-                except TimeoutError:
-                    break
+            if self.queue.empty() and self.hold_for_arrivals and self.on_the_way == 0:
+                break  # nothing queued and nothing on its way: waiting cannot fill the batch
+            remaining = deadline - time.monotonic()
+            try:
+                item = (
+                    self.queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self.queue.get(), remaining)
+                )
+            except (TimeoutError, asyncio.QueueEmpty):
+                break
             if size + len(item.images) > self.max_batch:
                 self.carried = item
                 break
