@@ -1,7 +1,8 @@
 """A deadline for request headers: uvicorn waits for them without limit, so a client that sends a header
 line now and then (slowloris) holds its connection forever. This protocol answers 408 and closes the
 connection when a request's headers are not complete ``timeout_s`` after its first byte (or after the
-connection opened, for a client that sends nothing). Built on uvicorn's httptools protocol (uvicorn 0.54)."""
+connection opened, for a client that sends nothing). Its writes go through a ``CoalescingTransport`` (one
+socket write per response, coalescing.py). Built on uvicorn's httptools protocol (uvicorn 0.54)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import asyncio
 import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from pih2t_deploy.serving.coalescing import CoalescingTransport
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
@@ -39,8 +42,10 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Start the deadline for the first request's headers."""
+        """Start the deadline for the first request's headers; writes from here on are coalesced (uvicorn's
+        flow control keeps the real transport, which it gets before this wraps it)."""
         super().connection_made(transport)
+        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         self._arm()
 
     def on_message_begin(self) -> None:
