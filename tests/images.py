@@ -49,6 +49,11 @@ def variants() -> dict[str, bytes]:
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>'
 
 
+def icon() -> bytes:
+    """A Windows icon: a format PIL decodes and the service does not take."""
+    return encode(Image.new("L", (16, 16)), "ICO", sizes=[(16, 16)])
+
+
 def truncated_png() -> bytes:
     data = encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
     return data[: len(data) // 2]

@@ -119,6 +119,7 @@ def test_exif_rotation_is_applied(server, classifier):
         ({"files": {"image": ("x.png", images.sample(1))}}, 422, "field 'file'"),
         ({"files": {"file": ("x.svg", images.SVG, "image/svg+xml")}}, 415, "not an image"),
         ({"files": {"file": ("x.txt", b"hello world")}}, 415, "not an image"),
+        ({"files": {"file": ("x.ico", images.icon())}}, 415, "supported format"),
         ({"files": {"file": ("x.png", images.truncated_png())}}, 400, "truncated or corrupt"),
         ({"files": {"file": ("x.png", b"")}}, 400, "empty"),
         ({"files": {"file": ("bomb.png", images.bomb_png())}}, 413, "pixel"),

@@ -14,6 +14,9 @@ from pih2t_deploy.errors import DataError
 
 MAX_PIXELS = 40_000_000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# the only decoders PIL may try: the formats people send, and the plain netpbm ones (PBM/PGM/PPM); PIL's other
+# plugins (EPS hands the file to Ghostscript, and the rarely used ones are the least fuzzed) are never reached
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
@@ -45,7 +48,7 @@ def peek_image(source: str | bytes | IO[bytes], name: str = "image", max_pixels:
         raise CorruptImageError(f"{name} is empty")
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     with _decoding(name, max_pixels):
-        image = Image.open(stream)
+        image = Image.open(stream, formats=FORMATS)
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLargeError(f"{name} is {width}x{height} pixels; the limit is {max_pixels:,} pixels")
@@ -77,7 +80,7 @@ def _decoding(name: str, max_pixels: int) -> Iterator[None]:
         raise DataError(f"{name} does not exist") from None
     except UnidentifiedImageError:
         raise UnsupportedImageError(
-            f"{name} is not an image in a supported format (JPEG, PNG, GIF, BMP, TIFF, WebP)"
+            f"{name} is not an image in a supported format (JPEG, PNG, GIF, BMP, TIFF, WebP, PBM/PGM/PPM)"
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise CorruptImageError(f"{name} is truncated or corrupt ({exc})") from None
