@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import re
 import signal
 import socket
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import tritonclient.grpc as triton_grpc
 from PIL import Image
 
@@ -74,6 +76,41 @@ def test_two_workers_share_both_ports_answer_like_the_model_and_metrics_sum_over
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+
+
+def test_grpc_calls_on_one_connection_are_handed_to_the_other_worker_and_answered_like_the_model(digits_artifact):
+    """One gRPC channel is one HTTP/2 connection, which the kernel gives to one worker: with 48 calls in flight
+    on it, that worker hands calls to the other (``pih2t_grpc_handoffs`` counts them), and every answer is
+    the model's for its own image."""
+    http_port, grpc_port = free_port(), free_port()
+    options = ("--workers", "2", "--grpc-port", str(grpc_port), "--expose-process-info", "--max-wait-ms", "50")
+    server = start_rest_server(digits_artifact[1], http_port, *options)
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 60  # a worker answers HTTP only once its model is loaded
+        while set(_answering_workers(url, 10)) != _children(server.pid):
+            assert time.monotonic() < deadline, "both workers never answered"
+        classifier = load_classifier(digits_artifact[1])
+        blobs = [images.sample(i % 10) for i in range(48)]
+        expected = classifier.predict(classifier.prepare([Image.open(io.BytesIO(b)) for b in blobs]))
+        answers: queue.Queue = queue.Queue()
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        try:
+            for index, blob in enumerate(blobs):
+                sent = triton_grpc.InferInput("image", [1, 1], "BYTES")
+                sent.set_data_from_numpy(np.array([[blob]], dtype=object))
+                done = lambda result, error, index=index: answers.put((index, result, error))  # noqa: E731
+                client.async_infer(f"{classifier.info.name}_image", [sent], done)
+            got = [answers.get(timeout=60) for _ in blobs]
+        finally:
+            client.close()
+        assert [error for _, _, error in got if error is not None] == []
+        for index, result, _ in got:
+            np.testing.assert_allclose(result.as_numpy("logits")[0], expected[index], rtol=1e-5, atol=1e-5)
+        assert 0 < _metric(url, "pih2t_grpc_handoffs_total") < len(blobs)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
 
 
 POOL_SCRIPT = """

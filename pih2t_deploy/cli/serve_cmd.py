@@ -68,6 +68,14 @@ def serve(
             help="serving processes sharing the port, each with its own model copy and batcher; /metrics sums them",
         ),
     ] = 1,
+    grpc_handoff: Annotated[
+        bool,
+        typer.Option(
+            "--grpc-handoff/--no-grpc-handoff",
+            help="with --workers: a worker busier than another hands it gRPC inference calls (the kernel spreads "
+            "connections, not calls, so a client with one channel would otherwise keep one worker busy)",
+        ),
+    ] = True,
     verify_key: Annotated[Path | None, typer.Option(help=VERIFY_KEY_HELP)] = None,
     watch: Annotated[
         bool,
@@ -148,6 +156,7 @@ def serve(
         max_connections=max_connections,
         log_level=log_level,
         performance_hint=performance_hint,
+        grpc_handoff=grpc_handoff,
     )
     # loaded here even for --workers (which load their own copies): a folder that cannot be served fails now,
     # with one line, instead of in every worker

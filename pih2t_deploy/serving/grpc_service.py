@@ -9,6 +9,7 @@ typed contents.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from pih2t_deploy.serving.dataplane import DataPlane, InferRequest
@@ -31,6 +33,7 @@ from pih2t_deploy.serving.errors import (
     UnsupportedMediaType,
     status_of,
 )
+from pih2t_deploy.serving.handoff import ANSWER, Handoff, failure, read_failure
 from pih2t_deploy.serving.v2_codec import ProtocolError, Tensor, decode_tensor, serialize_bytes
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ GRPC_STATUS: dict[type[ServingError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+STATUS_BY_CODE = {status.value[0]: status for status in grpc.StatusCode}
 CONTENTS = {  # datatype -> the typed-contents field that carries it
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
@@ -105,10 +109,11 @@ def _metadata_tensors(tensors: list) -> list[service_pb2.ModelMetadataResponse.T
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """GRPCInferenceService over a DataPlane; methods not listed answer UNIMPLEMENTED."""
+    """GRPCInferenceService over a DataPlane; methods not listed answer UNIMPLEMENTED. With a ``handoff``
+    (``pih2t-serve --workers``), an inference call goes to a less busy worker when there is one."""
 
-    def __init__(self, plane: DataPlane) -> None:
-        self.plane = plane
+    def __init__(self, plane: DataPlane, handoff: Handoff | None = None) -> None:
+        self.plane, self.handoff = plane, handoff
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
         if isinstance(exc, ServingError):
@@ -157,14 +162,40 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):  # noqa: N802
         """Logits, or the top k with ``classification``; outputs as raw contents."""
+        if self.handoff is not None:
+            relayed = await self.handoff.relay(request.SerializeToString)
+            if relayed is not None:
+                self.plane.metrics.handoffs.inc()
+                kind, body = relayed
+                if kind == ANSWER:
+                    return service_pb2.ModelInferResponse.FromString(body)
+                code, message = read_failure(body)
+                await context.abort(STATUS_BY_CODE.get(code, grpc.StatusCode.INTERNAL), message)
+        try:
+            return await self.answer(request)
+        except ServingError as exc:
+            return await self._fail(context, exc)
+
+    async def answer_handed(self, payload: bytes) -> tuple[int, bytes]:
+        """The answer to a call another worker handed over (``handoff``), as ModelInfer gives it: response bytes,
+        or the gRPC status and message of a refusal (any other exception is handoff's last resort, INTERNAL)."""
+        try:
+            response = await self.answer(service_pb2.ModelInferRequest.FromString(payload))
+        except ServingError as exc:
+            return failure(status_of(exc, GRPC_STATUS).value[0], str(exc))
+        except DecodeError:
+            message = "the handed-off request is not a ModelInferRequest"
+            return failure(grpc.StatusCode.INVALID_ARGUMENT.value[0], message)
+        return ANSWER, response.SerializeToString()
+
+    async def answer(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
+        """The response to ``request``, worked on by this worker; ServingError for a request it refuses."""
 
         async def read() -> InferRequest:
             return infer_request(request)
 
-        try:
+        with self.handoff.working() if self.handoff is not None else contextlib.nullcontext():
             result = await self.plane.infer(request.model_name, request.model_version or None, read)
-        except ServingError as exc:
-            return await self._fail(context, exc)
         response = service_pb2.ModelInferResponse(
             model_name=result.model_name, model_version=result.model_version, id=result.id or ""
         )
@@ -208,11 +239,17 @@ class GrpcLimits:
         ]
 
 
-async def start_grpc_server(plane: DataPlane, address: str, limits: GrpcLimits) -> grpc.aio.Server:
-    """A started gRPC server for ``plane`` listening on ``address`` ("host:port") within ``limits``."""
+async def start_grpc_server(
+    plane: DataPlane, address: str, limits: GrpcLimits, handoff: Handoff | None = None
+) -> grpc.aio.Server:
+    """A started gRPC server for ``plane`` listening on ``address`` ("host:port") within ``limits``; with a
+    ``handoff``, also taking the calls other workers hand to this one."""
     server = grpc.aio.server(options=limits.options(), maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    servicer = InferenceServicer(plane, handoff)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen for gRPC on {address}")
     await server.start()
+    if handoff is not None:
+        await handoff.listen(servicer.answer_handed)
     return server

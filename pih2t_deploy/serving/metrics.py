@@ -54,6 +54,11 @@ class ServiceMetrics:
             multiprocess_mode="livemax",
         )
         self.images = Counter("pih2t_images", "Images classified", registry=self.registry)
+        self.handoffs = Counter(
+            "pih2t_grpc_handoffs",
+            "gRPC inference calls handed to a less busy worker (pih2t-serve --workers) and answered there",
+            registry=self.registry,
+        )
         self.predicted_class = Counter(
             "pih2t_predicted_class", "Answers by top-1 class", ["class"], registry=self.registry
         )

@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
@@ -23,6 +24,9 @@ from fastapi import FastAPI
 from pih2t_deploy.serving.dataplane import DataPlane
 from pih2t_deploy.serving.header_deadline import header_deadline_protocol
 from pih2t_deploy.serving.log_limit import limit_repeated_logs
+
+if TYPE_CHECKING:
+    from pih2t_deploy.serving.handoff import Handoff
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +69,13 @@ def run_service(
     max_connections: int | None = None,
     log_level: str = "info",
     sockets: list[socket.socket] | None = None,
+    handoff: Handoff | None = None,
 ) -> None:
     """Serve ``app`` over HTTP, and over gRPC on ``grpc_port`` unless it is 0, until a signal stops it. More
         than ``max_connections`` open HTTP connections get 503, request headers slower than ``header_timeout_s``
         get 408; repeated error logs are rate-limited. ``sockets``: already-listening sockets to accept on
-    (a worker of ``pih2t-serve --workers``) instead of binding ``host``:``port``."""
+    (a worker of ``pih2t-serve --workers``) instead of binding ``host``:``port``; ``handoff``: such a worker's
+    link to the others, which gRPC inference calls may be handed to (``serving/handoff.py``)."""
     config = uvicorn.Config(
         app,
         http=header_deadline_protocol(header_timeout_s),
@@ -93,12 +99,14 @@ def run_service(
             from pih2t_deploy.serving.grpc_service import GrpcLimits, start_grpc_server
 
             limits = GrpcLimits(plane.settings.max_upload_bytes, max_concurrent_rpcs=max_connections or 1000)
-            grpc_server = await start_grpc_server(plane, f"{host}:{grpc_port}", limits)
+            grpc_server = await start_grpc_server(plane, f"{host}:{grpc_port}", limits, handoff)
         try:
             await server.serve(sockets=sockets)
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
+            if handoff is not None:
+                await handoff.close()
 
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
         runner.run(serve())

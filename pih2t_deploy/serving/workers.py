@@ -2,7 +2,9 @@
 
 With N workers the parent binds the HTTP port once and starts N processes (spawned, not forked: each loads
 its own copy of the model, with its own micro-batcher and decode threads) that accept connections on that
-socket; their gRPC servers share the gRPC port through SO_REUSEPORT. The parent runs no model. It passes
+socket; their gRPC servers share the gRPC port through SO_REUSEPORT, and hand inference calls to each other when one
+worker has more to do than another (``handoff.py``: the kernel spreads connections, not calls). The parent runs
+no model. It passes
 SIGTERM and SIGINT on to every worker (each drains as a single server does), replaces a worker that dies
 while serving, and stops everything, exit status 1, when a worker dies within its first
 ``STARTUP_GRACE_S`` seconds (a model that cannot load fails the same way every time).
@@ -27,7 +29,7 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pih2t_deploy.errors import UserError
 from pih2t_deploy.serving.settings import ServeSettings
@@ -35,6 +37,7 @@ from pih2t_deploy.serving.settings import ServeSettings
 if TYPE_CHECKING:
     from pih2t_deploy.runtime import Classifier
     from pih2t_deploy.runtime.loader import BackendName, PerformanceHint
+    from pih2t_deploy.serving.handoff import Handoff
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class ServeSpec:
     max_connections: int
     log_level: str
     performance_hint: PerformanceHint = "latency"
+    grpc_handoff: bool = True
 
 
 def threads_per_worker(threads: int | None, workers: int) -> int | None:
@@ -85,9 +89,15 @@ def load_model(spec: ServeSpec) -> Classifier:
     )
 
 
-def serve_one(spec: ServeSpec, classifier: Classifier, sockets: list[socket.socket] | None = None) -> None:
+def serve_one(
+    spec: ServeSpec,
+    classifier: Classifier,
+    sockets: list[socket.socket] | None = None,
+    handoff: Handoff | None = None,
+) -> None:
     """Serve ``classifier`` in this process until a signal stops it; ``sockets`` are already-listening
-    sockets shared with other workers (default: bind ``spec.host``:``spec.port``)."""
+    sockets shared with other workers (default: bind ``spec.host``:``spec.port``), ``handoff`` this worker's
+    link to them for gRPC calls."""
     from pih2t_deploy.serving.rest import create_app
     from pih2t_deploy.serving.runner import run_service
 
@@ -101,14 +111,30 @@ def serve_one(spec: ServeSpec, classifier: Classifier, sockets: list[socket.sock
         max_connections=spec.max_connections,
         log_level=spec.log_level,
         sockets=sockets,
+        handoff=handoff,
     )
 
 
-def _worker_main(spec: ServeSpec, listener: socket.socket) -> None:
+@dataclass(frozen=True)
+class HandoffShare:
+    """What the parent gives every worker for handing gRPC calls around: the shared counts of calls being
+    worked on (a RawArray, one int per worker) and the private folder of their Unix sockets."""
+
+    counts: Any
+    folder: Path
+
+
+def _worker_main(spec: ServeSpec, listener: socket.socket, slot: int, share: HandoffShare | None) -> None:
     """A worker process: load the model, then accept on the parent's socket (a worker still loading accepts
     nothing, so it is never sent a request it would have to refuse); stop quickly if the parent disappears."""
     _stop_when_parent_exits()
-    serve_one(spec, load_model(spec), sockets=[listener])
+    handoff = None
+    if share is not None:
+        from pih2t_deploy.serving.handoff import Board, Handoff
+
+        limit = spec.settings.max_upload_bytes
+        handoff = Handoff(Board(share.counts), slot, share.folder, limit, spec.settings.timeout_s)
+    serve_one(spec, load_model(spec), sockets=[listener], handoff=handoff)
 
 
 def _stop_when_parent_exits() -> None:
@@ -130,7 +156,8 @@ class WorkerPool:
         self.spec = replace(spec, settings=replace(spec.settings, server_pid=os.getpid()))
         self.workers, self.startup_grace_s = workers, startup_grace_s
         self.context = multiprocessing.get_context("spawn")
-        self.processes: dict[BaseProcess, float] = {}  # process -> when it started
+        self.processes: dict[BaseProcess, tuple[float, int]] = {}  # process -> when it started, its slot
+        self.share: HandoffShare | None = None
         self.stopping = False
         self.failed = False
 
@@ -138,12 +165,15 @@ class WorkerPool:
         """Serve until a signal stops every worker; 0 after a clean stop, 1 when a worker failed to start."""
         metrics_dir = tempfile.mkdtemp(prefix="pih2t-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by every worker started below
+        if self.spec.grpc_port and self.spec.grpc_handoff:
+            counts = self.context.RawArray("i", self.workers)
+            self.share = HandoffShare(counts, Path(tempfile.mkdtemp(prefix="pih2t-handoff-")))  # mode 0700
         try:
             with _listen(self.spec.host, self.spec.port) as listener:
                 previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
                 try:
-                    for _ in range(self.workers):
-                        self._start(listener)
+                    for slot in range(self.workers):
+                        self._start(listener, slot)
                     self._supervise(listener)
                 finally:
                     for sig, handler in previous.items():
@@ -151,12 +181,18 @@ class WorkerPool:
         finally:
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
             shutil.rmtree(metrics_dir, ignore_errors=True)
+            if self.share is not None:
+                shutil.rmtree(self.share.folder, ignore_errors=True)
         return 1 if self.failed else 0
 
-    def _start(self, listener: socket.socket) -> None:
-        process = self.context.Process(target=_worker_main, args=(self.spec, listener), name="pih2t-serve-worker")
+    def _start(self, listener: socket.socket, slot: int) -> None:
+        if self.share is not None:
+            self.share.counts[slot] = 0  # what a worker that died in this slot was counting
+        process = self.context.Process(
+            target=_worker_main, args=(self.spec, listener, slot, self.share), name="pih2t-serve-worker"
+        )
         process.start()
-        self.processes[process] = time.monotonic()
+        self.processes[process] = time.monotonic(), slot
 
     def _on_signal(self, sig: int, _frame: FrameType | None) -> None:
         self.stopping = True
@@ -169,7 +205,7 @@ class WorkerPool:
 
         while self.processes:
             wait([process.sentinel for process in self.processes], timeout=1.0)
-            for process, started in list(self.processes.items()):
+            for process, (started, slot) in list(self.processes.items()):
                 if process.exitcode is None:
                     continue
                 del self.processes[process]
@@ -183,7 +219,7 @@ class WorkerPool:
                     self._on_signal(signal.SIGINT, None)
                 else:
                     log.warning("worker %s exited with status %s; starting another", process.pid, process.exitcode)
-                    self._start(listener)
+                    self._start(listener, slot)
 
 
 def _listen(host: str, port: int) -> socket.socket:
