@@ -154,8 +154,9 @@ class _Peer:
 
 class Board:
     """Calls being worked on, one slot per worker, in memory every worker shares (a ``multiprocessing``
-    RawArray of ints made by the parent). Reads and writes are single aligned ints: a reader may see a count
-    one call old, which only makes a hand-off decision a call late."""
+    RawArray of ints made by the parent). Only a worker's own event loop writes its slot (and the parent, which
+    zeroes it before starting a replacement), so no lock is needed; a reader may see a count one call old, which
+    only makes a hand-off decision a call late."""
 
     def __init__(self, counts: Any) -> None:
         self.counts = counts

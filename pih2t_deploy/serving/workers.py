@@ -2,11 +2,10 @@
 
 With N workers the parent binds the HTTP port once and starts N processes (spawned, not forked: each loads
 its own copy of the model, with its own micro-batcher and decode threads) that accept connections on that
-socket; their gRPC servers share the gRPC port through SO_REUSEPORT, and hand inference calls to each other when one
-worker has more to do than another (``handoff.py``: the kernel spreads connections, not calls). The parent runs
-no model. It passes
-SIGTERM and SIGINT on to every worker (each drains as a single server does), replaces a worker that dies
-while serving, and stops everything, exit status 1, when a worker dies within its first
+socket; their gRPC servers share the gRPC port through SO_REUSEPORT, and a worker with more inference calls
+than another hands it some (``handoff.py``: the kernel spreads connections, not calls). The parent runs no
+model. It passes SIGTERM and SIGINT on to every worker (each drains as a single server does), replaces a worker
+that dies while serving, and stops everything, exit status 1, when a worker dies within its first
 ``STARTUP_GRACE_S`` seconds (a model that cannot load fails the same way every time).
 
 /metrics sums over the workers: they write their values to files in a private folder (prometheus_client's
