@@ -76,6 +76,13 @@ def serve(
             "connections, not calls, so a client with one channel would otherwise keep one worker busy)",
         ),
     ] = True,
+    grpc_front: Annotated[
+        Literal["python", "native"],
+        typer.Option(
+            help="what takes gRPC calls: python (grpcio, in each worker) or native (the pih2t-grpc-front program, "
+            "built by `make grpc-front`, handing each call to the least busy worker; fewer CPU seconds per call)"
+        ),
+    ] = "python",
     verify_key: Annotated[Path | None, typer.Option(help=VERIFY_KEY_HELP)] = None,
     watch: Annotated[
         bool,
@@ -112,6 +119,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve /v1/classify, the Open Inference Protocol (/v2), /metrics and /docs."""
+    from pih2t_deploy.serving.front import find_front
     from pih2t_deploy.serving.process import require_free_port
     from pih2t_deploy.serving.settings import ServeSettings
     from pih2t_deploy.serving.workers import ServeSpec, WorkerPool, load_model, serve_one, threads_per_worker
@@ -141,6 +149,9 @@ def serve(
         if grpc_port == port:
             raise ConfigError(f"--grpc-port {grpc_port} is also --port; give them different ports")
         require_free_port(host, grpc_port)
+    elif grpc_front == "native":
+        raise ConfigError("--grpc-front native serves gRPC: give it --grpc-port too")
+    front_program = find_front() if grpc_front == "native" else None
     spec = ServeSpec(
         model=model,
         backend=backend,
@@ -157,6 +168,7 @@ def serve(
         log_level=log_level,
         performance_hint=performance_hint,
         grpc_handoff=grpc_handoff,
+        grpc_front=front_program,
     )
     # loaded here even for --workers (which load their own copies): a folder that cannot be served fails now,
     # with one line, instead of in every worker
@@ -170,10 +182,11 @@ def serve(
         f"serving {classifier.info.name} ({classifier.info.num_classes} classes, {classifier.describe()}) "
         f"on http://{host}:{port} (docs at /docs)"
         + (f" and gRPC {host}:{grpc_port}" if grpc_port else "")
+        + (" (native front end)" if front_program else "")
         + (f", {workers} worker processes with {spec.threads} inference threads each" if workers > 1 else ""),
         markup=False,
     )
-    if workers == 1:
+    if workers == 1 and front_program is None:
         serve_one(spec, classifier)
         return
     del classifier  # the parent runs no model

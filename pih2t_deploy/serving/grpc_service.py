@@ -9,14 +9,16 @@ typed contents.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf import json_format
+from google.protobuf import json_format, message_factory
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
@@ -33,7 +35,7 @@ from pih2t_deploy.serving.errors import (
     UnsupportedMediaType,
     status_of,
 )
-from pih2t_deploy.serving.handoff import ANSWER, Handoff, failure, read_failure
+from pih2t_deploy.serving.handoff import ANSWER, Handoff, failure, listen_for_calls, read_failure
 from pih2t_deploy.serving.v2_codec import ProtocolError, Tensor, decode_tensor, serialize_bytes
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ GRPC_STATUS: dict[type[ServingError], grpc.StatusCode] = {
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 STATUS_BY_CODE = {status.value[0]: status for status in grpc.StatusCode}
+SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+FRONT_FRAME_OVERHEAD = 256  # a CALL frame's method path and its length byte, beside the request
 CONTENTS = {  # datatype -> the typed-contents field that carries it
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
@@ -106,6 +110,26 @@ def _metadata_tensors(tensors: list) -> list[service_pb2.ModelMetadataResponse.T
         service_pb2.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape)
         for t in tensors
     ]
+
+
+class _AbortedError(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class _FrontContext:
+    """What the servicer's methods use of a ServicerContext, for a call the native front end hands over: an
+    abort ends the method with that status."""
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise _AbortedError(code, details)
+
+    def set_code(self, code: grpc.StatusCode) -> None:  # the generated base class, before NotImplementedError
+        pass
+
+    def set_details(self, details: str) -> None:
+        pass
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -188,6 +212,27 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return failure(grpc.StatusCode.INVALID_ARGUMENT.value[0], message)
         return ANSWER, response.SerializeToString()
 
+    async def answer_call(self, path: str, payload: bytes) -> tuple[int, bytes]:
+        """The answer to a call the native gRPC front end hands over: ``path`` names the method
+        ("/inference.GRPCInferenceService/ModelInfer"), ``payload`` is its request. Response bytes, or the gRPC
+        status and message the same call to the in-process gRPC server gets (UNIMPLEMENTED for a method this
+        service does not offer, or one that streams)."""
+        service, _, name = path.removeprefix("/").partition("/")
+        method = SERVICE.methods_by_name.get(name) if service == SERVICE.full_name else None
+        if method is None or method.client_streaming or method.server_streaming:
+            return failure(grpc.StatusCode.UNIMPLEMENTED.value[0], f"method {path!r} is not served here")
+        try:
+            request = message_factory.GetMessageClass(method.input_type).FromString(payload)
+        except DecodeError:
+            return failure(grpc.StatusCode.INVALID_ARGUMENT.value[0], f"the request is not a {method.input_type.name}")
+        try:
+            response = await getattr(self, name)(request, _FrontContext())
+        except _AbortedError as exc:
+            return failure(exc.code.value[0], exc.details)
+        except NotImplementedError:
+            return failure(grpc.StatusCode.UNIMPLEMENTED.value[0], f"method {path!r} is not served here")
+        return ANSWER, response.SerializeToString()
+
     async def answer(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
         """The response to ``request``, worked on by this worker; ServingError for a request it refuses."""
 
@@ -251,5 +296,13 @@ async def start_grpc_server(
         raise OSError(f"cannot listen for gRPC on {address}")
     await server.start()
     if handoff is not None:
-        await handoff.listen(servicer.answer_handed)
+        await handoff.listen(servicer.answer_handed, servicer.answer_call)
     return server
+
+
+async def serve_front_calls(plane: DataPlane, path: Path, max_message_bytes: int) -> asyncio.AbstractServer:
+    """A server on the Unix socket ``path`` answering the calls the native gRPC front end
+    (``pih2t-serve --grpc-front native``) hands to this worker, as ``start_grpc_server``'s would be answered."""
+    servicer = InferenceServicer(plane)
+    frame_limit = max_message_bytes + FRONT_FRAME_OVERHEAD
+    return await listen_for_calls(path, frame_limit, servicer.answer_handed, servicer.answer_call)

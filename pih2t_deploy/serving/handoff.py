@@ -13,8 +13,10 @@ by the worker that received it, so a hand-off never turns a call the receiving w
 error.
 
 Frames, both ways: a 4-byte payload length, an 8-byte call id, a 1-byte kind, the payload. A request is
-``ModelInferRequest`` bytes; an answer is ``ModelInferResponse`` bytes (kind ``ANSWER``) or a gRPC status code
-(1 byte) and a UTF-8 message (kind ``FAILED``). Frames longer than the gRPC message limit close the connection.
+``ModelInferRequest`` bytes (kind ``INFER``, from a peer worker) or any method's call (kind ``CALL``, from the
+native gRPC front end, ``native/grpc_front``: a 1-byte length, the method's path, the request bytes); an answer
+is the response bytes (kind ``ANSWER``) or a gRPC status code (1 byte) and a UTF-8 message (kind ``FAILED``).
+Frames longer than the gRPC message limit close the connection.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">IQB")  # payload length, call id, kind
-ANSWER, FAILED = 0, 1
+ANSWER, FAILED = 0, 1  # kinds of answers
+INFER, CALL = 0, 2  # kinds of requests
 INTERNAL, UNAVAILABLE = 13, 14  # gRPC's status codes: the server's own failure; a peer loading or shutting down
 MARGIN = 1  # hand a call off only to a peer working on at least this many calls fewer, plus one
 RETRY_S = 1.0  # a peer that could not be reached is not tried again for this long
 
-Answerer = Callable[[bytes], Awaitable[tuple[int, bytes]]]
+Answerer = Callable[[bytes], Awaitable[tuple[int, bytes]]]  # ModelInferRequest bytes -> (kind, payload)
+CallAnswerer = Callable[[str, bytes], Awaitable[tuple[int, bytes]]]  # method path, request bytes -> (kind, payload)
 
 
 def socket_path(folder: Path, slot: int) -> Path:
@@ -93,21 +97,28 @@ class _Frames(asyncio.Protocol):
 
 
 class _Serving(_Frames):
-    """A peer's connection to this worker: each request answered by ``answer``, in its own task."""
+    """A connection to this worker from a peer or the native front end: each request answered in its own task,
+    an INFER frame by ``answer``, a CALL frame by ``answer_call``."""
 
-    def __init__(self, max_payload: int, answer: Answerer) -> None:
+    def __init__(self, max_payload: int, answer: Answerer, answer_call: CallAnswerer) -> None:
         super().__init__(max_payload)
-        self.answer = answer
+        self.answer, self.answer_call = answer, answer_call
         self.tasks: set[asyncio.Task] = set()
 
     def frame(self, call: int, kind: int, payload: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(self._reply(call, payload))
+        task = asyncio.get_running_loop().create_task(self._reply(call, kind, payload))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _reply(self, call: int, payload: bytes) -> None:
+    def _answering(self, kind: int, payload: bytes) -> Awaitable[tuple[int, bytes]]:
+        if kind != CALL:
+            return self.answer(payload)
+        end = 1 + payload[0] if payload else 0
+        return self.answer_call(payload[1:end].decode(errors="replace"), payload[end:])
+
+    async def _reply(self, call: int, kind: int, payload: bytes) -> None:
         try:
-            kind, body = await self.answer(payload)
+            kind, body = await self._answering(kind, payload)
         except Exception as exc:  # the last resort a gRPC call has too: logged, answered INTERNAL
             log.exception("a handed-off call failed")
             kind, body = failure(INTERNAL, f"internal error: {type(exc).__name__}")
@@ -128,7 +139,7 @@ class _Calling(_Frames):
         future = asyncio.get_running_loop().create_future()
         self.pending[call] = future
         future.add_done_callback(lambda _f: self.pending.pop(call, None))
-        self.send(call, 0, payload)
+        self.send(call, INFER, payload)
         return future
 
     def frame(self, call: int, kind: int, payload: bytes) -> None:
@@ -142,6 +153,16 @@ class _Calling(_Frames):
                 future.set_exception(ConnectionError("the peer worker closed the hand-off connection"))
         self.pending.clear()
         self.transport = None
+
+
+async def listen_for_calls(
+    path: Path, max_payload: int, answer: Answerer, answer_call: CallAnswerer
+) -> asyncio.AbstractServer:
+    """A server on the Unix socket ``path`` (a stale socket file there is replaced) answering INFER frames with
+    ``answer`` and CALL frames with ``answer_call``; OSError when it cannot listen there."""
+    path.unlink(missing_ok=True)  # the socket of the worker this one replaces
+    loop = asyncio.get_running_loop()
+    return await loop.create_unix_server(lambda: _Serving(max_payload, answer, answer_call), str(path))
 
 
 @dataclass
@@ -183,13 +204,11 @@ class Handoff:
         self.peers = {i: _Peer(socket_path(folder, i)) for i in range(len(board)) if i != slot}
         self.server: asyncio.AbstractServer | None = None
 
-    async def listen(self, answer: Answerer) -> None:
+    async def listen(self, answer: Answerer, answer_call: CallAnswerer) -> None:
         """Take calls handed to this worker, each answered by ``answer`` (request bytes -> (kind, payload))."""
         path = socket_path(self.folder, self.slot)
-        path.unlink(missing_ok=True)  # the socket of the worker this one replaces
-        loop = asyncio.get_running_loop()
         try:
-            self.server = await loop.create_unix_server(lambda: _Serving(self.max_payload, answer), str(path))
+            self.server = await listen_for_calls(path, self.max_payload, answer, answer_call)
         except OSError as exc:  # e.g. a TMPDIR so deep that the path exceeds a socket address's 107 bytes
             log.warning("cannot listen at %s (%s): this worker takes no handed-off gRPC calls", path, exc)
 

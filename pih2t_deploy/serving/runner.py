@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 import time
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -70,12 +71,14 @@ def run_service(
     log_level: str = "info",
     sockets: list[socket.socket] | None = None,
     handoff: Handoff | None = None,
+    front_socket: Path | None = None,
 ) -> None:
     """Serve ``app`` over HTTP, and over gRPC on ``grpc_port`` unless it is 0, until a signal stops it. More
         than ``max_connections`` open HTTP connections get 503, request headers slower than ``header_timeout_s``
         get 408; repeated error logs are rate-limited. ``sockets``: already-listening sockets to accept on
     (a worker of ``pih2t-serve --workers``) instead of binding ``host``:``port``; ``handoff``: such a worker's
-    link to the others, which gRPC inference calls may be handed to (``serving/handoff.py``)."""
+    link to the others, which gRPC inference calls may be handed to (``serving/handoff.py``); ``front_socket``:
+    the Unix socket where a worker of ``--grpc-front native`` takes the gRPC calls the front end hands it."""
     config = uvicorn.Config(
         app,
         http=header_deadline_protocol(header_timeout_s),
@@ -94,17 +97,23 @@ def run_service(
     server = DrainingServer(config, plane, drain_s)
 
     async def serve() -> None:
-        grpc_server = None
+        grpc_server = front_calls = None
         if grpc_port:
             from pih2t_deploy.serving.grpc_service import GrpcLimits, start_grpc_server
 
             limits = GrpcLimits(plane.settings.max_upload_bytes, max_concurrent_rpcs=max_connections or 1000)
             grpc_server = await start_grpc_server(plane, f"{host}:{grpc_port}", limits, handoff)
+        if front_socket is not None:
+            from pih2t_deploy.serving.grpc_service import serve_front_calls
+
+            front_calls = await serve_front_calls(plane, front_socket, plane.settings.max_upload_bytes)
         try:
             await server.serve(sockets=sockets)
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5)
+            if front_calls is not None:
+                front_calls.close()
             if handoff is not None:
                 await handoff.close()
 

@@ -8,6 +8,11 @@ model. It passes SIGTERM and SIGINT on to every worker (each drains as a single 
 that dies while serving, and stops everything, exit status 1, when a worker dies within its first
 ``STARTUP_GRACE_S`` seconds (a model that cannot load fails the same way every time).
 
+With ``--grpc-front native`` (``serving/front.py``) the parent also runs the native gRPC front end on the gRPC
+port, which hands every call to the least busy worker over the worker's Unix socket; the workers then run no gRPC
+server and hand nothing to each other. The front end is stopped after the workers (so calls keep being answered
+while they drain) and replaced, as a worker is, should it die.
+
 /metrics sums over the workers: they write their values to files in a private folder (prometheus_client's
 multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``), and whichever worker answers the scrape reads them all.
 """
@@ -36,6 +41,7 @@ from pih2t_deploy.serving.settings import ServeSettings
 if TYPE_CHECKING:
     from pih2t_deploy.runtime import Classifier
     from pih2t_deploy.runtime.loader import BackendName, PerformanceHint
+    from pih2t_deploy.serving.front import FrontProcess
     from pih2t_deploy.serving.handoff import Handoff
 
 log = logging.getLogger(__name__)
@@ -63,6 +69,7 @@ class ServeSpec:
     log_level: str
     performance_hint: PerformanceHint = "latency"
     grpc_handoff: bool = True
+    grpc_front: Path | None = None  # the native gRPC front end program, when it takes the gRPC port
 
 
 def threads_per_worker(threads: int | None, workers: int) -> int | None:
@@ -93,10 +100,11 @@ def serve_one(
     classifier: Classifier,
     sockets: list[socket.socket] | None = None,
     handoff: Handoff | None = None,
+    front_socket: Path | None = None,
 ) -> None:
     """Serve ``classifier`` in this process until a signal stops it; ``sockets`` are already-listening
     sockets shared with other workers (default: bind ``spec.host``:``spec.port``), ``handoff`` this worker's
-    link to them for gRPC calls."""
+    link to them for gRPC calls, ``front_socket`` where it takes the calls of the native gRPC front end."""
     from pih2t_deploy.serving.rest import create_app
     from pih2t_deploy.serving.runner import run_service
 
@@ -111,13 +119,15 @@ def serve_one(
         log_level=spec.log_level,
         sockets=sockets,
         handoff=handoff,
+        front_socket=front_socket,
     )
 
 
 @dataclass(frozen=True)
 class HandoffShare:
-    """What the parent gives every worker for handing gRPC calls around: the shared counts of calls being
-    worked on (a RawArray, one int per worker) and the private folder of their Unix sockets."""
+    """What the parent gives every worker for passing gRPC calls: the private folder of their Unix sockets and,
+    when they hand calls to each other, the shared counts of calls being worked on (a RawArray, one int per
+    worker); None there when the native front end hands the calls out."""
 
     counts: Any
     folder: Path
@@ -126,14 +136,16 @@ class HandoffShare:
 def _worker_main(spec: ServeSpec, listener: socket.socket, slot: int, share: HandoffShare | None) -> None:
     """A worker process: load the model, then accept on the parent's socket (a worker still loading accepts
     nothing, so it is never sent a request it would have to refuse); stop quickly if the parent disappears."""
-    _stop_when_parent_exits()
-    handoff = None
-    if share is not None:
-        from pih2t_deploy.serving.handoff import Board, Handoff
+    from pih2t_deploy.serving.handoff import Board, Handoff, socket_path
 
+    _stop_when_parent_exits()
+    handoff = front_socket = None
+    if share is not None and share.counts is None:
+        front_socket = socket_path(share.folder, slot)
+    elif share is not None:
         limit = spec.settings.max_upload_bytes
         handoff = Handoff(Board(share.counts), slot, share.folder, limit, spec.settings.timeout_s)
-    serve_one(spec, load_model(spec), sockets=[listener], handoff=handoff)
+    serve_one(spec, load_model(spec), sockets=[listener], handoff=handoff, front_socket=front_socket)
 
 
 def _stop_when_parent_exits() -> None:
@@ -157,26 +169,32 @@ class WorkerPool:
         self.context = multiprocessing.get_context("spawn")
         self.processes: dict[BaseProcess, tuple[float, int]] = {}  # process -> when it started, its slot
         self.share: HandoffShare | None = None
+        self.front: FrontProcess | None = None
+        self.front_started = 0.0
         self.stopping = False
         self.failed = False
 
     def run(self) -> int:
-        """Serve until a signal stops every worker; 0 after a clean stop, 1 when a worker failed to start."""
+        """Serve until a signal stops every worker; 0 after a clean stop, 1 when a worker (or the native gRPC
+        front end) failed to start."""
         metrics_dir = tempfile.mkdtemp(prefix="pih2t-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by every worker started below
-        if self.spec.grpc_port and self.spec.grpc_handoff:
-            counts = self.context.RawArray("i", self.workers)
+        if self.spec.grpc_port and (self.spec.grpc_handoff or self.spec.grpc_front):
+            counts = None if self.spec.grpc_front else self.context.RawArray("i", self.workers)
             self.share = HandoffShare(counts, Path(tempfile.mkdtemp(prefix="pih2t-handoff-")))  # mode 0700
         try:
             with _listen(self.spec.host, self.spec.port) as listener:
                 previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
                 try:
+                    self._start_front()
                     for slot in range(self.workers):
                         self._start(listener, slot)
                     self._supervise(listener)
                 finally:
                     for sig, handler in previous.items():
                         signal.signal(sig, handler)
+                    if self.front is not None:
+                        self.front.stop()
         finally:
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -184,11 +202,35 @@ class WorkerPool:
                 shutil.rmtree(self.share.folder, ignore_errors=True)
         return 1 if self.failed else 0
 
+    def _start_front(self) -> None:
+        """Start the native gRPC front end, when the spec names one (the workers then run no gRPC server)."""
+        if self.spec.grpc_front is None or self.share is None:
+            return
+        from pih2t_deploy.serving.front import FrontProcess
+        from pih2t_deploy.serving.grpc_service import GrpcLimits
+        from pih2t_deploy.serving.handoff import socket_path
+
+        limits = GrpcLimits(self.spec.settings.max_upload_bytes, max_concurrent_rpcs=self.spec.max_connections)
+        if self.front is None:
+            host = f"[{self.spec.host}]" if ":" in self.spec.host else self.spec.host
+            sockets = [socket_path(self.share.folder, slot) for slot in range(self.workers)]
+            self.front = FrontProcess(
+                self.spec.grpc_front,
+                f"{host}:{self.spec.grpc_port}",
+                sockets,
+                limits.max_message_bytes,
+                limits.max_concurrent_rpcs,
+                limits.options(),
+            )
+        self.front.start()
+        self.front_started = time.monotonic()
+
     def _start(self, listener: socket.socket, slot: int) -> None:
-        if self.share is not None:
+        if self.share is not None and self.share.counts is not None:
             self.share.counts[slot] = 0  # what a worker that died in this slot was counting
+        spec = replace(self.spec, grpc_port=0) if self.spec.grpc_front else self.spec  # the front end has the port
         process = self.context.Process(
-            target=_worker_main, args=(self.spec, listener, slot, self.share), name="pih2t-serve-worker"
+            target=_worker_main, args=(spec, listener, slot, self.share), name="pih2t-serve-worker"
         )
         process.start()
         self.processes[process] = time.monotonic(), slot
@@ -203,7 +245,9 @@ class WorkerPool:
         from prometheus_client import multiprocess
 
         while self.processes:
-            wait([process.sentinel for process in self.processes], timeout=1.0)
+            front_exit = [self.front.exit_fd] if self.front is not None and self.front.exit_fd is not None else []
+            wait([process.sentinel for process in self.processes] + front_exit, timeout=1.0)
+            self._replace_front_if_exited()
             for process, (started, slot) in list(self.processes.items()):
                 if process.exitcode is None:
                     continue
@@ -219,6 +263,25 @@ class WorkerPool:
                 else:
                     log.warning("worker %s exited with status %s; starting another", process.pid, process.exitcode)
                     self._start(listener, slot)
+
+    def _replace_front_if_exited(self) -> None:
+        status = None if self.front is None else self.front.exited()
+        if status is None or self.stopping:
+            return
+        assert self.front is not None
+        self.front.stop()  # releases what it held
+        if time.monotonic() - self.front_started < self.startup_grace_s:
+            log.error("the gRPC front end exited with status %s while starting; stopping", status)
+            self.failed = True
+            self._on_signal(signal.SIGINT, None)
+            return
+        log.warning("the gRPC front end exited with status %s; starting another", status)
+        try:
+            self._start_front()
+        except UserError as exc:
+            log.error("%s; stopping", exc)
+            self.failed = True
+            self._on_signal(signal.SIGINT, None)
 
 
 def _listen(host: str, port: int) -> socket.socket:
