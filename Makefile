@@ -10,7 +10,7 @@ ORT ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 # onnxruntime and onnxruntime-gpu write the same folder: switching flavours removes both before installing one.
 OTHER_ORT := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: setup test test-fast typecheck lint quickstart clean
+.PHONY: setup test test-fast typecheck lint quickstart clean grpc-front grpc-deps
 
 setup: $(VENV)/.installed-$(ORT)
 
@@ -24,6 +24,23 @@ $(VENV)/.installed-$(ORT): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The native gRPC front end (pih2t-serve --grpc-front native), built into the venv: g++ and gRPC's C++ library.
+FRONT := $(BIN)/pih2t-grpc-front
+grpc-front: $(FRONT)
+
+$(FRONT): native/grpc_front/front.cc | $(VENV)/.installed-$(ORT)
+	@pkg-config --exists grpc++ 2>/dev/null || $(MAKE) --no-print-directory grpc-deps
+	g++ -O2 -std=c++17 -Wall -Wextra -o $@.tmp $< $$(pkg-config --cflags --libs grpc++)
+	mv $@.tmp $@
+
+# gRPC's C++ headers and libraries from Debian's packages (as root), else a line saying what to install
+grpc-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing libgrpc++-dev and pkg-config (apt-get)"; \
+		apt-get install -y -q libgrpc++-dev pkg-config >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q libgrpc++-dev pkg-config >/dev/null; }; \
+	else echo "pih2t-grpc-front needs gRPC's C++ library: apt-get install libgrpc++-dev pkg-config" >&2; exit 1; fi
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -32,7 +49,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test: setup lint typecheck
+test: setup grpc-front lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # the unit tier: hand-made numbers and a fake classifier, no trained model, no processes (well under a minute)

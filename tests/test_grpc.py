@@ -1,5 +1,6 @@
 """pih2t-serve on the KServe v2 gRPC protocol, tried with tritonclient.grpc (a client nobody here wrote)
-against a real server process on 127.0.0.1: the same answers as HTTP and onnxruntime, the same errors."""
+against a real server process on 127.0.0.1: the same answers as HTTP and onnxruntime, the same errors, whether
+grpcio in the worker takes the calls or the native front end (``--grpc-front native``, built by ``make test``)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from pih2t_deploy.serving.process import free_port, start_rest_server
 from tests import images
 
 
-@pytest.fixture(scope="module")
-def grpc_server(digits_artifact):
-    """(gRPC address, HTTP URL) of one pih2t-serve process with both protocols on."""
+@pytest.fixture(scope="module", params=["python", "native"])
+def grpc_server(request, digits_artifact):
+    """(gRPC address, HTTP URL) of one pih2t-serve with both protocols on, gRPC taken by each front end."""
     http_port, grpc_port = free_port(), free_port()
-    server = start_rest_server(digits_artifact[1], http_port, "--grpc-port", str(grpc_port), "--max-batch", "8")
+    options = ("--grpc-port", str(grpc_port), "--max-batch", "8", "--grpc-front", request.param)
+    server = start_rest_server(digits_artifact[1], http_port, *options)
     try:
         yield f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}"
     finally:

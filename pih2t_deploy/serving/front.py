@@ -77,8 +77,9 @@ class FrontProcess:
         process.stdout.close()
         if not line.startswith("listening on "):
             process.kill()
-            reason = process.communicate(timeout=STOP_TIMEOUT_S)[1].decode(errors="replace").strip()
-            raise UserError(f"the gRPC front end did not start on {self.address}: {reason or 'no reason given'}")
+            said = process.communicate(timeout=STOP_TIMEOUT_S)[1].decode(errors="replace").strip().splitlines()
+            reason = said[-1] if said else "no reason given"  # its own line comes last, after gRPC's log
+            raise UserError(f"the gRPC front end did not start on {self.address}: {reason}")
         threading.Thread(target=_log_lines, args=(process.stderr,), name="grpc-front-log", daemon=True).start()
         self.process, self.exit_fd = process, os.pidfd_open(process.pid)
 
