@@ -6,8 +6,9 @@ artifact, on the same cores, with the same client? Client: perf_analyzer (set up
 encoded PNG per request as a BYTES tensor in Triton's binary extension, to the model whose metadata lists that
 input (``<name>_image`` on pih2t-serve, the ensemble ``pih2t`` on Triton). Each server runs alone, one after
 the other, in one run. Rows: HTTP at concurrency 16 and 1, gRPC at 16, pih2t-serve with --max-wait-ms 0
-at concurrency 1 (the cost of the gathering window for a lone client), and pih2t-serve --workers 2 (two
-processes on the port) at 16 over HTTP and gRPC.
+at concurrency 1 (the cost of the gathering window for a lone client), pih2t-serve --workers 2 (two
+processes on the port) at 16 over HTTP and gRPC, and gRPC at 16 through the native front end (``--grpc-front
+native``, built by ``make grpc-front``) with one worker and with two.
 
 gRPC rows are measured once per ``--grpc-channel-share`` value, for both servers alike: how many of
 perf_analyzer's request contexts share one gRPC channel (one HTTP/2 connection), its environment variable
@@ -138,6 +139,12 @@ def main() -> None:
             ("pih2t-serve", (), (("http", 16), ("http", 1), ("grpc", 16))),
             ("pih2t-serve --max-wait-ms 0", ("--max-wait-ms", "0"), (("http", 1),)),
             ("pih2t-serve --workers 2", ("--workers", "2"), (("http", 16), ("grpc", 16))),
+            ("pih2t-serve --grpc-front native", ("--grpc-front", "native"), (("grpc", 16),)),
+            (
+                "pih2t-serve --workers 2 --grpc-front native",
+                ("--workers", "2", "--grpc-front", "native"),
+                (("grpc", 16),),
+            ),
         )
         for label, options, wanted in variants:
             http, grpc = free_port(), free_port()
@@ -162,8 +169,14 @@ def main() -> None:
         print(f"| {r['server']} | {r['protocol']} | {r['concurrency']} | {r['channel_share'] or '-'} | "
               f"{r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")  # fmt: skip
     ratios = {}
-    for label, suffix in (("pih2t-serve", ""), ("pih2t-serve --workers 2", "_workers_2")):
-        for protocol, share in [("http", None)] + [("grpc", share) for share in shares]:
+    grpc_rows = [("grpc", share) for share in shares]
+    for label, suffix, protocols in (
+        ("pih2t-serve", "", [("http", None), *grpc_rows]),
+        ("pih2t-serve --workers 2", "_workers_2", [("http", None), *grpc_rows]),
+        ("pih2t-serve --grpc-front native", "_native_front", grpc_rows),
+        ("pih2t-serve --workers 2 --grpc-front native", "_workers_2_native_front", grpc_rows),
+    ):
+        for protocol, share in protocols:
             ours, theirs = row(label, protocol, 16, share), row("tritonserver", protocol, 16, share)
             key = f"{protocol}{'' if share is None else f'_share_{share}'}"
             ratios[f"{key}_requests_per_s_vs_triton_c16{suffix}"] = ours["requests_per_s"] / theirs["requests_per_s"]
