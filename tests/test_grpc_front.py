@@ -31,7 +31,7 @@ from pih2t_deploy.runtime import load_classifier
 from pih2t_deploy.serving.dataplane import DataPlane
 from pih2t_deploy.serving.front import FrontProcess, find_front
 from pih2t_deploy.serving.grpc_service import GrpcLimits, serve_front_calls
-from pih2t_deploy.serving.process import free_port, wait_ready
+from pih2t_deploy.serving.process import free_port, start_rest_server, wait_ready
 from pih2t_deploy.serving.settings import ServeSettings
 from tests import images
 from tests.fakes import FakeClassifier
@@ -286,3 +286,31 @@ def _wait_until_answered(address: str, model: str, blobs: list[bytes], timeout_s
             pass
         assert time.monotonic() < deadline, "calls were not answered again"
         time.sleep(0.2)
+
+
+def test_the_front_end_stops_when_pih2t_serve_is_killed_outright(digits_artifact):
+    """SIGKILL gives pih2t-serve no chance to stop its children: the front end stops by itself (the kernel's
+    parent-death signal), so the gRPC port is not left held by an orphan."""
+    http_port, grpc_port = free_port(), free_port()
+    server = start_rest_server(digits_artifact[1], http_port, "--grpc-port", str(grpc_port), "--grpc-front", "native")
+    front = _front_pid(server.pid)
+    assert front is not None
+    server.kill()
+    server.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while _alive(front) and "zombie" not in _state(front):
+        assert time.monotonic() < deadline, "the front end outlived pih2t-serve"
+        time.sleep(0.1)
+    with socket.socket() as probe:  # the port is free again
+        probe.bind(("127.0.0.1", grpc_port))
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
+    except (OSError, IndexError):
+        return "gone"

@@ -70,10 +70,15 @@ async def peer_answers(payload: bytes) -> tuple[int, bytes]:
     raise KeyError(payload)
 
 
+async def no_calls(path: str, payload: bytes) -> tuple[int, bytes]:
+    """Peers hand each other only INFER frames; a CALL frame (the native front end's) must not arrive here."""
+    raise AssertionError(f"a CALL frame for {path} between peers")
+
+
 def test_answers_and_refusals_come_back_and_a_peer_shutting_down_leaves_the_call_here(tmp_path):
     async def scenario():
         sender, receiver = handoffs(tmp_path, board(5, 0))
-        await receiver.listen(peer_answers)
+        await receiver.listen(peer_answers, no_calls)
         try:
             answers = await asyncio.gather(*(sender.relay(lambda i=i: b"ok-%d" % i) for i in range(20)))
             assert answers == [(ANSWER, (b"ok-%d" % i)[::-1]) for i in range(20)]  # each call its own answer
@@ -103,7 +108,7 @@ def test_a_peer_that_is_not_listening_leaves_the_call_here_and_is_not_tried_agai
 def test_a_peer_that_does_not_answer_in_time_or_refuses_an_oversized_frame_leaves_the_call_here(tmp_path):
     async def scenario():
         sender, receiver = handoffs(tmp_path, board(5, 0), max_payload=64, timeout_s=0.3)
-        await receiver.listen(peer_answers)
+        await receiver.listen(peer_answers, no_calls)
         try:
             started = time.monotonic()
             assert await sender.relay(lambda: b"hang") is None
@@ -152,7 +157,8 @@ def test_a_handed_off_grpc_call_gets_the_answer_and_the_error_the_receiving_work
             await plane.start()
             classifier.calls.clear()  # the warm-up's
             classifier.seen.clear()
-        await second.listen(InferenceServicer(planes[1], second).answer_handed)
+        servicer = InferenceServicer(planes[1], second)
+        await second.listen(servicer.answer_handed, servicer.answer_call)
         address = f"127.0.0.1:{free_port()}"
         server = await start_grpc_server(planes[0], address, GrpcLimits(1 << 20), first)
         try:

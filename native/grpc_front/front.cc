@@ -14,11 +14,13 @@
 // Usage: pih2t-grpc-front --listen HOST:PORT --worker SOCKET [--worker SOCKET ...] [--max-message-bytes N]
 //            [--max-in-flight N] [--arg NAME=INT ...]
 // Prints "listening on PORT" once it accepts calls; exit status 2 with one line on a bad argument or a port it
-// cannot bind. SIGTERM or SIGINT: stop accepting, let calls in progress finish (up to 5 s), exit 0.
+// cannot bind. SIGTERM or SIGINT, or the parent's end: stop accepting, let calls in progress finish (up to 5 s),
+// exit 0.
 
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>
@@ -362,6 +364,8 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // stop with pih2t-serve even when it is killed outright: the port must not stay held by an orphan
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
 
   std::vector<std::unique_ptr<Worker>> workers;
   for (const auto& path : worker_paths) workers.push_back(std::make_unique<Worker>(path, max_message + 256));

@@ -19,6 +19,7 @@ multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``), and whichever worker answers t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -145,7 +146,8 @@ def _worker_main(spec: ServeSpec, listener: socket.socket, slot: int, share: Han
     elif share is not None:
         limit = spec.settings.max_upload_bytes
         handoff = Handoff(Board(share.counts), slot, share.folder, limit, spec.settings.timeout_s)
-    serve_one(spec, load_model(spec), sockets=[listener], handoff=handoff, front_socket=front_socket)
+    with contextlib.suppress(KeyboardInterrupt):  # the SIGINT of a parent gone (below): no traceback to print
+        serve_one(spec, load_model(spec), sockets=[listener], handoff=handoff, front_socket=front_socket)
 
 
 def _stop_when_parent_exits() -> None:
