@@ -42,14 +42,17 @@ from tests.test_serve_workers import _children
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
-async def front_and(scenario, classifier, *, max_message_bytes: int = 1 << 20, max_in_flight: int = 1000):
+async def front_and(
+    scenario, classifier, *, max_message_bytes: int = 1 << 20, max_in_flight: int = 1000, call_timeout_s: float = 60
+):
     """Run ``scenario(stub, channel, listen)`` against the real front end handing calls to one worker socket,
     which a data plane over ``classifier`` in this process serves once ``listen()`` is awaited."""
     folder = Path(tempfile.mkdtemp(prefix="pih2t-front-"))  # short: a socket path has at most 107 bytes
     path = folder / "worker-0.sock"
     address = f"127.0.0.1:{free_port()}"
     limits = GrpcLimits(max_message_bytes)
-    front = FrontProcess(find_front(), address, [path], max_message_bytes, max_in_flight, limits.options())
+    options = limits.options()
+    front = FrontProcess(find_front(), address, [path], max_message_bytes, max_in_flight, options, call_timeout_s)
     await asyncio.to_thread(front.start)
     plane = DataPlane(lambda: classifier, ServeSettings(max_batch=1, max_wait_ms=0))
     await plane.start()
@@ -99,6 +102,25 @@ def test_calls_beyond_the_in_flight_limit_are_refused_and_the_others_answered():
     expected = FakeClassifier.expected(np.zeros((1, 1, 4, 4)))
     for answer in answers:
         np.testing.assert_allclose(np.frombuffer(answer.raw_output_contents[0], np.float32), expected.ravel())
+
+
+def test_a_call_a_hung_worker_leaves_unanswered_gets_deadline_exceeded_and_later_calls_are_answered():
+    async def scenario(stub, _channel, listen):
+        await listen()
+        classifier.holding = True
+        started = time.monotonic()
+        refused = await refusal(stub.ModelInfer(infer_request()))
+        waited = time.monotonic() - started
+        classifier.holding = False
+        classifier.gate.set()
+        return refused, waited, await stub.ModelInfer(infer_request())
+
+    classifier = GatedFake()
+    (code, details), waited, answer = asyncio.run(front_and(scenario, classifier, call_timeout_s=1.0))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "the worker gave no answer in time"
+    assert waited >= 1.0  # not before the deadline; without it the gate's 10 s end would answer the call
+    expected = FakeClassifier.expected(np.zeros((1, 1, 4, 4)))
+    np.testing.assert_allclose(np.frombuffer(answer.raw_output_contents[0], np.float32), expected.ravel())
 
 
 def test_oversized_malformed_streaming_and_unknown_calls_get_clear_statuses_and_the_front_keeps_answering():

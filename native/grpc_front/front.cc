@@ -12,7 +12,7 @@
 // (response bytes) or FAILED (1-byte gRPC status code, UTF-8 message).
 //
 // Usage: pih2t-grpc-front --listen HOST:PORT --worker SOCKET [--worker SOCKET ...] [--max-message-bytes N]
-//            [--max-in-flight N] [--arg NAME=INT ...]
+//            [--max-in-flight N] [--call-timeout-ms N] [--arg NAME=INT ...]
 // Prints "listening on PORT" once it accepts calls; exit status 2 with one line on a bad argument or a port it
 // cannot bind. SIGTERM or SIGINT, or the parent's end: stop accepting, let calls in progress finish (up to 5 s),
 // exit 0.
@@ -91,7 +91,8 @@ class Call;
 // One worker's socket: calls sent on it by id, answered by its reader thread.
 class Worker {
  public:
-  Worker(std::string path, size_t max_payload) : path_(std::move(path)), max_payload_(max_payload) {}
+  Worker(std::string path, size_t max_payload, std::chrono::milliseconds call_timeout)
+      : path_(std::move(path)), max_payload_(max_payload), call_timeout_(call_timeout) {}
 
   int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
   bool usable() {
@@ -100,6 +101,9 @@ class Worker {
   }
   // Sends ``call``'s request; false when the worker cannot be reached (the caller tries another).
   bool send(Call* call, const std::string& method, const std::string& request);
+  // Fails the calls sent longer than the call timeout ago with DEADLINE_EXCEEDED (a worker that hangs); an
+  // answer that comes later is dropped.
+  void expire(std::chrono::steady_clock::time_point now);
 
  private:
   // A connected socket, closed when the last sender or reader lets go of it (so its number is never reused
@@ -115,14 +119,20 @@ class Worker {
   void read_answers(std::shared_ptr<Connection> connection);
   void lost(const std::shared_ptr<Connection>& connection);
 
+  struct Pending {
+    Call* call;
+    std::chrono::steady_clock::time_point deadline;
+  };
+
   const std::string path_;
   const size_t max_payload_;
+  const std::chrono::milliseconds call_timeout_;
   std::atomic<int> in_flight_{0};
   std::mutex mu_;  // connection_, down_until_, pending_, next_id_
   std::shared_ptr<Connection> connection_;
   std::chrono::steady_clock::time_point down_until_{};
   uint64_t next_id_ = 0;
-  std::unordered_map<uint64_t, Call*> pending_;
+  std::unordered_map<uint64_t, Pending> pending_;
 };
 
 class Front {
@@ -130,6 +140,14 @@ class Front {
   Front(std::vector<std::unique_ptr<Worker>> workers, int max_in_flight)
       : workers_(std::move(workers)), max_in_flight_(max_in_flight) {}
   void dispatch(Call* call, const std::string& method, const std::string& request);
+  // Expires calls that waited too long, every 100 ms, on a thread of its own (runs until the process ends).
+  void sweep() {
+    for (;;) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      auto now = std::chrono::steady_clock::now();
+      for (auto& worker : workers_) worker->expire(now);
+    }
+  }
   void started() { in_flight_.fetch_add(1, std::memory_order_relaxed); }
   void finished() { in_flight_.fetch_sub(1, std::memory_order_relaxed); }
 
@@ -218,7 +236,7 @@ bool Worker::send(Call* call, const std::string& method, const std::string& requ
     connection = connect_locked();
     if (connection == nullptr) return false;
     id = next_id_++;
-    pending_[id] = call;
+    pending_[id] = Pending{call, std::chrono::steady_clock::now() + call_timeout_};
     in_flight_.fetch_add(1, std::memory_order_relaxed);
   }
   uint8_t header[kHeader + 1];
@@ -252,7 +270,7 @@ void Worker::read_answers(std::shared_ptr<Connection> connection) {
       std::lock_guard<std::mutex> lock(mu_);
       auto found = pending_.find(get_be(header + 4, 8));
       if (found != pending_.end()) {
-        call = found->second;
+        call = found->second.call;
         pending_.erase(found);
         in_flight_.fetch_sub(1, std::memory_order_relaxed);
       }
@@ -263,7 +281,7 @@ void Worker::read_answers(std::shared_ptr<Connection> connection) {
 }
 
 void Worker::lost(const std::shared_ptr<Connection>& connection) {
-  std::unordered_map<uint64_t, Call*> orphans;
+  std::unordered_map<uint64_t, Pending> orphans;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (connection_ == connection) connection_ = nullptr;
@@ -272,7 +290,26 @@ void Worker::lost(const std::shared_ptr<Connection>& connection) {
     down_until_ = std::chrono::steady_clock::now() + kRetry;
   }
   shutdown(connection->fd, SHUT_RDWR);
-  for (auto& [id, call] : orphans) call->fail(grpc::StatusCode::UNAVAILABLE, "the worker answering this call stopped; retry");
+  for (auto& [id, pending] : orphans) {
+    pending.call->fail(grpc::StatusCode::UNAVAILABLE, "the worker answering this call stopped; retry");
+  }
+}
+
+void Worker::expire(std::chrono::steady_clock::time_point now) {
+  std::vector<Call*> late;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      if (it->second.deadline > now) {
+        ++it;
+        continue;
+      }
+      late.push_back(it->second.call);
+      it = pending_.erase(it);
+      in_flight_.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+  for (Call* call : late) call->fail(grpc::StatusCode::DEADLINE_EXCEEDED, "the worker gave no answer in time");
 }
 
 void Front::dispatch(Call* call, const std::string& method, const std::string& request) {
@@ -332,7 +369,7 @@ int main(int argc, char** argv) {
   std::string listen;
   std::vector<std::string> worker_paths;
   std::vector<std::pair<std::string, int>> channel_args;
-  long max_message = 64L << 20, max_in_flight = 1000;
+  long max_message = 64L << 20, max_in_flight = 1000, call_timeout_ms = 60000;
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i];
     if (i + 1 >= argc) usage_error(flag + " needs a value (see the usage in front.cc)");
@@ -346,6 +383,8 @@ int main(int argc, char** argv) {
       max_message = parse_number(flag, value);
     } else if (flag == "--max-in-flight") {
       max_in_flight = parse_number(flag, value);
+    } else if (flag == "--call-timeout-ms") {
+      call_timeout_ms = parse_number(flag, value);
     } else if (flag == "--arg") {
       auto equals = value.find('=');
       if (equals == std::string::npos) usage_error("--arg needs NAME=INT, got '" + value + "'");
@@ -368,8 +407,11 @@ int main(int argc, char** argv) {
   prctl(PR_SET_PDEATHSIG, SIGTERM);
 
   std::vector<std::unique_ptr<Worker>> workers;
-  for (const auto& path : worker_paths) workers.push_back(std::make_unique<Worker>(path, max_message + 256));
+  for (const auto& path : worker_paths) {
+    workers.push_back(std::make_unique<Worker>(path, max_message + 256, std::chrono::milliseconds(call_timeout_ms)));
+  }
   Front front(std::move(workers), static_cast<int>(max_in_flight));
+  std::thread(&Front::sweep, &front).detach();
   Service service(&front);
 
   grpc::ServerBuilder builder;

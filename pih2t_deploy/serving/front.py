@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 PROGRAM = "pih2t-grpc-front"
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0  # the program lets calls in progress finish for up to 5 s
+# a worker answers DEADLINE_EXCEEDED itself at --timeout-s; the front end's own deadline, for a worker that does
+# not answer at all, is this much later
+CALL_TIMEOUT_MARGIN_S = 5.0
 MESSAGE_LIMITS = ("grpc.max_receive_message_length", "grpc.max_send_message_length")  # --max-message-bytes sets both
 
 
@@ -46,7 +49,8 @@ def find_front() -> Path:
 
 
 class FrontProcess:
-    """One running ``pih2t-grpc-front``, listening on ``address`` and handing calls to the workers' ``sockets``."""
+    """One running ``pih2t-grpc-front``, listening on ``address`` and handing calls to the workers' ``sockets``;
+    a call a worker leaves unanswered for ``call_timeout_s`` gets DEADLINE_EXCEEDED (a hung worker)."""
 
     def __init__(
         self,
@@ -56,9 +60,10 @@ class FrontProcess:
         max_message_bytes: int,
         max_in_flight: int,
         channel_args: Iterable[tuple[str, int]],
+        call_timeout_s: float = 60.0,
     ) -> None:
         self.command = [str(program), "--listen", address, "--max-message-bytes", str(max_message_bytes)]
-        self.command += ["--max-in-flight", str(max_in_flight)]
+        self.command += ["--max-in-flight", str(max_in_flight), "--call-timeout-ms", str(round(call_timeout_s * 1000))]
         for path in sockets:
             self.command += ["--worker", str(path)]
         for name, value in channel_args:

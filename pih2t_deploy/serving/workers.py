@@ -208,7 +208,7 @@ class WorkerPool:
         """Start the native gRPC front end, when the spec names one (the workers then run no gRPC server)."""
         if self.spec.grpc_front is None or self.share is None:
             return
-        from pih2t_deploy.serving.front import FrontProcess
+        from pih2t_deploy.serving.front import CALL_TIMEOUT_MARGIN_S, FrontProcess
         from pih2t_deploy.serving.grpc_service import GrpcLimits
         from pih2t_deploy.serving.handoff import socket_path
 
@@ -223,6 +223,7 @@ class WorkerPool:
                 limits.max_message_bytes,
                 limits.max_concurrent_rpcs,
                 limits.options(),
+                call_timeout_s=self.spec.settings.timeout_s + CALL_TIMEOUT_MARGIN_S,
             )
         self.front.start()
         self.front_started = time.monotonic()
