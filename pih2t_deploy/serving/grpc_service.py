@@ -52,6 +52,11 @@ GRPC_STATUS: dict[type[ServingError], grpc.StatusCode] = {
 }
 STATUS_BY_CODE = {status.value[0]: status for status in grpc.StatusCode}
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+UNARY_REQUESTS = {  # "/inference.GRPCInferenceService/<method>" -> (method name, request class), unary methods only
+    f"/{SERVICE.full_name}/{method.name}": (method.name, message_factory.GetMessageClass(method.input_type))
+    for method in SERVICE.methods
+    if not (method.client_streaming or method.server_streaming)
+}
 FRONT_FRAME_OVERHEAD = 256  # a CALL frame's method path and its length byte, beside the request
 CONTENTS = {  # datatype -> the typed-contents field that carries it
     "FP32": "fp32_contents",
@@ -217,14 +222,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         ("/inference.GRPCInferenceService/ModelInfer"), ``payload`` is its request. Response bytes, or the gRPC
         status and message the same call to the in-process gRPC server gets (UNIMPLEMENTED for a method this
         service does not offer, or one that streams)."""
-        service, _, name = path.removeprefix("/").partition("/")
-        method = SERVICE.methods_by_name.get(name) if service == SERVICE.full_name else None
-        if method is None or method.client_streaming or method.server_streaming:
+        if path not in UNARY_REQUESTS:
             return failure(grpc.StatusCode.UNIMPLEMENTED.value[0], f"method {path!r} is not served here")
+        name, request_class = UNARY_REQUESTS[path]
         try:
-            request = message_factory.GetMessageClass(method.input_type).FromString(payload)
+            request = request_class.FromString(payload)
         except DecodeError:
-            return failure(grpc.StatusCode.INVALID_ARGUMENT.value[0], f"the request is not a {method.input_type.name}")
+            return failure(grpc.StatusCode.INVALID_ARGUMENT.value[0], f"the request is not a {request_class.__name__}")
         try:
             response = await getattr(self, name)(request, _FrontContext())
         except _AbortedError as exc:

@@ -141,7 +141,7 @@ def _worker_main(spec: ServeSpec, listener: socket.socket, slot: int, share: Han
 
     _stop_when_parent_exits()
     handoff = front_socket = None
-    if share is not None and share.counts is None:
+    if share is not None and spec.grpc_front is not None:
         front_socket = socket_path(share.folder, slot)
     elif share is not None:
         limit = spec.settings.max_upload_bytes
